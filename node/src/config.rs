@@ -1,0 +1,440 @@
+//! The node's configuration: one typed struct, read from TOML, validated at load time so a
+//! bad file fails at start with one clear line.
+//!
+//! Relative paths in the file are relative to the directory that holds the file, so a data
+//! directory made by `nx1 init` can be moved as a whole.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be used. Each variant prints as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("config {path}, line {line}, column {column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config {path}: `{key}` {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines for a terminal or journald.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `[node]`: identity and where the state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Directory for the database, the control socket and other state.
+    pub data_dir: PathBuf,
+    /// The node's ed25519 identity key (base64, mode 0600).
+    pub identity_key: PathBuf,
+    /// The node's WireGuard static key (base64 as `wg genkey` writes it, mode 0600).
+    pub wireguard_key: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("."),
+            identity_key: PathBuf::from("identity.key"),
+            wireguard_key: PathBuf::from("wireguard.key"),
+        }
+    }
+}
+
+/// `[log]`: what the daemon logs and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,nx1_node=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[store]`: the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// Empty for the embedded SQLite file `nx1.db` in the data directory, or a
+    /// `sqlite://` or `postgres://` URL.
+    pub database_url: String,
+    /// Upper bound of the connection pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// `[api]`: how the CLI and other programs reach the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address of the HTTP API (`/healthz`, `/metrics`, later `/v1/...`). Port 0 picks one.
+    pub listen: SocketAddr,
+    /// Path of the control socket used by the `nx1` command line (created with mode 0600).
+    pub control_socket: PathBuf,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7870)),
+            control_socket: PathBuf::from("nx1.sock"),
+        }
+    }
+}
+
+/// The whole `nx1.toml`, as written in the file (paths not yet resolved).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`
+    pub node: NodeSection,
+    /// `[log]`
+    pub log: LogSection,
+    /// `[store]`
+    pub store: StoreSection,
+    /// `[api]`
+    pub api: ApiSection,
+}
+
+/// Which database a resolved configuration points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+/// A validated configuration with every path made absolute.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The values as written.
+    pub raw: Config,
+    /// Absolute data directory.
+    pub data_dir: PathBuf,
+    /// Absolute identity key path.
+    pub identity_key: PathBuf,
+    /// Absolute WireGuard key path.
+    pub wireguard_key: PathBuf,
+    /// Absolute control socket path.
+    pub control_socket: PathBuf,
+    /// The database to open.
+    pub database: Database,
+}
+
+/// Turns a byte offset into a 1-based line and column.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Parses TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_column(text, s.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })
+    }
+
+    /// Reads, parses, validates and resolves the file at `path`.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)?.resolve(path)
+    }
+
+    /// Checks every value and makes paths absolute against the file's directory.
+    pub fn resolve(self, path: &Path) -> Result<Resolved, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let data_dir = base.join(&self.node.data_dir);
+        let in_data = |p: &Path| data_dir.join(p);
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("is not a valid filter: {e}")));
+        }
+        if self.store.max_connections == 0 || self.store.max_connections > 1024 {
+            return Err(invalid(
+                "store.max_connections",
+                format!("must be 1..=1024, not {}", self.store.max_connections),
+            ));
+        }
+        let url = self.store.database_url.trim();
+        let database = if url.is_empty() {
+            Database::Sqlite(data_dir.join("nx1.db"))
+        } else if let Some(file) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if file.is_empty() {
+                return Err(invalid("store.database_url", "names no SQLite file".into()));
+            }
+            Database::Sqlite(in_data(Path::new(file)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Database::Postgres(url.to_owned())
+        } else {
+            return Err(invalid(
+                "store.database_url",
+                "must be empty (embedded SQLite), sqlite://FILE or postgres://...".into(),
+            ));
+        };
+        let socket = in_data(&self.api.control_socket);
+        // sun_path holds 108 bytes including the terminating NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(invalid(
+                "api.control_socket",
+                format!(
+                    "resolves to a path longer than 107 bytes: {}",
+                    socket.display()
+                ),
+            ));
+        }
+        Ok(Resolved {
+            path: path.to_owned(),
+            identity_key: in_data(&self.node.identity_key),
+            wireguard_key: in_data(&self.node.wireguard_key),
+            control_socket: socket,
+            data_dir,
+            database,
+            raw: self,
+        })
+    }
+}
+
+/// The file `nx1 init` writes: every key at its default, each with a comment.
+pub fn default_file() -> String {
+    let d = Config::default();
+    format!(
+        r#"# nx1.toml — configuration of an NX1 node.
+# Every key is shown at its default. Relative paths are relative to this file's directory.
+# Reference: docs/configuration.md
+
+[node]
+# Directory for the database, the control socket and other state.
+data_dir = "{data_dir}"
+# The node's ed25519 identity (base64, mode 0600). It signs what the node publishes.
+identity_key = "{identity_key}"
+# The node's WireGuard static key (base64, as `wg genkey` writes it; mode 0600).
+wireguard_key = "{wireguard_key}"
+
+[log]
+# "human" or "json" (one object per line).
+format = "human"
+# A tracing filter, e.g. "info" or "info,nx1_node=debug". RUST_LOG overrides it.
+level = "{level}"
+
+[store]
+# Empty: the embedded SQLite file nx1.db in data_dir.
+# Or a URL: "sqlite://other.db", "postgres://user@host:5432/dbname".
+database_url = ""
+# Upper bound of the database connection pool.
+max_connections = {max_connections}
+
+[api]
+# HTTP API: /healthz, /metrics (Prometheus). Keep it on loopback unless it is firewalled.
+listen = "{listen}"
+# Control socket for the nx1 command line (mode 0600, relative to data_dir).
+control_socket = "{control_socket}"
+"#,
+        data_dir = d.node.data_dir.display(),
+        identity_key = d.node.identity_key.display(),
+        wireguard_key = d.node.wireguard_key.display(),
+        level = d.log.level,
+        max_connections = d.store.max_connections,
+        listen = d.api.listen,
+        control_socket = d.api.control_socket.display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Resolved, ConfigError> {
+        Config::parse(text, Path::new("/etc/nx1/nx1.toml"))?.resolve(Path::new("/etc/nx1/nx1.toml"))
+    }
+
+    #[test]
+    fn the_default_file_parses_to_the_defaults() {
+        let parsed = Config::parse(&default_file(), Path::new("x.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(
+            Config::parse(&text, Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        let r = parse("").unwrap();
+        assert_eq!(r.raw, Config::default());
+        assert_eq!(r.data_dir, Path::new("/etc/nx1/."));
+        assert_eq!(
+            r.database,
+            Database::Sqlite(PathBuf::from("/etc/nx1/./nx1.db"))
+        );
+        assert_eq!(r.control_socket, Path::new("/etc/nx1/./nx1.sock"));
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_key_and_its_line() {
+        let err = parse("[api]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { line: 3, .. }), "{msg}");
+        assert!(msg.contains("lisen"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_refused() {
+        let msg = parse("[vpnn]\nexit = true\n").unwrap_err().to_string();
+        assert!(msg.contains("vpnn"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_with_its_line() {
+        let err = parse("[api]\nlisten = \"localhost:http\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{msg}");
+        assert!(msg.contains("socket address"), "{msg}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_refused() {
+        let msg = parse("[store]\nmax_connections = \"eight\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn broken_toml_is_refused() {
+        let msg = parse("[api\nlisten=").unwrap_err().to_string();
+        assert!(msg.starts_with("config /etc/nx1/nx1.toml, line 1"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_log_format_or_filter_is_refused() {
+        assert!(
+            parse("[log]\nformat = \"xml\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("xml")
+        );
+        let msg = parse("[log]\nlevel = \"info,=[\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("log.level"), "{msg}");
+    }
+
+    #[test]
+    fn database_urls_are_checked() {
+        let pg = parse("[store]\ndatabase_url = \"postgres://postgres@127.0.0.1/test\"\n").unwrap();
+        assert_eq!(
+            pg.database,
+            Database::Postgres("postgres://postgres@127.0.0.1/test".into())
+        );
+        let lite = parse("[store]\ndatabase_url = \"sqlite://other.db\"\n").unwrap();
+        assert_eq!(
+            lite.database,
+            Database::Sqlite(PathBuf::from("/etc/nx1/./other.db"))
+        );
+        let msg = parse("[store]\ndatabase_url = \"mysql://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("store.database_url"), "{msg}");
+    }
+
+    #[test]
+    fn pool_size_is_bounded() {
+        let msg = parse("[store]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("store.max_connections"), "{msg}");
+    }
+
+    #[test]
+    fn an_overlong_socket_path_is_refused() {
+        let long = "s".repeat(120);
+        let msg = parse(&format!("[api]\ncontrol_socket = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("api.control_socket"), "{msg}");
+    }
+
+    #[test]
+    fn paths_resolve_against_the_file() {
+        let r = parse("[node]\ndata_dir = \"/var/lib/nx1\"\nidentity_key = \"/k/id\"\n").unwrap();
+        assert_eq!(r.data_dir, Path::new("/var/lib/nx1"));
+        assert_eq!(r.identity_key, Path::new("/k/id"));
+        assert_eq!(r.wireguard_key, Path::new("/var/lib/nx1/wireguard.key"));
+    }
+}

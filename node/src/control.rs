@@ -1,0 +1,252 @@
+//! The control socket: how the `nx1` command line (and later the desktop app) talks to the
+//! running daemon. A Unix stream socket, mode 0600 inside the 0700 data directory; one JSON
+//! request per line, one JSON response per line. The types here are the whole protocol.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Version of this protocol; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line the daemon reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Everything `nx1 status` shows.
+    Status,
+}
+
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+        }
+    }
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// The request could not be carried out.
+    Error {
+        /// One line for the user.
+        message: String,
+    },
+}
+
+/// The database part of a status report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `sqlite` or `postgres`.
+    pub backend: crate::store::Backend,
+    /// Newest migration applied.
+    pub schema_version: i64,
+}
+
+/// What `nx1 status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Protocol version the daemon speaks.
+    pub protocol: u32,
+    /// Software version.
+    pub version: String,
+    /// The node id (base64 ed25519 public key).
+    pub node_id: String,
+    /// The node's WireGuard public key.
+    pub wireguard_public_key: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The configuration file in use.
+    pub config_file: PathBuf,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Where the HTTP API listens.
+    pub http_listen: String,
+    /// The control socket.
+    pub control_socket: PathBuf,
+    /// The database.
+    pub store: StoreStatus,
+}
+
+/// Why the command line could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("no nx1 daemon is running (nothing at {0}); start one with `nx1 up`")]
+    NotRunning(PathBuf),
+    /// The socket exists but may not be used by this user.
+    #[error("cannot reach the daemon at {0}: permission denied (run as the node's user)")]
+    Denied(PathBuf),
+    /// Anything else on the way.
+    #[error("talking to the daemon at {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// Sends one request and waits (bounded) for the answer.
+pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let io = |reason: String| ClientError::Io {
+        path: socket.to_owned(),
+        reason,
+    };
+    let stream = match UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning(socket.to_owned())
+                }
+                std::io::ErrorKind::PermissionDenied => ClientError::Denied(socket.to_owned()),
+                _ => io(e.to_string()),
+            });
+        }
+    };
+    let exchange = async {
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_string(request).map_err(|e| io(e.to_string()))?;
+        line.push('\n');
+        write
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        let mut answer = String::new();
+        BufReader::new(read)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        if answer.is_empty() {
+            return Err(io(
+                "the daemon closed the connection without answering".into()
+            ));
+        }
+        serde_json::from_str(&answer).map_err(|e| io(format!("unreadable answer: {e}")))
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| io("no answer within 30 s".into()))?
+}
+
+/// Binds the control socket, refusing to steal it from a daemon that is still running and
+/// removing a stale one left by a crash.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another nx1 daemon is already running on {}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale control socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    // The data directory is 0700, so the moment between bind and chmod exposes nothing.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting control socket {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Reads one request line; `Err` carries the message to send back.
+pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Request>, String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut limited = reader.take(MAX_REQUEST_BYTES as u64 + 1);
+    limited
+        .read_until(b'\n', &mut buf)
+        .await
+        .map_err(|e| format!("reading request: {e}"))?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf.len() > MAX_REQUEST_BYTES {
+        return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+    }
+    serde_json::from_slice(&buf)
+        .map(Some)
+        .map_err(|e| format!("bad request: {e}"))
+}
+
+/// Writes one response line.
+pub async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    writer.write_all(&line).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        let back: Request = serde_json::from_str(r#"{"cmd":"status"}"#).unwrap();
+        assert_eq!(back, Request::Status);
+    }
+
+    #[tokio::test]
+    async fn hostile_request_lines_get_a_clear_error() {
+        for (input, expect) in [
+            (&b"{\"cmd\":\"format_disk\"}\n"[..], "unknown variant"),
+            (b"not json\n", "bad request"),
+        ] {
+            let mut reader = BufReader::new(input);
+            let err = read_request(&mut reader).await.unwrap_err();
+            assert!(err.contains(expect), "{err}");
+        }
+        let huge = vec![b'a'; MAX_REQUEST_BYTES + 10];
+        let err = read_request(&mut BufReader::new(&huge[..]))
+            .await
+            .unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
+        assert_eq!(read_request(&mut BufReader::new(&b""[..])).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_missing_daemon_is_reported_as_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nx1.sock");
+        let err = call(&path, &Request::Status).await.unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning(_)), "{err}");
+        // A stale socket file with no listener is "not running" too.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let err = call(&path, &Request::Status).await.unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bind_replaces_a_stale_socket_but_not_a_live_one() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nx1.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let live = bind(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = bind(&path).await.unwrap_err().to_string();
+        assert!(err.contains("already running"), "{err}");
+        drop(live);
+    }
+}

@@ -1,0 +1,209 @@
+//! `nx1 up`: the daemon. Opens the store, serves the control socket and the HTTP API, and on
+//! SIGINT/SIGTERM stops serving and removes what it set up.
+
+use crate::config::Resolved;
+use crate::control::{self, Request, Response, StatusReport, StoreStatus};
+use crate::identity::{NodeIdentity, load_wireguard_key};
+use crate::metrics::{CommandLabel, Metrics};
+use crate::store::Store;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::BufReader;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// The running node: what every handler can reach.
+pub struct Node {
+    /// The validated configuration.
+    pub config: Resolved,
+    /// Base64 ed25519 public key.
+    pub node_id: String,
+    /// Base64 WireGuard public key.
+    pub wireguard_public_key: String,
+    /// The database.
+    pub store: Store,
+    /// Metrics for `/metrics`.
+    pub metrics: Metrics,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Where the HTTP API actually listens (port 0 resolved).
+    pub http_listen: SocketAddr,
+}
+
+impl Node {
+    /// Carries out one control request.
+    pub async fn handle(&self, request: Request) -> Response {
+        self.metrics
+            .control_requests
+            .get_or_create(&CommandLabel {
+                command: request.name(),
+            })
+            .inc();
+        match request {
+            Request::Status => match self.status().await {
+                Ok(report) => Response::Status(report),
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
+            },
+        }
+    }
+
+    async fn status(&self) -> anyhow::Result<StatusReport> {
+        Ok(StatusReport {
+            protocol: control::PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_id: self.node_id.clone(),
+            wireguard_public_key: self.wireguard_public_key.clone(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config_file: self.config.path.clone(),
+            data_dir: self.config.data_dir.clone(),
+            http_listen: self.http_listen.to_string(),
+            control_socket: self.config.control_socket.clone(),
+            store: StoreStatus {
+                backend: self.store.backend(),
+                schema_version: self.store.schema_version().await?,
+            },
+        })
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(config: Resolved) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let identity = NodeIdentity::load(&config.identity_key)?;
+    let wireguard = load_wireguard_key(&config.wireguard_key)?;
+    let node_id = identity.node_id();
+    let store = Store::open(&config.database, config.raw.store.max_connections).await?;
+    store.claim(&node_id).await?;
+    store
+        .set_meta("software_version", env!("CARGO_PKG_VERSION"))
+        .await?;
+
+    let control_listener = control::bind(&config.control_socket).await?;
+    // From here on the socket file exists: remove it on every way out.
+    let socket_guard = RemoveOnDrop(config.control_socket.clone());
+    let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
+    let http_listen = http_listener.local_addr()?;
+
+    let node = Arc::new(Node {
+        metrics: Metrics::new(&node_id),
+        wireguard_public_key: wireguard.public_key().to_base64(),
+        node_id,
+        store,
+        started,
+        http_listen,
+        config,
+    });
+    drop(wireguard);
+    drop(identity);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let control_task = tokio::spawn(serve_control(
+        control_listener,
+        node.clone(),
+        stop_rx.clone(),
+    ));
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(
+        axum::serve(http_listener, crate::http::router(node.clone()))
+            .with_graceful_shutdown(async move { stopped(&mut http_stop).await })
+            .into_future(),
+    );
+    tracing::info!(
+        node_id = %node.node_id,
+        http = %node.http_listen,
+        control = %node.config.control_socket.display(),
+        store = %node.store.backend(),
+        "nx1 node up"
+    );
+
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = control_task.await;
+    match tokio::time::timeout(Duration::from_secs(10), http_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP API stopped with an error"),
+        Err(_) => tracing::warn!("HTTP API did not stop within 10 s"),
+        _ => {}
+    }
+    drop(socket_guard);
+    node.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves once the stop flag is set.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Accepts control connections until told to stop.
+async fn serve_control(listener: UnixListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_control_connection(stream, node.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Answers requests on one connection, each bounded in time.
+async fn serve_control_connection(stream: UnixStream, node: Arc<Node>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let request =
+            match tokio::time::timeout(Duration::from_secs(30), control::read_request(&mut reader))
+                .await
+            {
+                Err(_) | Ok(Ok(None)) => return,
+                Ok(Ok(Some(request))) => request,
+                Ok(Err(message)) => {
+                    node.metrics.control_bad_requests.inc();
+                    let _ = control::write_response(&mut write, &Response::Error { message }).await;
+                    return;
+                }
+            };
+        let response = node.handle(request).await;
+        if control::write_response(&mut write, &response)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Removes a file when dropped (the control socket on shutdown, on any path).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

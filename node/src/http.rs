@@ -1,0 +1,56 @@
+//! The HTTP API (axum): `/healthz` and Prometheus `/metrics`; the services add their routes
+//! under `/v1/` as they land.
+
+use crate::daemon::Node;
+use crate::metrics::ResultLabel;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::sync::Arc;
+
+/// The routes of the API.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+/// 200 when the daemon can reach its database, 503 otherwise.
+async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    match sqlx::query("SELECT 1").execute(node.store.pool()).await {
+        Ok(_) => {
+            node.metrics
+                .health_checks
+                .get_or_create(&ResultLabel { result: "ok" })
+                .inc();
+            (StatusCode::OK, "ok\n".to_owned())
+        }
+        Err(e) => {
+            node.metrics
+                .health_checks
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
+            tracing::warn!(error = %e, "health check: database unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unreachable\n".to_owned(),
+            )
+        }
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    node.metrics
+        .uptime_seconds
+        .set(node.started.elapsed().as_secs() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics.encode(),
+    )
+}

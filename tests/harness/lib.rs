@@ -1,0 +1,201 @@
+//! Harness for NX1's end-to-end tests: runs the real `nx1` binary in throw-away directories
+//! (and, for the network tests, in network namespaces the tests create), with every wait
+//! bounded and every process stopped when the test ends.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `nx1` binary under test: `$NX1_BIN`, or the one cargo built next to this test.
+pub fn nx1_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NX1_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/nx1
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("nx1"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p nx1-node` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `nx1 ARGS` to completion (bounded by `timeout`) and returns its output.
+pub fn nx1(args: &[&str], cwd: &Path) -> Output {
+    let child = Command::new(nx1_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NX1_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nx1");
+    wait_output(child, Duration::from_secs(60))
+}
+
+/// Waits for a child with a deadline, killing it if the deadline passes.
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "process did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running `nx1 up`, stopped with SIGKILL if the test forgets to stop it.
+pub struct Daemon {
+    /// The process.
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `nx1 [--config FILE] up` in `cwd`, logging to `log`.
+    pub fn start(config: Option<&Path>, cwd: &Path, log: &Path) -> Self {
+        let mut cmd = Command::new(nx1_bin());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let log = std::fs::File::create(log).expect("log file");
+        let child = cmd
+            .arg("up")
+            .current_dir(cwd)
+            .env_remove("NX1_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nx1 up");
+        Self { child: Some(child) }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit status.
+    pub fn stop_with(mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) with a pid this test owns and a valid signal number; no memory is shared.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("nx1 did not exit within 20 s of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns (status code, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((code, body))
+}
+
+/// Replaces `key = …` inside `[section]` of a TOML file with `key = value`.
+pub fn set_config(path: &Path, section: &str, key: &str, value: &str) {
+    let text = std::fs::read_to_string(path).expect("read config");
+    let mut out = String::new();
+    let mut in_section = false;
+    let mut done = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if in_section && !done {
+                out.push_str(&format!("{key} = {value}\n"));
+                done = true;
+            }
+            in_section = t == format!("[{section}]");
+        }
+        if in_section && !done && t.split('=').next().map(str::trim) == Some(key) {
+            out.push_str(&format!("{key} = {value}\n"));
+            done = true;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !done {
+        if !in_section {
+            out.push_str(&format!("[{section}]\n"));
+        }
+        out.push_str(&format!("{key} = {value}\n"));
+    }
+    std::fs::write(path, out).expect("write config");
+}
+
+/// The text of a process's output streams, for assertions.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -1,0 +1,18 @@
+//! NX1's WireGuard data plane.
+//!
+//! The protocol core is boringtun's `noise::Tunn`; this crate owns everything around it:
+//! keys, peers, allowed IPs, the TUN and UDP I/O loops, exit NAT, relay and client mode.
+//! It never reads a config file or prints; the `nx1` binary wires it up.
+//!
+//! ```
+//! use nx1_vpn::keys::PrivateKey;
+//!
+//! let key = PrivateKey::generate();
+//! let encoded = key.to_base64();
+//! let again = PrivateKey::from_base64(&encoded).unwrap();
+//! assert_eq!(key.public_key(), again.public_key());
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod keys;
