@@ -1,8 +1,9 @@
 //! NX1's WireGuard data plane.
 //!
 //! The protocol core is boringtun's `noise::Tunn`; this crate owns everything around it:
-//! keys, peers, allowed IPs, the TUN and UDP I/O loops, exit NAT, relay and client mode.
-//! It never reads a config file or prints; the `nx1` binary wires it up.
+//! keys, peers, cryptokey routing (allowed IPs), handshake rate limiting, the TUN and UDP I/O
+//! loops, exit NAT, and wg-quick configs. It never reads a config file or prints; the `nx1`
+//! binary wires it up.
 //!
 //! ```
 //! use nx1_vpn::keys::PrivateKey;
@@ -15,4 +16,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod allowed_ips;
+pub mod device;
+pub mod io;
 pub mod keys;
+pub mod peer;
+#[cfg(test)]
+mod protocol_tests;
+pub mod ratelimit;
+mod receive;
+mod send;
+pub mod timers;
+
+pub use ip_network::IpNetwork;

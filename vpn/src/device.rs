@@ -1,0 +1,184 @@
+//! The device: the node's static key, its peers (by public key, by receiver index, by allowed
+//! IP), the handshake rate limiters and the device-wide drop counters. It does no I/O: the
+//! receive, send and timer paths hand their output to an [`Outbox`], so the whole protocol
+//! path can be driven with plain byte vectors in tests.
+
+use crate::allowed_ips::AllowedIps;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::peer::{Peer, PeerConfig, PeerStats};
+use crate::ratelimit::SourceLimiter;
+use boringtun::noise::Tunn;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Initiations per second the whole device takes before it demands cookies (mac2).
+/// Each initiation is counted twice (once before peer lookup, once inside `Tunn`).
+pub const HANDSHAKES_BEFORE_COOKIES: u64 = 200;
+
+/// Where the protocol paths put what must be written.
+pub trait Outbox {
+    /// A datagram for the UDP socket.
+    fn to_network(&mut self, dst: SocketAddr, datagram: &[u8]);
+    /// A decrypted IP packet for the TUN device.
+    fn to_tunnel(&mut self, packet: &[u8]);
+}
+
+/// Why a peer could not be added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PeerError {
+    /// The key is the device's own.
+    #[error("a peer cannot have the device's own public key")]
+    OwnKey,
+    /// No receiver index is free.
+    #[error("no free receiver index (too many peers)")]
+    Full,
+}
+
+/// Device-wide counters of what was dropped, by reason.
+#[derive(Debug, Default)]
+pub struct DeviceCounters {
+    /// Not a WireGuard message (bad type or length).
+    pub malformed: AtomicU64,
+    /// A handshake with a bad mac1 (not meant for this key).
+    pub bad_mac: AtomicU64,
+    /// Cookie replies sent because the device is under load.
+    pub cookie_replies: AtomicU64,
+    /// Initiations refused by the per-source limit.
+    pub rate_limited: AtomicU64,
+    /// A handshake or data message for no known peer or index.
+    pub unknown_peer: AtomicU64,
+    /// Failed to authenticate or decrypt, or a replayed counter.
+    pub rejected: AtomicU64,
+    /// A decrypted packet whose source is not in the sender's allowed IPs.
+    pub bad_source: AtomicU64,
+    /// A packet from the TUN device for an address no peer owns.
+    pub no_route: AtomicU64,
+    /// A packet for a peer whose endpoint is unknown.
+    pub no_endpoint: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct PeerTable {
+    pub(crate) by_key: HashMap<PublicKey, Arc<Peer>>,
+    pub(crate) by_index: HashMap<u32, Arc<Peer>>,
+    pub(crate) routes: AllowedIps<Arc<Peer>>,
+}
+
+/// The protocol state of one WireGuard interface.
+pub struct Device {
+    pub(crate) private: x25519::StaticSecret,
+    pub(crate) public: x25519::PublicKey,
+    pub(crate) public_key: PublicKey,
+    pub(crate) rate_limiter: Arc<RateLimiter>,
+    pub(crate) source_limiter: SourceLimiter,
+    pub(crate) peers: RwLock<PeerTable>,
+    next_index: AtomicU32,
+    /// Drops by reason.
+    pub counters: DeviceCounters,
+}
+
+impl Device {
+    /// A device with `key` and no peers.
+    pub fn new(key: &PrivateKey) -> Self {
+        let private = x25519::StaticSecret::from(*key.to_bytes());
+        let public = x25519::PublicKey::from(&private);
+        let mut seed = [0u8; 4];
+        getrandom::fill(&mut seed).expect("the operating system has no random numbers");
+        Self {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_BEFORE_COOKIES)),
+            public_key: PublicKey(public.to_bytes()),
+            private,
+            public,
+            source_limiter: SourceLimiter::default(),
+            peers: RwLock::new(PeerTable::default()),
+            next_index: AtomicU32::new(u32::from_le_bytes(seed)),
+            counters: DeviceCounters::default(),
+        }
+    }
+
+    /// The device's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// Adds a peer, or replaces the peer with the same key (its sessions start over).
+    pub fn upsert_peer(&self, config: PeerConfig) -> Result<(), PeerError> {
+        if config.public_key == self.public_key {
+            return Err(PeerError::OwnKey);
+        }
+        let mut table = self.peers.write();
+        if let Some(old) = table.by_key.remove(&config.public_key) {
+            table.by_index.remove(&old.index);
+            table.routes.remove_where(|p| Arc::ptr_eq(p, &old));
+        }
+        // boringtun puts the index in the top 24 bits of its receiver indices.
+        let index = (0..1 << 24)
+            .map(|_| self.next_index.fetch_add(1, Relaxed) & 0x00ff_ffff)
+            .find(|i| !table.by_index.contains_key(i))
+            .ok_or(PeerError::Full)?;
+        let tunn = Tunn::new(
+            self.private.clone(),
+            x25519::PublicKey::from(config.public_key.0),
+            config.preshared_key,
+            config.persistent_keepalive,
+            index,
+            Some(self.rate_limiter.clone()),
+        );
+        let peer = Arc::new(Peer::new(config, index, tunn));
+        for net in &peer.config.allowed_ips {
+            // An allowed IP belongs to one peer: the newest claim wins, as in wg(8).
+            if let Some(prev) = table.routes.insert(*net, peer.clone())
+                && !Arc::ptr_eq(&prev, &peer)
+            {
+                tracing::debug!(network = %net, from = %prev.public_key(), "allowed IP moved to another peer");
+            }
+        }
+        table.by_index.insert(index, peer.clone());
+        table.by_key.insert(peer.public_key(), peer);
+        Ok(())
+    }
+
+    /// Removes a peer at once: its sessions, routes and index are gone. Returns whether it existed.
+    pub fn remove_peer(&self, key: &PublicKey) -> bool {
+        let mut table = self.peers.write();
+        match table.by_key.remove(key) {
+            Some(old) => {
+                table.by_index.remove(&old.index);
+                table.routes.remove_where(|p| Arc::ptr_eq(p, &old));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every peer.
+    pub fn clear_peers(&self) {
+        *self.peers.write() = PeerTable::default();
+    }
+
+    /// A snapshot of every peer, sorted by key.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let peers: Vec<Arc<Peer>> = self.peers.read().by_key.values().cloned().collect();
+        let mut stats: Vec<PeerStats> = peers.iter().map(|p| p.stats()).collect();
+        stats.sort_by_key(|s| s.public_key);
+        stats
+    }
+
+    /// One peer's snapshot.
+    pub fn peer(&self, key: &PublicKey) -> Option<PeerStats> {
+        self.peers.read().by_key.get(key).map(|p| p.stats())
+    }
+
+    pub(crate) fn peer_by_index(&self, receiver_index: u32) -> Option<Arc<Peer>> {
+        self.peers
+            .read()
+            .by_index
+            .get(&(receiver_index >> 8))
+            .cloned()
+    }
+}

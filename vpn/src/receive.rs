@@ -1,0 +1,130 @@
+//! The receive path: a datagram from the UDP socket → the peer it belongs to → boringtun →
+//! the TUN device (data), or back to the network (handshake responses, cookie replies, queued
+//! packets). Everything that does not authenticate is dropped and counted.
+
+use crate::device::{Device, Outbox};
+use crate::keys::PublicKey;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+impl Device {
+    /// Handles one datagram from `src`. `buf` is scratch space at least as long as the
+    /// datagram and no shorter than 148 bytes.
+    pub fn receive_datagram(
+        &self,
+        src: SocketAddr,
+        datagram: &[u8],
+        buf: &mut [u8],
+        out: &mut impl Outbox,
+    ) {
+        let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+        let peer = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                return;
+            }
+            Ok(Packet::HandshakeInit(init)) => {
+                // mac1 first (cheap, proves the sender knows our public key), then the
+                // device-wide load check that answers with a cookie, then the per-source limit,
+                // and only then the Diffie-Hellman that identifies the peer.
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(src.ip()), datagram, buf)
+                {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        self.counters.cookie_replies.fetch_add(1, Relaxed);
+                        out.to_network(src, cookie);
+                        return;
+                    }
+                    Err(_) => {
+                        self.counters.bad_mac.fetch_add(1, Relaxed);
+                        return;
+                    }
+                }
+                if !self.source_limiter.allow(src.ip(), Instant::now()) {
+                    self.counters.rate_limited.fetch_add(1, Relaxed);
+                    return;
+                }
+                let Ok(half) = parse_handshake_anon(&self.private, &self.public, &init) else {
+                    self.counters.rejected.fetch_add(1, Relaxed);
+                    return;
+                };
+                self.peers
+                    .read()
+                    .by_key
+                    .get(&PublicKey(half.peer_static_public))
+                    .cloned()
+            }
+            Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
+        };
+        let Some(peer) = peer else {
+            self.counters.unknown_peer.fetch_add(1, Relaxed);
+            return;
+        };
+
+        let mut tunn = peer.tunn.lock();
+        match tunn.decapsulate(Some(src.ip()), datagram, buf) {
+            TunnResult::Done => {
+                peer.set_endpoint(src);
+                peer.count_rx(datagram.len());
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(peer = %peer.public_key(), error = ?e, "datagram rejected");
+                self.counters.rejected.fetch_add(1, Relaxed);
+                peer.count_drop();
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                peer.set_endpoint(src);
+                peer.count_rx(datagram.len());
+                peer.count_tx(reply.len());
+                out.to_network(src, reply);
+                // A new session may release packets queued while it was being made.
+                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], buf) {
+                    peer.count_tx(queued.len());
+                    out.to_network(src, queued);
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, inner_src) => {
+                drop(tunn);
+                self.deliver(&peer, src, datagram.len(), packet, inner_src.into(), out);
+            }
+            TunnResult::WriteToTunnelV6(packet, inner_src) => {
+                drop(tunn);
+                self.deliver(&peer, src, datagram.len(), packet, inner_src.into(), out);
+            }
+        }
+    }
+
+    /// Cryptokey routing on the way in: the inner source must be one of the sender's
+    /// allowed IPs, or the packet is dropped.
+    fn deliver(
+        &self,
+        peer: &std::sync::Arc<crate::peer::Peer>,
+        src: SocketAddr,
+        outer_len: usize,
+        packet: &[u8],
+        inner_src: IpAddr,
+        out: &mut impl Outbox,
+    ) {
+        peer.set_endpoint(src);
+        peer.count_rx(outer_len);
+        let owner_ok = self
+            .peers
+            .read()
+            .routes
+            .lookup(inner_src)
+            .is_some_and(|owner| std::sync::Arc::ptr_eq(owner, peer));
+        if owner_ok {
+            out.to_tunnel(packet);
+        } else {
+            self.counters.bad_source.fetch_add(1, Relaxed);
+            peer.count_drop();
+        }
+    }
+}
