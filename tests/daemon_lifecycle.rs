@@ -24,6 +24,7 @@ fn up_serves_status_and_http_then_sigterm_leaves_nothing_behind() {
     let config = dir.join("nx1.toml");
     set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
     set_config(&config, "log", "format", "\"json\"");
+    set_config(&config, "vpn", "enabled", "false");
 
     // Before the daemon runs, status says so in one line and fails.
     let out = nx1(
@@ -116,16 +117,11 @@ fn up_serves_status_and_http_then_sigterm_leaves_nothing_behind() {
 #[test]
 fn up_on_a_fresh_machine_creates_the_node_itself_and_stops_on_sigint() {
     let tmp = tempfile::tempdir().unwrap();
-    // The README's command, in an empty directory: no config, no data dir. The default HTTP
-    // port may be taken on a developer's machine, so only that key is changed, after init.
-    let out = nx1(&["init"], tmp.path());
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    std::fs::remove_file(tmp.path().join("nx1-data/identity.key")).unwrap();
-    std::fs::remove_dir_all(tmp.path().join("nx1-data")).unwrap();
-    assert!(!tmp.path().join("nx1-data").exists());
-
+    // The README's command, in an empty directory: no config, no data dir. It runs in a
+    // namespace of its own, so its WireGuard interface and exit table touch nothing else.
+    let ns = netns::Netns::new("fresh", &netns::unique_tag());
     let log = tmp.path().join("up.log");
-    let daemon = Daemon::start(None, tmp.path(), &log);
+    let daemon = Daemon::start_in(Some(&ns), None, tmp.path(), &log);
     let status = eventually("the fresh node to answer", Duration::from_secs(30), || {
         let out = nx1(&["status", "--json"], tmp.path());
         out.status
@@ -135,6 +131,9 @@ fn up_on_a_fresh_machine_creates_the_node_itself_and_stops_on_sigint() {
     assert!(tmp.path().join("nx1-data/identity.key").exists());
     assert!(tmp.path().join("nx1-data/nx1.db").exists());
     assert_eq!(status["store"]["backend"], "sqlite");
+    assert_eq!(status["vpn"]["interface"], "nx1");
+    assert_eq!(status["vpn"]["exit_table"], "nx1_nx1");
+    assert!(text(&ns.sh("nft list tables").stdout).contains("nx1_nx1"));
     let exit = daemon.stop_with(libc::SIGINT);
     assert!(
         exit.success(),
@@ -142,6 +141,9 @@ fn up_on_a_fresh_machine_creates_the_node_itself_and_stops_on_sigint() {
         std::fs::read_to_string(&log).unwrap()
     );
     assert!(!tmp.path().join("nx1-data/nx1.sock").exists());
+    // Shutdown removed the exit table and the interface.
+    assert!(!text(&ns.sh("nft list tables").stdout).contains("nx1_nx1"));
+    assert!(!ns.sh("ip link show nx1").status.success());
 }
 
 #[test]
@@ -154,6 +156,7 @@ fn bad_configs_fail_at_start_with_one_clear_line() {
             .success()
     );
     let config = dir.join("nx1.toml");
+    set_config(&config, "vpn", "enabled", "false");
     let good = std::fs::read_to_string(&config).unwrap();
     let cases: &[(&str, &str)] = &[
         ("[api]\nlisten = \"not-an-address\"\n", "socket address"),

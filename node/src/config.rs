@@ -121,6 +121,158 @@ impl Default for ApiSection {
     }
 }
 
+/// `[vpn]`: the WireGuard interface and the exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VpnSection {
+    /// Run the WireGuard interface at all.
+    pub enabled: bool,
+    /// TUN device name (at most 15 bytes; also names the UAPI socket and nftables table).
+    pub interface: String,
+    /// UDP port clients connect to.
+    pub listen_port: u16,
+    /// MTU of the TUN device.
+    pub mtu: u16,
+    /// The node's IPv4 tunnel address; its prefix is the pool clients get addresses from.
+    pub address_v4: String,
+    /// The node's IPv6 tunnel address; its prefix is the IPv6 pool.
+    pub address_v6: String,
+    /// Forward clients' traffic to the internet (forwarding + nftables masquerade).
+    pub exit: bool,
+    /// `host:port` that clients reach this node at, written into their configs.
+    pub endpoint: String,
+    /// DNS servers written into client configs.
+    pub dns: Vec<String>,
+    /// PersistentKeepalive written into client configs (0: none).
+    pub persistent_keepalive: u16,
+}
+
+impl Default for VpnSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interface: "nx1".into(),
+            listen_port: 51820,
+            mtu: 1420,
+            address_v4: "10.87.0.1/16".into(),
+            address_v6: "fd00:87::1/64".into(),
+            exit: true,
+            endpoint: String::new(),
+            dns: Vec::new(),
+            persistent_keepalive: 25,
+        }
+    }
+}
+
+/// The `[vpn]` section, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vpn {
+    /// TUN device name.
+    pub interface: String,
+    /// UDP port.
+    pub listen_port: u16,
+    /// MTU.
+    pub mtu: u16,
+    /// Node address and IPv4 pool prefix.
+    pub v4: (std::net::Ipv4Addr, u8),
+    /// Node address and IPv6 pool prefix.
+    pub v6: (std::net::Ipv6Addr, u8),
+    /// Whether to NAT clients out.
+    pub exit: bool,
+    /// Endpoint for client configs, if set.
+    pub endpoint: Option<String>,
+    /// DNS for client configs.
+    pub dns: Vec<std::net::IpAddr>,
+    /// Keepalive for client configs.
+    pub persistent_keepalive: Option<u16>,
+}
+
+fn parse_cidr<A: std::str::FromStr>(text: &str) -> Option<(A, u8)> {
+    let (addr, prefix) = text.split_once('/')?;
+    Some((addr.parse().ok()?, prefix.parse().ok()?))
+}
+
+fn valid_endpoint(text: &str) -> bool {
+    if text.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        }
+        None => false,
+    }
+}
+
+impl VpnSection {
+    fn validate(
+        &self,
+        invalid: impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<Option<Vpn>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let name_ok = !self.interface.is_empty()
+            && self.interface.len() <= 15
+            && self
+                .interface
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(invalid(
+                "vpn.interface",
+                "must be 1-15 letters, digits, - or _".into(),
+            ));
+        }
+        if !(1280..=9000).contains(&self.mtu) {
+            return Err(invalid(
+                "vpn.mtu",
+                format!("must be 1280..=9000, not {}", self.mtu),
+            ));
+        }
+        let v4 = parse_cidr::<std::net::Ipv4Addr>(&self.address_v4)
+            .filter(|(_, p)| (8..=30).contains(p))
+            .ok_or_else(|| invalid("vpn.address_v4", format!("must be an IPv4 address with a /8../30 prefix, like 10.87.0.1/16, not {:?}", self.address_v4)))?;
+        let v6 = parse_cidr::<std::net::Ipv6Addr>(&self.address_v6)
+            .filter(|(_, p)| (48..=124).contains(p))
+            .ok_or_else(|| invalid("vpn.address_v6", format!("must be an IPv6 address with a /48../124 prefix, like fd00:87::1/64, not {:?}", self.address_v6)))?;
+        let endpoint = match self.endpoint.trim() {
+            "" => None,
+            e if valid_endpoint(e) => Some(e.to_owned()),
+            e => {
+                return Err(invalid(
+                    "vpn.endpoint",
+                    format!("must be host:port, not {e:?}"),
+                ));
+            }
+        };
+        let dns = self
+            .dns
+            .iter()
+            .map(|d| {
+                d.parse()
+                    .map_err(|_| invalid("vpn.dns", format!("{d:?} is not an IP address")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Vpn {
+            interface: self.interface.clone(),
+            listen_port: self.listen_port,
+            mtu: self.mtu,
+            v4,
+            v6,
+            exit: self.exit,
+            endpoint,
+            dns,
+            persistent_keepalive: (self.persistent_keepalive > 0)
+                .then_some(self.persistent_keepalive),
+        }))
+    }
+}
+
 /// The whole `nx1.toml`, as written in the file (paths not yet resolved).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -133,6 +285,8 @@ pub struct Config {
     pub store: StoreSection,
     /// `[api]`
     pub api: ApiSection,
+    /// `[vpn]`
+    pub vpn: VpnSection,
 }
 
 /// Which database a resolved configuration points at.
@@ -161,6 +315,8 @@ pub struct Resolved {
     pub control_socket: PathBuf,
     /// The database to open.
     pub database: Database,
+    /// The WireGuard interface, unless disabled.
+    pub vpn: Option<Vpn>,
 }
 
 /// Turns a byte offset into a 1-based line and column.
@@ -252,7 +408,9 @@ impl Config {
                 ),
             ));
         }
+        let vpn = self.vpn.validate(&invalid)?;
         Ok(Resolved {
+            vpn,
             path: path.to_owned(),
             identity_key: in_data(&self.node.identity_key),
             wireguard_key: in_data(&self.node.wireguard_key),
@@ -298,6 +456,26 @@ max_connections = {max_connections}
 listen = "{listen}"
 # Control socket for the nx1 command line (mode 0600, relative to data_dir).
 control_socket = "{control_socket}"
+
+[vpn]
+# Run the WireGuard interface (needs root or CAP_NET_ADMIN).
+enabled = true
+# TUN device name; also names the UAPI socket (/var/run/wireguard/NAME.sock).
+interface = "{interface}"
+# UDP port WireGuard clients connect to.
+listen_port = {listen_port}
+mtu = {mtu}
+# The node's tunnel addresses; their prefixes are the pools clients get addresses from.
+address_v4 = "{address_v4}"
+address_v6 = "{address_v6}"
+# Forward clients' traffic to the internet: kernel forwarding + an nftables masquerade table.
+exit = true
+# "host:port" clients reach this node at, written into the configs `nx1 peer add` prints.
+endpoint = ""
+# DNS servers written into client configs.
+dns = []
+# PersistentKeepalive written into client configs, in seconds (0: none).
+persistent_keepalive = {keepalive}
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),
@@ -306,6 +484,12 @@ control_socket = "{control_socket}"
         max_connections = d.store.max_connections,
         listen = d.api.listen,
         control_socket = d.api.control_socket.display(),
+        interface = d.vpn.interface,
+        listen_port = d.vpn.listen_port,
+        mtu = d.vpn.mtu,
+        address_v4 = d.vpn.address_v4,
+        address_v6 = d.vpn.address_v6,
+        keepalive = d.vpn.persistent_keepalive,
     )
 }
 
@@ -428,6 +612,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("api.control_socket"), "{msg}");
+    }
+
+    #[test]
+    fn vpn_values_are_checked() {
+        let ok =
+            parse("[vpn]\nendpoint = \"vpn.example.org:51820\"\ndns = [\"10.87.0.1\"]\n").unwrap();
+        let vpn = ok.vpn.unwrap();
+        assert_eq!(vpn.v4, ("10.87.0.1".parse().unwrap(), 16));
+        assert_eq!(vpn.endpoint.as_deref(), Some("vpn.example.org:51820"));
+        assert_eq!(vpn.persistent_keepalive, Some(25));
+        for (bad, key) in [
+            ("interface = \"much-too-long-name\"", "vpn.interface"),
+            ("mtu = 500", "vpn.mtu"),
+            ("address_v4 = \"10.87.0.1\"", "vpn.address_v4"),
+            ("address_v6 = \"fd00::1/8\"", "vpn.address_v6"),
+            ("endpoint = \"no port\"", "vpn.endpoint"),
+            ("dns = [\"resolver\"]", "vpn.dns"),
+        ] {
+            let msg = parse(&format!("[vpn]\n{bad}\n")).unwrap_err().to_string();
+            assert!(msg.contains(key), "{bad}: {msg}");
+        }
+        assert!(
+            parse("[vpn]\nenabled = false\nmtu = 1\n")
+                .unwrap()
+                .vpn
+                .is_none()
+        );
     }
 
     #[test]

@@ -20,6 +20,22 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub enum Request {
     /// Everything `nx1 status` shows.
     Status,
+    /// Register a WireGuard client by its public key and make it live.
+    PeerAdd {
+        /// Unique name.
+        name: String,
+        /// Base64 public key (the private key stays with the client).
+        public_key: String,
+        /// Endpoint to write into the config instead of `[vpn] endpoint`.
+        endpoint: Option<String>,
+    },
+    /// Every registered client with its live state.
+    PeerList,
+    /// Unregister a client; its sessions end at once.
+    PeerRemove {
+        /// The client's name.
+        name: String,
+    },
 }
 
 impl Request {
@@ -27,6 +43,9 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Status => "status",
+            Request::PeerAdd { .. } => "peer_add",
+            Request::PeerList => "peer_list",
+            Request::PeerRemove { .. } => "peer_remove",
         }
     }
 }
@@ -37,6 +56,18 @@ impl Request {
 pub enum Response {
     /// Answer to [`Request::Status`].
     Status(StatusReport),
+    /// Answer to [`Request::PeerAdd`]: what the client's config needs.
+    PeerAdded(PeerAdded),
+    /// Answer to [`Request::PeerList`].
+    Peers {
+        /// Sorted by name.
+        peers: Vec<PeerInfo>,
+    },
+    /// Answer to [`Request::PeerRemove`].
+    PeerRemoved {
+        /// The removed client's name.
+        name: String,
+    },
     /// The request could not be carried out.
     Error {
         /// One line for the user.
@@ -51,6 +82,69 @@ pub struct StoreStatus {
     pub backend: crate::store::Backend,
     /// Newest migration applied.
     pub schema_version: i64,
+}
+
+/// Everything a client config needs, from the node's side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerAdded {
+    /// The client's name.
+    pub name: String,
+    /// Its IPv4 tunnel address (/32).
+    pub ipv4: std::net::Ipv4Addr,
+    /// Its IPv6 tunnel address (/128).
+    pub ipv6: std::net::Ipv6Addr,
+    /// The node's WireGuard public key.
+    pub server_public_key: String,
+    /// Where the client sends to.
+    pub endpoint: String,
+    /// DNS servers for the client.
+    pub dns: Vec<std::net::IpAddr>,
+    /// Keepalive for the client.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// A registered client and its live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Name.
+    pub name: String,
+    /// Base64 public key.
+    pub public_key: String,
+    /// IPv4 tunnel address.
+    pub ipv4: std::net::Ipv4Addr,
+    /// IPv6 tunnel address.
+    pub ipv6: std::net::Ipv6Addr,
+    /// Current endpoint, once heard from.
+    pub endpoint: Option<String>,
+    /// Unix time of the latest handshake.
+    pub latest_handshake: Option<u64>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+    /// Datagrams received.
+    pub rx_packets: u64,
+    /// Datagrams sent.
+    pub tx_packets: u64,
+    /// Dropped datagrams and packets.
+    pub drops: u64,
+}
+
+/// The WireGuard part of a status report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VpnStatus {
+    /// TUN device name.
+    pub interface: String,
+    /// UDP port.
+    pub listen_port: u16,
+    /// nftables table when this node is an exit.
+    pub exit_table: Option<String>,
+    /// Registered peers.
+    pub peers: usize,
+    /// Peers with a handshake in the last 3 minutes.
+    pub active_peers: usize,
+    /// Device-wide drops by reason.
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// What `nx1 status` shows.
@@ -78,6 +172,8 @@ pub struct StatusReport {
     pub control_socket: PathBuf,
     /// The database.
     pub store: StoreStatus,
+    /// The WireGuard interface, when enabled.
+    pub vpn: Option<VpnStatus>,
 }
 
 /// Why the command line could not get an answer.

@@ -2,10 +2,14 @@
 //! SIGINT/SIGTERM stops serving and removes what it set up.
 
 use crate::config::Resolved;
-use crate::control::{self, Request, Response, StatusReport, StoreStatus};
+use crate::control::{
+    self, PeerAdded, PeerInfo, Request, Response, StatusReport, StoreStatus, VpnStatus,
+};
 use crate::identity::{NodeIdentity, load_wireguard_key};
 use crate::metrics::{CommandLabel, Metrics};
+use crate::peers;
 use crate::store::Store;
+use crate::vpn::VpnService;
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +34,8 @@ pub struct Node {
     pub started: Instant,
     /// Where the HTTP API actually listens (port 0 resolved).
     pub http_listen: SocketAddr,
+    /// The WireGuard service, when enabled.
+    pub vpn: Option<Arc<VpnService>>,
 }
 
 impl Node {
@@ -41,14 +47,132 @@ impl Node {
                 command: request.name(),
             })
             .inc();
-        match request {
-            Request::Status => match self.status().await {
-                Ok(report) => Response::Status(report),
-                Err(e) => Response::Error {
-                    message: format!("{e:#}"),
-                },
-            },
+        let result = match request {
+            Request::Status => self.status().await.map(Response::Status),
+            Request::PeerAdd {
+                name,
+                public_key,
+                endpoint,
+            } => self.peer_add(&name, &public_key, endpoint).await,
+            Request::PeerList => self.peer_list().await,
+            Request::PeerRemove { name } => self.peer_remove(&name).await,
+        };
+        result.unwrap_or_else(|e| Response::Error {
+            message: format!("{e:#}"),
+        })
+    }
+
+    fn vpn(&self) -> anyhow::Result<&Arc<VpnService>> {
+        self.vpn.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("this node runs no WireGuard interface ([vpn] enabled = false)")
+        })
+    }
+
+    async fn peer_add(
+        &self,
+        name: &str,
+        public_key: &str,
+        endpoint: Option<String>,
+    ) -> anyhow::Result<Response> {
+        let vpn = self.vpn()?;
+        let key = nx1_vpn::keys::PublicKey::from_base64(public_key)
+            .map_err(|e| anyhow::anyhow!("public key: {e}"))?;
+        if key == vpn.device.public_key() {
+            anyhow::bail!("that is this node's own public key");
         }
+        let endpoint = match endpoint.or_else(|| vpn.config.endpoint.clone()) {
+            Some(e) => e,
+            None => anyhow::bail!(
+                "no endpoint for the client config: set [vpn] endpoint in {} or pass --endpoint HOST:PORT",
+                self.config.path.display()
+            ),
+        };
+        let record = peers::add(
+            &self.store,
+            name,
+            &key.to_base64(),
+            vpn.config.v4,
+            vpn.config.v6,
+        )
+        .await?;
+        vpn.add_live(&record)?;
+        tracing::info!(peer = %record.name, ipv4 = %record.ipv4, "peer added");
+        Ok(Response::PeerAdded(PeerAdded {
+            name: record.name,
+            ipv4: record.ipv4,
+            ipv6: record.ipv6,
+            server_public_key: vpn.device.public_key().to_base64(),
+            endpoint,
+            dns: vpn.config.dns.clone(),
+            persistent_keepalive: vpn.config.persistent_keepalive,
+        }))
+    }
+
+    async fn peer_list(&self) -> anyhow::Result<Response> {
+        let vpn = self.vpn()?;
+        let mut list = Vec::new();
+        for record in peers::list(&self.store).await? {
+            let live = nx1_vpn::keys::PublicKey::from_base64(&record.public_key)
+                .ok()
+                .and_then(|k| vpn.device.peer(&k));
+            list.push(PeerInfo {
+                endpoint: live
+                    .as_ref()
+                    .and_then(|l| l.endpoint)
+                    .map(|e| e.to_string()),
+                latest_handshake: live
+                    .as_ref()
+                    .and_then(|l| l.last_handshake)
+                    .map(|d| d.as_secs()),
+                rx_bytes: live.as_ref().map_or(0, |l| l.rx_bytes),
+                tx_bytes: live.as_ref().map_or(0, |l| l.tx_bytes),
+                rx_packets: live.as_ref().map_or(0, |l| l.rx_packets),
+                tx_packets: live.as_ref().map_or(0, |l| l.tx_packets),
+                drops: live.as_ref().map_or(0, |l| l.drops),
+                name: record.name,
+                public_key: record.public_key,
+                ipv4: record.ipv4,
+                ipv6: record.ipv6,
+            });
+        }
+        Ok(Response::Peers { peers: list })
+    }
+
+    async fn peer_remove(&self, name: &str) -> anyhow::Result<Response> {
+        let vpn = self.vpn()?;
+        match peers::remove(&self.store, name).await? {
+            Some(record) => {
+                vpn.remove_live(&record.public_key);
+                tracing::info!(peer = %record.name, "peer removed");
+                Ok(Response::PeerRemoved { name: record.name })
+            }
+            None => anyhow::bail!("no peer named {name:?}"),
+        }
+    }
+
+    fn vpn_status(&self) -> Option<VpnStatus> {
+        let vpn = self.vpn.as_ref()?;
+        let stats = vpn.device.peer_stats();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Some(VpnStatus {
+            interface: vpn.config.interface.clone(),
+            listen_port: vpn.port,
+            exit_table: vpn.exit_table.clone(),
+            peers: stats.len(),
+            active_peers: stats
+                .iter()
+                .filter(|s| {
+                    s.last_handshake
+                        .is_some_and(|t| now.saturating_sub(t).as_secs() < 180)
+                })
+                .count(),
+            drops: crate::metrics::device_drops(&vpn.device)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        })
     }
 
     async fn status(&self) -> anyhow::Result<StatusReport> {
@@ -67,6 +191,7 @@ impl Node {
                 backend: self.store.backend(),
                 schema_version: self.store.schema_version().await?,
             },
+            vpn: self.vpn_status(),
         })
     }
 }
@@ -97,13 +222,22 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let control_listener = control::bind(&config.control_socket).await?;
     // From here on the socket file exists: remove it on every way out.
     let socket_guard = RemoveOnDrop(config.control_socket.clone());
+    let vpn = match &config.vpn {
+        Some(v) => Some(Arc::new(
+            VpnService::start(v.clone(), &wireguard, &store).await?,
+        )),
+        None => None,
+    };
+    // Stops the interface and removes the exit table on every way out.
+    let vpn_guard = StopOnDrop(vpn.clone());
     let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
     let http_listen = http_listener.local_addr()?;
 
     let node = Arc::new(Node {
-        metrics: Metrics::new(&node_id),
+        metrics: Metrics::new(&node_id, vpn.clone()),
+        vpn,
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
         store,
@@ -131,6 +265,8 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         http = %node.http_listen,
         control = %node.config.control_socket.display(),
         store = %node.store.backend(),
+        wireguard = ?node.vpn.as_ref().map(|v| (v.config.interface.as_str(), v.port)),
+        exit = node.vpn.as_ref().is_some_and(|v| v.exit_table.is_some()),
         "nx1 node up"
     );
 
@@ -143,6 +279,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("HTTP API did not stop within 10 s"),
         _ => {}
     }
+    drop(vpn_guard);
     drop(socket_guard);
     node.store.close().await;
     tracing::info!("stopped");
@@ -195,6 +332,17 @@ async fn serve_control_connection(stream: UnixStream, node: Arc<Node>) {
             .is_err()
         {
             return;
+        }
+    }
+}
+
+/// Stops the WireGuard service when dropped.
+struct StopOnDrop(Option<Arc<VpnService>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(vpn) = &self.0 {
+            vpn.stop();
         }
     }
 }

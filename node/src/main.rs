@@ -9,7 +9,9 @@ mod http;
 mod identity;
 mod init;
 mod metrics;
+mod peers;
 mod store;
+mod vpn;
 
 use clap::{Parser, Subcommand};
 use config::{Config, LogFormat};
@@ -57,6 +59,39 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Register, list and remove WireGuard clients of the running node (no restart needed).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Register a client and print a standard wg-quick config for it on stdout.
+    Add {
+        /// A unique name (letters, digits, '.', '_', '-').
+        name: String,
+        /// Register this public key instead of generating a key pair; the private key then
+        /// never exists on the node.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+        /// The Endpoint written into the config [default: [vpn] endpoint].
+        #[arg(long, value_name = "HOST:PORT")]
+        endpoint: Option<String>,
+        /// Also print the config as a QR code for the mobile apps.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// List clients: addresses, endpoint, latest handshake, transfer.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client; its sessions end at once.
+    Remove {
+        /// The client's name.
+        name: String,
     },
 }
 
@@ -110,21 +145,155 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(config).await
         }
         Command::Status { json } => {
-            let path = cli
-                .config
-                .unwrap_or_else(|| Path::new(DEFAULT_DIR).join(init::CONFIG_FILE));
-            let config = Config::load(&path)?;
-            let answer = control::call(&config.control_socket, &control::Request::Status).await?;
-            match answer {
+            let config = Config::load(&config_path(cli.config))?;
+            match ask(&config, control::Request::Status).await? {
                 control::Response::Status(report) if json => {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 }
                 control::Response::Status(report) => print_status(&report),
-                control::Response::Error { message } => anyhow::bail!("{message}"),
+                other => unexpected(other)?,
             }
             Ok(())
         }
+        Command::Peer(command) => {
+            let config = Config::load(&config_path(cli.config))?;
+            peer_command(&config, command).await
+        }
     }
+}
+
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| Path::new(DEFAULT_DIR).join(init::CONFIG_FILE))
+}
+
+/// Sends a request to the daemon; an error answer becomes an error.
+async fn ask(
+    config: &config::Resolved,
+    request: control::Request,
+) -> anyhow::Result<control::Response> {
+    match control::call(&config.control_socket, &request).await? {
+        control::Response::Error { message } => anyhow::bail!("{message}"),
+        answer => Ok(answer),
+    }
+}
+
+fn unexpected(answer: control::Response) -> anyhow::Result<()> {
+    anyhow::bail!("unexpected answer from the daemon: {answer:?}")
+}
+
+async fn peer_command(config: &config::Resolved, command: PeerCommand) -> anyhow::Result<()> {
+    match command {
+        PeerCommand::Add {
+            name,
+            public_key,
+            endpoint,
+            qr,
+        } => {
+            // The key pair is made here, in the command, so the daemon only ever sees the
+            // public half.
+            let private = match &public_key {
+                Some(_) => None,
+                None => Some(nx1_vpn::keys::PrivateKey::generate()),
+            };
+            let public_key = match (&public_key, &private) {
+                (Some(k), _) => nx1_vpn::keys::PublicKey::from_base64(k)
+                    .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?
+                    .to_base64(),
+                (None, Some(p)) => p.public_key().to_base64(),
+                (None, None) => unreachable!(),
+            };
+            let request = control::Request::PeerAdd {
+                name,
+                public_key,
+                endpoint,
+            };
+            let control::Response::PeerAdded(added) = ask(config, request).await? else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            let text = client_config(&added, private.as_ref())?;
+            print!("{}", text.as_str());
+            if qr {
+                let code = qrcode::QrCode::new(text.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("config too large for a QR code: {e}"))?;
+                let art = code
+                    .render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build();
+                println!("\n{art}");
+            }
+            Ok(())
+        }
+        PeerCommand::List { json } => {
+            let control::Response::Peers { peers } =
+                ask(config, control::Request::PeerList).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&peers)?);
+                return Ok(());
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            println!(
+                "{:<16} {:<15} {:<22} {:>10} {:>12} {:>12}",
+                "NAME", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+            );
+            for p in peers {
+                let handshake = p.latest_handshake.map_or("never".to_owned(), |t| {
+                    format!("{}s ago", now.saturating_sub(t))
+                });
+                println!(
+                    "{:<16} {:<15} {:<22} {:>10} {:>12} {:>12}",
+                    p.name,
+                    p.ipv4,
+                    p.endpoint.as_deref().unwrap_or("-"),
+                    handshake,
+                    p.rx_bytes,
+                    p.tx_bytes
+                );
+            }
+            Ok(())
+        }
+        PeerCommand::Remove { name } => {
+            let control::Response::PeerRemoved { name } =
+                ask(config, control::Request::PeerRemove { name }).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            eprintln!("removed peer {name}");
+            Ok(())
+        }
+    }
+}
+
+/// The wg-quick config for a newly added client.
+fn client_config(
+    added: &control::PeerAdded,
+    private: Option<&nx1_vpn::keys::PrivateKey>,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use nx1_vpn::wg_quick;
+    let server = nx1_vpn::keys::PublicKey::from_base64(&added.server_public_key)
+        .map_err(|e| anyhow::anyhow!("the daemon sent a bad key: {e}"))?;
+    let config = wg_quick::Config {
+        interface: wg_quick::Interface {
+            private_key: private.map(|p| p.to_base64().to_string()),
+            addresses: vec![
+                nx1_vpn::IpNetwork::new(added.ipv4, 32)?,
+                nx1_vpn::IpNetwork::new(added.ipv6, 128)?,
+            ],
+            dns: added.dns.clone(),
+            ..Default::default()
+        },
+        peers: vec![wg_quick::Peer {
+            public_key: server,
+            endpoint: Some(added.endpoint.clone()),
+            allowed_ips: vec!["0.0.0.0/0".parse()?, "::/0".parse()?],
+            persistent_keepalive: added.persistent_keepalive,
+        }],
+    };
+    Ok(zeroize::Zeroizing::new(config.render()))
 }
 
 fn print_status(r: &control::StatusReport) {
@@ -145,6 +314,30 @@ fn print_status(r: &control::StatusReport) {
     println!("  control    {}", r.control_socket.display());
     println!("  data dir   {}", r.data_dir.display());
     println!("  config     {}", r.config_file.display());
+    match &r.vpn {
+        Some(v) => {
+            println!(
+                "  wireguard  {} on UDP {}, {} peers ({} active), exit {}",
+                v.interface,
+                v.listen_port,
+                v.peers,
+                v.active_peers,
+                v.exit_table
+                    .as_deref()
+                    .map_or("off".to_owned(), |t| format!("on (nftables {t})"))
+            );
+            let drops: Vec<String> = v
+                .drops
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            if !drops.is_empty() {
+                println!("  drops      {}", drops.join(", "));
+            }
+        }
+        None => println!("  wireguard  disabled"),
+    }
 }
 
 fn init_logging(format: LogFormat, level: &str) {

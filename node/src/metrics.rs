@@ -1,11 +1,18 @@
 //! Prometheus metrics for `/metrics`, in the OpenMetrics text format.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use crate::vpn::VpnService;
+use nx1_vpn::device::Device;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Label set for control-socket requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,7 +43,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers everything under the `nx1_` prefix.
-    pub fn new(node_id: &str) -> Self {
+    pub fn new(node_id: &str, vpn: Option<Arc<VpnService>>) -> Self {
         let mut registry = Registry::with_prefix("nx1");
         registry.register(
             "build",
@@ -70,6 +77,9 @@ impl Metrics {
             "Health checks by result",
             health_checks.clone(),
         );
+        if let Some(vpn) = vpn {
+            registry.register_collector(Box::new(VpnCollector(vpn)));
+        }
         Self {
             registry,
             uptime_seconds,
@@ -88,13 +98,97 @@ impl Metrics {
     }
 }
 
+/// Device-wide drop counters by reason.
+pub fn device_drops(device: &Device) -> Vec<(&'static str, u64)> {
+    let c = &device.counters;
+    vec![
+        ("malformed", c.malformed.load(Relaxed)),
+        ("bad_mac", c.bad_mac.load(Relaxed)),
+        ("cookie_reply", c.cookie_replies.load(Relaxed)),
+        ("rate_limited", c.rate_limited.load(Relaxed)),
+        ("unknown_peer", c.unknown_peer.load(Relaxed)),
+        ("rejected", c.rejected.load(Relaxed)),
+        ("bad_source", c.bad_source.load(Relaxed)),
+        ("no_route", c.no_route.load(Relaxed)),
+        ("no_endpoint", c.no_endpoint.load(Relaxed)),
+    ]
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Reads the WireGuard counters at each scrape.
+struct VpnCollector(Arc<VpnService>);
+
+impl std::fmt::Debug for VpnCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VpnCollector")
+    }
+}
+
+impl Collector for VpnCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let peers = self.0.device.peer_stats();
+        type Pick = fn(&nx1_vpn::peer::PeerStats) -> u64;
+        let series: [(&str, &str, Pick); 5] = [
+            (
+                "peer_rx_bytes",
+                "Bytes received from a peer (outer datagrams)",
+                |s| s.rx_bytes,
+            ),
+            (
+                "peer_tx_bytes",
+                "Bytes sent to a peer (outer datagrams)",
+                |s| s.tx_bytes,
+            ),
+            ("peer_rx_packets", "Datagrams received from a peer", |s| {
+                s.rx_packets
+            }),
+            ("peer_tx_packets", "Datagrams sent to a peer", |s| {
+                s.tx_packets
+            }),
+            (
+                "peer_drops",
+                "Datagrams or packets of a peer that were dropped",
+                |s| s.drops,
+            ),
+        ];
+        for (name, help, pick) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &peers {
+                let label = PeerLabel {
+                    peer: s.public_key.to_base64(),
+                };
+                ConstCounter::new(pick(s)).encode(family.encode_family(&label)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "wireguard_drops",
+            "Datagrams and packets dropped by the WireGuard device, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, value) in device_drops(&self.0.device) {
+            ConstCounter::new(value).encode(family.encode_family(&ReasonLabel { reason })?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn exposition_carries_counters_and_build_info() {
-        let m = Metrics::new("abc=");
+        let m = Metrics::new("abc=", None);
         m.control_requests
             .get_or_create(&CommandLabel { command: "status" })
             .inc();

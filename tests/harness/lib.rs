@@ -2,6 +2,8 @@
 //! (and, for the network tests, in network namespaces the tests create), with every wait
 //! bounded and every process stopped when the test ends.
 
+pub mod netns;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -86,7 +88,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `nx1 [--config FILE] up` in `cwd`, logging to `log`.
     pub fn start(config: Option<&Path>, cwd: &Path, log: &Path) -> Self {
-        let mut cmd = Command::new(nx1_bin());
+        Self::start_in(None, config, cwd, log)
+    }
+
+    /// Starts `nx1 up` inside a network namespace.
+    pub fn start_in(
+        ns: Option<&netns::Netns>,
+        config: Option<&Path>,
+        cwd: &Path,
+        log: &Path,
+    ) -> Self {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]).arg(nx1_bin());
+                c
+            }
+            None => Command::new(nx1_bin()),
+        };
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }

@@ -4,10 +4,9 @@
 
 use crate::device::{Device, Outbox};
 use crate::timers::TICK;
-use ip_network::IpNetwork;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
@@ -26,8 +25,9 @@ pub struct InterfaceConfig {
     pub listen_port: u16,
     /// MTU of the TUN device.
     pub mtu: u16,
-    /// The interface's own addresses, with the prefix of the network behind it.
-    pub addresses: Vec<IpNetwork>,
+    /// The interface's own addresses, each with the prefix of the network behind it
+    /// (`10.87.0.1`, 16): the kernel then routes that network into the tunnel.
+    pub addresses: Vec<(IpAddr, u8)>,
 }
 
 /// I/O errors of the running interface (the device counts protocol drops).
@@ -93,10 +93,10 @@ fn bind_udp(port: u16) -> io::Result<UdpSocket> {
 
 fn open_tun(config: &InterfaceConfig) -> io::Result<SyncDevice> {
     let mut builder = DeviceBuilder::new().name(&config.name).mtu(config.mtu);
-    for net in &config.addresses {
-        builder = match net {
-            IpNetwork::V4(n) => builder.ipv4(n.network_address(), n.netmask(), None),
-            IpNetwork::V6(n) => builder.ipv6(n.network_address(), n.netmask()),
+    for &(addr, prefix) in &config.addresses {
+        builder = match addr {
+            IpAddr::V4(a) => builder.ipv4(a, prefix, None),
+            IpAddr::V6(a) => builder.ipv6(a, prefix),
         };
     }
     builder.build_sync()

@@ -18,6 +18,7 @@
 
 pub mod allowed_ips;
 pub mod device;
+pub mod exit;
 pub mod io;
 pub mod keys;
 pub mod peer;
@@ -27,5 +28,6 @@ pub mod ratelimit;
 mod receive;
 mod send;
 pub mod timers;
+pub mod wg_quick;
 
 pub use ip_network::IpNetwork;

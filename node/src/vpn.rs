@@ -1,0 +1,123 @@
+//! The node's WireGuard service: builds the `vpn` device from the config and the stored
+//! peers, starts the interface, installs the exit, and carries out peer changes live.
+
+use crate::config::Vpn;
+use crate::peers::{self, PeerRecord};
+use crate::store::Store;
+use anyhow::Context as _;
+use nx1_vpn::IpNetwork;
+use nx1_vpn::device::Device;
+use nx1_vpn::exit::ExitNat;
+use nx1_vpn::io::{Interface, InterfaceConfig};
+use nx1_vpn::keys::{PrivateKey, PublicKey};
+use nx1_vpn::peer::PeerConfig;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// The running WireGuard service.
+pub struct VpnService {
+    /// Validated `[vpn]` settings.
+    pub config: Vpn,
+    /// The protocol state.
+    pub device: Arc<Device>,
+    running: Mutex<Option<(Interface, Option<ExitNat>)>>,
+    /// UDP port actually bound.
+    pub port: u16,
+    /// nftables table, when this node is an exit.
+    pub exit_table: Option<String>,
+}
+
+fn peer_config(record: &PeerRecord) -> anyhow::Result<PeerConfig> {
+    Ok(PeerConfig {
+        public_key: PublicKey::from_base64(&record.public_key)
+            .with_context(|| format!("stored key of peer {:?}", record.name))?,
+        allowed_ips: vec![
+            IpNetwork::new(record.ipv4, 32).expect("a /32"),
+            IpNetwork::new(record.ipv6, 128).expect("a /128"),
+        ],
+        endpoint: None,
+        persistent_keepalive: None,
+        preshared_key: None,
+    })
+}
+
+/// The pools as networks (host bits cleared).
+pub fn pools(config: &Vpn) -> Vec<IpNetwork> {
+    let (a4, p4) = config.v4;
+    let (a6, p6) = config.v6;
+    vec![
+        IpNetwork::new_truncate(a4, p4).expect("prefix checked at load"),
+        IpNetwork::new_truncate(a6, p6).expect("prefix checked at load"),
+    ]
+}
+
+impl VpnService {
+    /// Starts the interface with every stored peer, then the exit if configured.
+    pub async fn start(config: Vpn, key: &PrivateKey, store: &Store) -> anyhow::Result<Self> {
+        let device = Arc::new(Device::new(key));
+        for record in peers::list(store).await? {
+            device.upsert_peer(peer_config(&record)?)?;
+        }
+        let (a4, p4) = config.v4;
+        let (a6, p6) = config.v6;
+        let interface = Interface::start(
+            device.clone(),
+            &InterfaceConfig {
+                name: config.interface.clone(),
+                listen_port: config.listen_port,
+                mtu: config.mtu,
+                addresses: vec![(a4.into(), p4), (a6.into(), p6)],
+            },
+        )
+        .with_context(|| {
+            format!(
+                "starting WireGuard interface {} on UDP port {}",
+                config.interface, config.listen_port
+            )
+        })?;
+        let port = interface.port();
+        let exit = if config.exit {
+            let nat = ExitNat::install(&config.interface, &pools(&config))?;
+            if nat.replaced_stale {
+                tracing::warn!(
+                    table = nat.table(),
+                    "replaced an exit table left by an earlier run"
+                );
+            }
+            Some(nat)
+        } else {
+            None
+        };
+        let exit_table = exit.as_ref().map(|e| e.table().to_owned());
+        Ok(Self {
+            config,
+            device,
+            running: Mutex::new(Some((interface, exit))),
+            port,
+            exit_table,
+        })
+    }
+
+    /// Makes a stored peer live.
+    pub fn add_live(&self, record: &PeerRecord) -> anyhow::Result<()> {
+        self.device.upsert_peer(peer_config(record)?)?;
+        Ok(())
+    }
+
+    /// Drops a peer's sessions and routes at once.
+    pub fn remove_live(&self, public_key: &str) {
+        if let Ok(key) = PublicKey::from_base64(public_key) {
+            self.device.remove_peer(&key);
+        }
+    }
+
+    /// Removes the exit table and the interface.
+    pub fn stop(&self) {
+        if let Some((interface, exit)) = self.running.lock().take() {
+            if let Some(exit) = exit {
+                exit.remove();
+            }
+            interface.stop();
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Exit NAT: kernel forwarding plus an nftables table of the node's own that masquerades the
+//! tunnel pools and clamps TCP MSS to the route MTU. The table is replaced if a crashed run
+//! left one behind, and removed — with forwarding restored — when the exit stops.
+//!
+//! Rules are loaded with `nft -f -` (the nftables tool is the supported interface to the
+//! kernel's rule set; there is no maintained Rust netlink crate for it).
+
+use ip_network::IpNetwork;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Why the exit could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    /// `nft` is missing or failed.
+    #[error("nftables: {0}")]
+    Nft(String),
+    /// A forwarding sysctl could not be written.
+    #[error("cannot enable forwarding ({path}): {reason}")]
+    Forwarding {
+        /// The sysctl file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The installed exit; [`ExitNat::remove`] undoes it.
+#[derive(Debug)]
+pub struct ExitNat {
+    table: String,
+    restore: Vec<(PathBuf, String)>,
+    /// Whether a table left by an earlier run was found and replaced.
+    pub replaced_stale: bool,
+}
+
+/// The nftables table name for an interface (`nx1_` + the name, `-` and `.` as `_`).
+pub fn table_name(interface: &str) -> String {
+    let clean: String = interface
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("nx1_{clean}")
+}
+
+fn nft(script: &str) -> Result<(), ExitError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ExitError::Nft(format!("cannot run nft (install nftables): {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| ExitError::Nft(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| ExitError::Nft(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ExitError::Nft(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " "),
+        ))
+    }
+}
+
+/// Whether the table exists in this network namespace.
+pub fn table_exists(table: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The nftables script for `interface` and its pools.
+pub fn ruleset(interface: &str, pools: &[IpNetwork]) -> String {
+    let table = table_name(interface);
+    let mut masquerade = String::new();
+    for pool in pools {
+        let family = if matches!(pool, IpNetwork::V4(_)) {
+            "ip"
+        } else {
+            "ip6"
+        };
+        masquerade.push_str(&format!(
+            "    {family} saddr {pool} oifname != \"{interface}\" masquerade\n"
+        ));
+    }
+    format!(
+        "table inet {table} {{\n\
+         \x20 chain postrouting {{\n\
+         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+         {masquerade}\
+         \x20 }}\n\
+         \x20 chain forward {{\n\
+         \x20   type filter hook forward priority mangle; policy accept;\n\
+         \x20   iifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         \x20   oifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         \x20 }}\n\
+         }}\n"
+    )
+}
+
+fn enable_forwarding(path: &str, restore: &mut Vec<(PathBuf, String)>) -> Result<(), ExitError> {
+    let path = PathBuf::from(path);
+    let fail = |e: std::io::Error| ExitError::Forwarding {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    let before = std::fs::read_to_string(&path).map_err(fail)?;
+    if before.trim() != "1" {
+        std::fs::write(&path, "1\n").map_err(fail)?;
+        restore.push((path.clone(), before));
+    }
+    Ok(())
+}
+
+impl ExitNat {
+    /// Enables forwarding and installs the table for `interface`, replacing a stale one.
+    pub fn install(interface: &str, pools: &[IpNetwork]) -> Result<Self, ExitError> {
+        let table = table_name(interface);
+        let replaced_stale = table_exists(&table);
+        let mut script = String::new();
+        if replaced_stale {
+            script.push_str(&format!("delete table inet {table}\n"));
+        }
+        script.push_str(&ruleset(interface, pools));
+        nft(&script)?;
+        let mut exit = Self {
+            table,
+            restore: Vec::new(),
+            replaced_stale,
+        };
+        enable_forwarding("/proc/sys/net/ipv4/ip_forward", &mut exit.restore)?;
+        if pools.iter().any(|p| matches!(p, IpNetwork::V6(_))) {
+            enable_forwarding("/proc/sys/net/ipv6/conf/all/forwarding", &mut exit.restore)?;
+        }
+        Ok(exit)
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Removes the table and restores the forwarding settings found at start.
+    pub fn remove(mut self) {
+        self.undo();
+    }
+
+    fn undo(&mut self) {
+        if !self.table.is_empty() {
+            if let Err(e) = nft(&format!("delete table inet {}\n", self.table)) {
+                tracing::warn!(table = %self.table, error = %e, "removing the exit table failed");
+            }
+            self.table.clear();
+        }
+        for (path, value) in self.restore.drain(..) {
+            let _ = std::fs::write(&path, value);
+        }
+    }
+}
+
+impl Drop for ExitNat {
+    fn drop(&mut self) {
+        self.undo();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_masquerades_each_pool_leaving_by_another_interface() {
+        let rules = ruleset(
+            "nx1-e",
+            &[
+                "10.87.0.0/16".parse().unwrap(),
+                "fd00:87::/64".parse().unwrap(),
+            ],
+        );
+        assert!(rules.starts_with("table inet nx1_nx1_e {"), "{rules}");
+        assert!(rules.contains("ip saddr 10.87.0.0/16 oifname != \"nx1-e\" masquerade"));
+        assert!(rules.contains("ip6 saddr fd00:87::/64 oifname != \"nx1-e\" masquerade"));
+        assert!(rules.contains("maxseg size set rt mtu"));
+    }
+}
