@@ -408,7 +408,7 @@ impl Config {
                 ),
             ));
         }
-        let vpn = self.vpn.validate(&invalid)?;
+        let vpn = self.vpn.validate(invalid)?;
         Ok(Resolved {
             vpn,
             path: path.to_owned(),

@@ -2,6 +2,7 @@
 //! (and, for the network tests, in network namespaces the tests create), with every wait
 //! bounded and every process stopped when the test ends.
 
+pub mod lab;
 pub mod netns;
 
 use std::io::{Read as _, Write as _};

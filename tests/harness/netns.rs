@@ -55,9 +55,9 @@ impl Netns {
         c
     }
 
-    /// Runs `sh -c SCRIPT` inside the namespace and returns its output (success or not).
+    /// Runs `bash -c SCRIPT` inside the namespace and returns its output (success or not).
     pub fn sh(&self, script: &str) -> Output {
-        self.command("sh")
+        self.command("bash")
             .args(["-c", script])
             .stdin(Stdio::null())
             .output()

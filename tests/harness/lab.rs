@@ -1,0 +1,292 @@
+//! The exit lab: namespaces `cli` ⟷ `exit` ⟷ `web` joined by veth pairs, the node under test
+//! in `exit`, and wireguard-go + wg (an independent WireGuard) as the client in `cli`,
+//! configured only from what `nx1 peer add` prints. `web` has no route back to the tunnel
+//! pools, so only a masquerading exit gets answers from it.
+
+use crate::netns::{Netns, link, must, unique_tag};
+use crate::{Daemon, eventually, nx1, set_config, text};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// Address of `exit` on the client side (the Endpoint clients use).
+pub const EXIT_CLI_ADDR: &str = "198.18.1.1";
+/// Address of `cli` on its link.
+pub const CLI_ADDR: &str = "198.18.1.2";
+/// `web`'s IPv4 address.
+pub const WEB_V4: &str = "198.18.2.2";
+/// `web`'s IPv6 address.
+pub const WEB_V6: &str = "2001:2:0:2::2";
+
+/// A background process that gets SIGTERM, then SIGKILL, when dropped.
+pub struct Background(pub Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child this test spawned; no memory is shared.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The three namespaces, the node's data directory and what runs in them.
+pub struct ExitLab {
+    /// Unique suffix of this lab's names.
+    pub tag: String,
+    /// Client namespace.
+    pub cli: Netns,
+    /// Node namespace.
+    pub exit: Netns,
+    /// Server namespace.
+    pub web: Netns,
+    /// Temporary directory with the node's data.
+    pub dir: tempfile::TempDir,
+    /// The node's nx1.toml.
+    pub config: PathBuf,
+    /// The node's WireGuard interface name.
+    pub node_if: String,
+    /// The client's wireguard-go interface name.
+    pub client_if: String,
+    /// The running node.
+    pub node: Option<Daemon>,
+    client: Option<Background>,
+    web_server: Option<Background>,
+}
+
+impl ExitLab {
+    /// Builds the namespaces and a node data directory (not started).
+    pub fn new() -> Self {
+        let tag = unique_tag();
+        let cli = Netns::new("cli", &tag);
+        let exit = Netns::new("exit", &tag);
+        let web = Netns::new("web", &tag);
+        link(
+            &cli,
+            "c0",
+            &["198.18.1.2/24"],
+            &exit,
+            "e0",
+            &["198.18.1.1/24"],
+        );
+        link(
+            &exit,
+            "e1",
+            &["198.18.2.1/24", "2001:2:0:2::1/64"],
+            &web,
+            "w0",
+            &["198.18.2.2/24", "2001:2:0:2::2/64"],
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("node");
+        let out = nx1(&["init", "--dir", data.to_str().unwrap()], dir.path());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let config = data.join("nx1.toml");
+        let node_if = format!("nx1e{tag}");
+        set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
+        set_config(&config, "vpn", "interface", &format!("\"{node_if}\""));
+        set_config(
+            &config,
+            "vpn",
+            "endpoint",
+            &format!("\"{EXIT_CLI_ADDR}:51820\""),
+        );
+        Self {
+            client_if: format!("wgc{tag}"),
+            tag,
+            cli,
+            exit,
+            web,
+            dir,
+            config,
+            node_if,
+            node: None,
+            client: None,
+            web_server: None,
+        }
+    }
+
+    /// Starts (or restarts) `nx1 up` in `exit` and waits until it answers.
+    pub fn start_node(&mut self) {
+        let log = self.dir.path().join("node.log");
+        let log_copy = log.clone();
+        self.node = Some(Daemon::start_in(
+            Some(&self.exit),
+            Some(&self.config),
+            self.dir.path(),
+            &log,
+        ));
+        eventually("the node to answer", Duration::from_secs(30), || {
+            if !self.node.as_mut().unwrap().is_running() {
+                panic!(
+                    "nx1 up exited: {}",
+                    std::fs::read_to_string(&log_copy).unwrap_or_default()
+                );
+            }
+            self.status()
+        });
+    }
+
+    /// SIGTERM to the node; returns whether it exited cleanly.
+    pub fn stop_node(&mut self) -> bool {
+        self.node
+            .take()
+            .expect("node running")
+            .stop_with(libc::SIGTERM)
+            .success()
+    }
+
+    /// `nx1 --config … ARGS` from the host (the control socket is a file, reachable from any
+    /// namespace).
+    pub fn nx1(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        nx1(&all, self.dir.path())
+    }
+
+    /// `nx1 status --json`, if the node answers.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.nx1(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// `nx1 peer list --json`.
+    pub fn peers(&self) -> serde_json::Value {
+        let out = self.nx1(&["peer", "list", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `nx1 peer add NAME`, returning the printed config.
+    pub fn add_peer(&self, name: &str) -> String {
+        let out = self.nx1(&["peer", "add", name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Brings up wireguard-go in `cli` from a wg-quick config and routes everything into it.
+    pub fn connect_client(&mut self, wg_quick: &str) {
+        self.client = None;
+        let conf = self.dir.path().join(format!("{}.conf", self.client_if));
+        std::fs::write(&conf, wg_quick).unwrap();
+        let stripped = must(Command::new("wg-quick").arg("strip").arg(&conf));
+        let setconf = self.dir.path().join("setconf.conf");
+        std::fs::write(&setconf, &stripped.stdout).unwrap();
+        let child = self
+            .cli
+            .command("wireguard-go")
+            .args(["-f", &self.client_if])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wireguard-go");
+        self.client = Some(Background(child));
+        let sock = PathBuf::from(format!("/var/run/wireguard/{}.sock", self.client_if));
+        eventually(
+            "wireguard-go's UAPI socket",
+            Duration::from_secs(10),
+            || sock.exists().then_some(()),
+        );
+        must(
+            self.cli
+                .command("wg")
+                .args(["setconf", &self.client_if])
+                .arg(&setconf),
+        );
+        for addr in config_value(wg_quick, "Address").split(',').map(str::trim) {
+            self.cli.ip(&["addr", "add", addr, "dev", &self.client_if]);
+        }
+        self.cli.ip(&["link", "set", &self.client_if, "up"]);
+        self.cli
+            .ip(&["route", "add", "default", "dev", &self.client_if]);
+        self.cli
+            .ip(&["-6", "route", "add", "default", "dev", &self.client_if]);
+    }
+
+    /// Removes the client's interface (wireguard-go exits).
+    pub fn disconnect_client(&mut self) {
+        self.client = None;
+    }
+
+    /// Whether `ping` from `cli` to `addr` gets an answer within ~`seconds`.
+    pub fn ping(&self, addr: &str, seconds: u32) -> bool {
+        self.cli
+            .sh(&format!("ping -c 1 -W {seconds} {addr} >/dev/null 2>&1"))
+            .status
+            .success()
+    }
+
+    /// Pings until one answers (bounded).
+    pub fn ping_eventually(&self, addr: &str, timeout: Duration) {
+        eventually(&format!("a ping answer from {addr}"), timeout, || {
+            self.ping(addr, 1).then_some(())
+        });
+    }
+
+    /// Serves `body` as /hello.txt over HTTP on `web`:8080.
+    pub fn start_web_server(&mut self, body: &str) {
+        let root = self.dir.path().join("www");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("hello.txt"), body).unwrap();
+        let child = self
+            .web
+            .command("python3")
+            .args([
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+            ])
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        self.web_server = Some(Background(child));
+        eventually("the web server", Duration::from_secs(10), || {
+            self.web
+                .sh("exec 3<>/dev/tcp/127.0.0.1/8080")
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// Runs a shell script in `cli`.
+    pub fn in_cli(&self, script: &str) -> Output {
+        self.cli.sh(script)
+    }
+
+    /// The data directory of the node.
+    pub fn data_dir(&self) -> &Path {
+        self.config.parent().unwrap()
+    }
+}
+
+impl Default for ExitLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The value of `Key = value` in an INI-style text.
+pub fn config_value(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+}
