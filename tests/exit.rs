@@ -82,6 +82,42 @@ fn a_wireguard_go_client_reaches_the_web_through_the_exit() {
         text(&metrics.stdout)
     );
 
+    // `wg show` on the node, through its UAPI socket: wireguard-tools reads the interface key,
+    // port, the peer, its endpoint, a Unix-time latest handshake and transfer.
+    let show = text(&lab.exit.sh(&format!("wg show {}", lab.node_if)).stdout);
+    let server_key = status["wireguard_public_key"].as_str().unwrap();
+    let client_key = laptop["public_key"].as_str().unwrap();
+    for want in [
+        format!("public key: {server_key}"),
+        "listening port: 51820".to_owned(),
+        format!("peer: {client_key}"),
+        format!("endpoint: {CLI_ADDR}:"),
+        "allowed ips: 10.87.0.2/32, fd00:87::2/128".to_owned(),
+        "latest handshake: ".to_owned(),
+        "transfer: ".to_owned(),
+    ] {
+        assert!(show.contains(&want), "{want:?} not in:\n{show}");
+    }
+    let handshakes = text(
+        &lab.exit
+            .sh(&format!("wg show {} latest-handshakes", lab.node_if))
+            .stdout,
+    );
+    let when: u64 = handshakes
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now.abs_diff(when) < 300,
+        "latest handshake {when} vs now {now}"
+    );
+
     // Roaming: the client's source changes mid-session (as a NAT rebinding does: a new
     // source port); traffic continues and the node's endpoint for it follows.
     must(
@@ -175,5 +211,23 @@ fn a_stale_exit_table_from_a_crash_is_replaced_and_peer_commands_fail_clearly() 
     assert_eq!(lab.peers()[0]["public_key"], key);
     let dup = lab.nx1(&["peer", "add", "phone2", "--public-key", key]);
     assert!(text(&dup.stderr).contains("registered already"));
+
+    // Over UAPI, `wg set … remove` works (and sticks: the store forgets the peer too);
+    // every other change is refused.
+    let refused = lab
+        .exit
+        .sh(&format!("wg set {} listen-port 1234", lab.node_if));
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let removed = lab
+        .exit
+        .sh(&format!("wg set {} peer {key} remove", lab.node_if));
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert_eq!(lab.peers().as_array().unwrap().len(), 0);
+    assert!(!text(&lab.exit.sh(&format!("wg show {}", lab.node_if)).stdout).contains(key));
     assert!(lab.stop_node());
 }

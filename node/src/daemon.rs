@@ -230,6 +230,11 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     };
     // Stops the interface and removes the exit table on every way out.
     let vpn_guard = StopOnDrop(vpn.clone());
+    let uapi = match &vpn {
+        Some(v) => Some(crate::uapi::bind(&v.config.interface).await?),
+        None => None,
+    };
+    let uapi_guard = uapi.as_ref().map(|(_, path)| RemoveOnDrop(path.clone()));
     let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
@@ -254,6 +259,9 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         node.clone(),
         stop_rx.clone(),
     ));
+    let uapi_task = uapi.map(|(listener, _)| {
+        tokio::spawn(crate::uapi::serve(listener, node.clone(), stop_rx.clone()))
+    });
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(
         axum::serve(http_listener, crate::http::router(node.clone()))
@@ -279,6 +287,10 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("HTTP API did not stop within 10 s"),
         _ => {}
     }
+    if let Some(task) = uapi_task {
+        let _ = task.await;
+    }
+    drop(uapi_guard);
     drop(vpn_guard);
     drop(socket_guard);
     node.store.close().await;
@@ -287,7 +299,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
 }
 
 /// Resolves once the stop flag is set.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

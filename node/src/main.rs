@@ -11,6 +11,7 @@ mod init;
 mod metrics;
 mod peers;
 mod store;
+mod uapi;
 mod vpn;
 
 use clap::{Parser, Subcommand};

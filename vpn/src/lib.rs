@@ -28,6 +28,7 @@ pub mod ratelimit;
 mod receive;
 mod send;
 pub mod timers;
+pub mod uapi;
 pub mod wg_quick;
 
 pub use ip_network::IpNetwork;
