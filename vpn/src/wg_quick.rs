@@ -330,12 +330,15 @@ mod tests {
         assert_eq!(
             c.interface.addresses,
             vec![
-                "10.0.0.2/32".parse().unwrap(),
-                "fd00::2/128".parse().unwrap()
+                "10.0.0.2/32".parse::<IpNetwork>().unwrap(),
+                "fd00::2/128".parse::<IpNetwork>().unwrap()
             ]
         );
         assert_eq!(c.interface.dns, vec!["1.1.1.1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(c.peers[0].allowed_ips[1], "192.168.0.0/24".parse().unwrap());
+        assert_eq!(
+            c.peers[0].allowed_ips[1],
+            "192.168.0.0/24".parse::<IpNetwork>().unwrap()
+        );
         assert_eq!(c.peers[0].persistent_keepalive, None);
     }
 
