@@ -36,6 +36,15 @@ pub enum Request {
         /// The client's name.
         name: String,
     },
+    /// Client mode: bring up a tunnel from a wg-quick config.
+    Connect {
+        /// The wg-quick file's text (holds a private key: the socket is owner-only).
+        config: String,
+        /// The interface name.
+        interface: String,
+    },
+    /// Client mode: take the tunnel down.
+    Disconnect,
 }
 
 impl Request {
@@ -46,6 +55,8 @@ impl Request {
             Request::PeerAdd { .. } => "peer_add",
             Request::PeerList => "peer_list",
             Request::PeerRemove { .. } => "peer_remove",
+            Request::Connect { .. } => "connect",
+            Request::Disconnect => "disconnect",
         }
     }
 }
@@ -62,6 +73,13 @@ pub enum Response {
     Peers {
         /// Sorted by name.
         peers: Vec<PeerInfo>,
+    },
+    /// Answer to [`Request::Connect`].
+    Connected(ClientStatus),
+    /// Answer to [`Request::Disconnect`].
+    Disconnected {
+        /// The interface that was taken down.
+        interface: String,
     },
     /// Answer to [`Request::PeerRemove`].
     PeerRemoved {
@@ -130,6 +148,23 @@ pub struct PeerInfo {
     pub drops: u64,
 }
 
+/// The client-mode tunnel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// Interface name.
+    pub interface: String,
+    /// Server endpoints.
+    pub endpoints: Vec<String>,
+    /// Tunnel addresses.
+    pub addresses: Vec<String>,
+    /// Unix time of the latest handshake with the first server.
+    pub latest_handshake: Option<u64>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
 /// The WireGuard part of a status report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VpnStatus {
@@ -174,6 +209,8 @@ pub struct StatusReport {
     pub store: StoreStatus,
     /// The WireGuard interface, when enabled.
     pub vpn: Option<VpnStatus>,
+    /// The client-mode tunnel, when connected.
+    pub client: Option<ClientStatus>,
 }
 
 /// Why the command line could not get an answer.

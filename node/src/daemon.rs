@@ -36,6 +36,8 @@ pub struct Node {
     pub http_listen: SocketAddr,
     /// The WireGuard service, when enabled.
     pub vpn: Option<Arc<VpnService>>,
+    /// The client-mode tunnel, when connected.
+    pub client: tokio::sync::Mutex<Option<crate::client::ClientTunnel>>,
 }
 
 impl Node {
@@ -56,6 +58,11 @@ impl Node {
             } => self.peer_add(&name, &public_key, endpoint).await,
             Request::PeerList => self.peer_list().await,
             Request::PeerRemove { name } => self.peer_remove(&name).await,
+            Request::Connect { config, interface } => {
+                let config = zeroize::Zeroizing::new(config);
+                self.connect(&config, &interface).await
+            }
+            Request::Disconnect => self.disconnect().await,
         };
         result.unwrap_or_else(|e| Response::Error {
             message: format!("{e:#}"),
@@ -150,6 +157,33 @@ impl Node {
         }
     }
 
+    async fn connect(&self, config: &str, interface: &str) -> anyhow::Result<Response> {
+        let mut client = self.client.lock().await;
+        if let Some(c) = client.as_ref() {
+            anyhow::bail!(
+                "already connected on {}; run `nx1 disconnect` first",
+                c.name()
+            );
+        }
+        let tunnel = crate::client::ClientTunnel::start(config, interface).await?;
+        tracing::info!(interface, endpoints = ?tunnel.endpoints, "client tunnel up");
+        let status = client_status(&tunnel);
+        *client = Some(tunnel);
+        Ok(Response::Connected(status))
+    }
+
+    async fn disconnect(&self) -> anyhow::Result<Response> {
+        match self.client.lock().await.take() {
+            Some(tunnel) => {
+                let interface = tunnel.name().to_owned();
+                tokio::task::spawn_blocking(move || tunnel.stop()).await?;
+                tracing::info!(interface, "client tunnel down");
+                Ok(Response::Disconnected { interface })
+            }
+            None => anyhow::bail!("not connected"),
+        }
+    }
+
     fn vpn_status(&self) -> Option<VpnStatus> {
         let vpn = self.vpn.as_ref()?;
         let stats = vpn.device.peer_stats();
@@ -192,7 +226,23 @@ impl Node {
                 schema_version: self.store.schema_version().await?,
             },
             vpn: self.vpn_status(),
+            client: self.client.lock().await.as_ref().map(client_status),
         })
+    }
+}
+
+fn client_status(tunnel: &crate::client::ClientTunnel) -> control::ClientStatus {
+    let stats = tunnel.interface.device().peer_stats();
+    control::ClientStatus {
+        interface: tunnel.name().to_owned(),
+        endpoints: tunnel.endpoints.iter().map(|e| e.to_string()).collect(),
+        addresses: tunnel.addresses.iter().map(|a| a.to_string()).collect(),
+        latest_handshake: stats
+            .first()
+            .and_then(|s| s.last_handshake)
+            .map(|d| d.as_secs()),
+        rx_bytes: stats.iter().map(|s| s.rx_bytes).sum(),
+        tx_bytes: stats.iter().map(|s| s.tx_bytes).sum(),
     }
 }
 
@@ -243,6 +293,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let node = Arc::new(Node {
         metrics: Metrics::new(&node_id, vpn.clone()),
         vpn,
+        client: tokio::sync::Mutex::new(None),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
         store,
@@ -289,6 +340,9 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     }
     if let Some(task) = uapi_task {
         let _ = task.await;
+    }
+    if let Some(tunnel) = node.client.lock().await.take() {
+        tunnel.stop();
     }
     drop(uapi_guard);
     drop(vpn_guard);

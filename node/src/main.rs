@@ -2,6 +2,7 @@
 //! work lives in the modules and in the `vpn` crate.
 #![forbid(unsafe_code)]
 
+mod client;
 mod config;
 mod control;
 mod daemon;
@@ -64,6 +65,16 @@ enum Command {
     /// Register, list and remove WireGuard clients of the running node (no restart needed).
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Client mode: bring up a tunnel from a standard wg-quick config, through the running node.
+    Connect {
+        /// The wg-quick file.
+        file: PathBuf,
+        /// Name of the tunnel interface.
+        #[arg(long, default_value = "nx1c", value_name = "NAME")]
+        interface: String,
+    },
+    /// Client mode: take the tunnel down.
+    Disconnect,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +165,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 control::Response::Status(report) => print_status(&report),
                 other => unexpected(other)?,
             }
+            Ok(())
+        }
+        Command::Connect { file, interface } => {
+            let config = Config::load(&config_path(cli.config))?;
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?,
+            );
+            let request = control::Request::Connect {
+                config: text.to_string(),
+                interface,
+            };
+            let control::Response::Connected(c) = ask(&config, request).await? else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            println!(
+                "connected on {} to {} as {}",
+                c.interface,
+                c.endpoints.join(", "),
+                c.addresses.join(", ")
+            );
+            Ok(())
+        }
+        Command::Disconnect => {
+            let config = Config::load(&config_path(cli.config))?;
+            let control::Response::Disconnected { interface } =
+                ask(&config, control::Request::Disconnect).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            println!("disconnected {interface}");
             Ok(())
         }
         Command::Peer(command) => {
@@ -338,6 +380,16 @@ fn print_status(r: &control::StatusReport) {
             }
         }
         None => println!("  wireguard  disabled"),
+    }
+    if let Some(c) = &r.client {
+        println!(
+            "  client     {} → {} as {} (rx {} B, tx {} B)",
+            c.interface,
+            c.endpoints.join(", "),
+            c.addresses.join(", "),
+            c.rx_bytes,
+            c.tx_bytes
+        );
     }
 }
 

@@ -114,10 +114,16 @@ impl ExitLab {
 
     /// Starts (or restarts) `nx1 up` in `exit` and waits until it answers.
     pub fn start_node(&mut self) {
+        self.start_node_in(false)
+    }
+
+    /// Starts `nx1 up` in `cli` (client mode) or `exit`, and waits until it answers.
+    pub fn start_node_in(&mut self, in_cli: bool) {
         let log = self.dir.path().join("node.log");
         let log_copy = log.clone();
+        let ns = if in_cli { &self.cli } else { &self.exit };
         self.node = Some(Daemon::start_in(
-            Some(&self.exit),
+            Some(ns),
             Some(&self.config),
             self.dir.path(),
             &log,
