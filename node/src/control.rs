@@ -66,7 +66,7 @@ impl Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// Answer to [`Request::Status`].
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// Answer to [`Request::PeerAdd`]: what the client's config needs.
     PeerAdded(PeerAdded),
     /// Answer to [`Request::PeerList`].

@@ -50,7 +50,7 @@ impl Node {
             })
             .inc();
         let result = match request {
-            Request::Status => self.status().await.map(Response::Status),
+            Request::Status => self.status().await.map(|r| Response::Status(Box::new(r))),
             Request::PeerAdd {
                 name,
                 public_key,
