@@ -76,6 +76,7 @@ pub struct Device {
     pub(crate) public_key: PublicKey,
     pub(crate) rate_limiter: Arc<RateLimiter>,
     pub(crate) source_limiter: SourceLimiter,
+    pub(crate) cookie_limiter: SourceLimiter,
     pub(crate) peers: RwLock<PeerTable>,
     next_index: AtomicU32,
     /// Drops by reason.
@@ -95,6 +96,7 @@ impl Device {
             private,
             public,
             source_limiter: SourceLimiter::default(),
+            cookie_limiter: SourceLimiter::default(),
             peers: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed)),
             counters: DeviceCounters::default(),

@@ -36,8 +36,14 @@ impl Device {
                 {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
-                        self.counters.cookie_replies.fetch_add(1, Relaxed);
-                        out.to_network(src, cookie);
+                        // Cookie replies are limited per source too, so a flood is not
+                        // answered datagram for datagram.
+                        if self.cookie_limiter.allow(src.ip(), Instant::now()) {
+                            self.counters.cookie_replies.fetch_add(1, Relaxed);
+                            out.to_network(src, cookie);
+                        } else {
+                            self.counters.rate_limited.fetch_add(1, Relaxed);
+                        }
                         return;
                     }
                     Err(_) => {

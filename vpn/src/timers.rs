@@ -14,6 +14,7 @@ impl Device {
     pub fn tick(&self, buf: &mut [u8], out: &mut impl Outbox) {
         self.rate_limiter.reset_count();
         self.source_limiter.collect_garbage(Instant::now());
+        self.cookie_limiter.collect_garbage(Instant::now());
         let peers: Vec<_> = self.peers.read().by_key.values().cloned().collect();
         for peer in peers {
             let mut tunn = peer.tunn.lock();
