@@ -1,8 +1,9 @@
 //! The node's configuration: one typed struct, read from TOML, validated at load time so a
 //! bad file fails at start with one clear line.
 //!
-//! Relative paths in the file are relative to the directory that holds the file, so a data
-//! directory made by `nx1 init` can be moved as a whole.
+//! `data_dir` is relative to the directory that holds the file; the other paths (key files,
+//! control socket, an SQLite file) are relative to `data_dir`. So a data directory made by
+//! `nx1 init` can be moved as a whole.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -427,7 +428,8 @@ pub fn default_file() -> String {
     let d = Config::default();
     format!(
         r#"# nx1.toml — configuration of an NX1 node.
-# Every key is shown at its default. Relative paths are relative to this file's directory.
+# Every key is shown at its default. data_dir is relative to this file's directory; the other
+# paths are relative to data_dir.
 # Reference: docs/configuration.md
 
 [node]

@@ -2,7 +2,7 @@
 //!
 //! Key files hold one base64 line, are created 0600 inside a 0700 directory, are written to a
 //! temporary name and renamed into place (never half-written), and are refused at load time
-//! when anyone but the owner can read them.
+//! when any group or other permission bit is set.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

@@ -2,7 +2,8 @@
 //! `nx1.toml` with every key at its default, and the SQLite database.
 //!
 //! The identity key is written last: its presence marks a complete data directory. If any
-//! step fails, the files this run created are removed again.
+//! step fails, the files this run wrote are removed again (with `--force`, the replaced
+//! `nx1.toml` and `wireguard.key` too; the old database stays, renamed).
 
 use crate::config::{self, Config, Database};
 use crate::identity::{NodeIdentity, write_secret};

@@ -50,11 +50,13 @@ enum Command {
         /// Directory to create the node in.
         #[arg(long, default_value = DEFAULT_DIR, value_name = "DIR")]
         dir: PathBuf,
-        /// Replace an existing identity (the node gets a new id; the old database is kept aside).
+        /// Replace an existing identity: new keys, nx1.toml back to its defaults, the old
+        /// database kept aside under a new name.
         #[arg(long)]
         force: bool,
     },
-    /// Run the node until SIGINT/SIGTERM. With no config and no ./nx1-data, runs `init` first.
+    /// Run the node until SIGINT/SIGTERM. With no --config and no ./nx1-data/nx1.toml, runs
+    /// `init` in ./nx1-data first.
     Up,
     /// Show what the running node is doing.
     Status {
