@@ -86,10 +86,8 @@ pub async fn init(dir: &Path, force: bool) -> anyhow::Result<Initialised> {
     undo.0.push(config_path.clone());
 
     let wireguard = PrivateKey::generate();
-    write_secret(
-        &resolved.wireguard_key,
-        &format!("{}\n", wireguard.to_base64().as_str()),
-    )?;
+    let key_line = zeroize::Zeroizing::new(format!("{}\n", wireguard.to_base64().as_str()));
+    write_secret(&resolved.wireguard_key, &key_line)?;
     undo.0.push(resolved.wireguard_key.clone());
 
     let identity = NodeIdentity::generate();
