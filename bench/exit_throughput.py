@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # --- lab layout ---------------------------------------------------------------------------
 
@@ -120,6 +120,7 @@ class Daemon:
                                      stderr=subprocess.STDOUT, env=full_env,
                                      start_new_session=True)
         self.pid = self.proc.pid
+        self.stopped = False
         log(f"started {name} (pid {self.pid}): {shlex.join(cmd)}")
 
     def alive(self) -> bool:
@@ -146,6 +147,9 @@ class Daemon:
             return "(no log)"
 
     def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -209,6 +213,16 @@ def remove_stale_uapi(iface: str) -> None:
 # --- the lab ------------------------------------------------------------------------------
 
 
+def process_running(pid: int) -> bool:
+    """False once the process is gone or a zombie (waiting for a parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2:].split()[0] not in ("Z", "X")
+
+
 def ns_exists(ns: str) -> bool:
     return os.path.exists(f"/var/run/netns/{ns}")
 
@@ -232,7 +246,7 @@ def purge(tmp_keep: str | None = None) -> None:
                 log(f"sent {sig.name} to leftover pids {live} in {ns}")
             deadline = time.monotonic() + 5
             while live and time.monotonic() < deadline:
-                live = [p for p in live if os.path.exists(f"/proc/{p}")]
+                live = [p for p in live if process_running(p)]
                 time.sleep(0.1)
             pids = live
             if not pids:
@@ -648,6 +662,12 @@ def pair(a, b, digits: int = 2) -> str:
     return f"{fmt_num(a, digits)} / {fmt_num(b, digits)}"
 
 
+def pct_pair(a, b) -> str:
+    if a is None and b is None:
+        return "-"
+    return " / ".join("-" if x is None else f"{x:.0f}%" for x in (a, b))
+
+
 def render_table(summary: dict, paths: list[str], skipped: dict[str, str],
                  failed: dict[str, str]) -> str:
     ref = summary.get(REFERENCE_PATH)
@@ -663,7 +683,7 @@ def render_table(summary: dict, paths: list[str], skipped: dict[str, str],
             continue
         s = summary[path]
         if not s[1]["gbps"] and not s[4]["gbps"]:
-            lines.append(f"| {path} | failed: {failed.get(path, 'no result')} | | | | | |")
+            lines.append(f"| {path} | failed: {failed.get(path, 'not measured')} | | | | | |")
             continue
         tp = [ratio(s[n]["gbps_median"], ref[n]["gbps_median"]) if ref else None for n in STREAMS]
         cr = [ratio(s[n]["cpu_s_per_gb_median"], ref[n]["cpu_s_per_gb_median"]) if ref else None
@@ -671,12 +691,29 @@ def render_table(summary: dict, paths: list[str], skipped: dict[str, str],
         lines.append(
             f"| {path} | {spread(s[1]['gbps'])} | {spread(s[4]['gbps'])} "
             f"| {pair(s[1]['cpu_s_per_gb_median'], s[4]['cpu_s_per_gb_median'], 1)} "
-            f"| {pair(s[1]['core_pct_median'], s[4]['core_pct_median'], 0)} "
+            f"| {pct_pair(s[1]['core_pct_median'], s[4]['core_pct_median'])} "
             f"| {pair(*tp)} | {pair(*cr)} |")
     return "\n".join(lines)
 
 
 # --- main ---------------------------------------------------------------------------------
+
+
+def run_path(lab: Lab, path: str, rnd: int, stack: contextlib.ExitStack,
+             results: list[dict]) -> None:
+    pr = lab.setup(path, stack)
+    took = lab.wait_ready(path, pr)
+    who = f"; exit daemon pid {pr.exit.pid} is {pr.exit.comm()!r}" if pr.exit else ""
+    log(f"{path}: ready after {took:.1f}s{who}")
+    for n in STREAMS:
+        r = measure(lab, pr, n, lab.args.seconds)
+        r.update(path=path, round=rnd)
+        results.append(r)
+        cpu = (f", exit CPU {r['exit_cpu_s']:.2f}s = {r['exit_cpu_s_per_gb']:.2f} s/GB, "
+               f"{r['exit_core_pct']:.0f}% core" if r["exit_cpu_s"] is not None else "")
+        log(f"{path} -P {n}: {r['bits_per_second'] / 1e9:.3f} Gbit/s, "
+            f"{r['bytes_received'] / 1e9:.2f} GB, retransmits {r['retransmits']}{cpu}, "
+            f"host busy {r['host_busy_pct_all_cores']}%")
 
 
 def resolve_binary(given: str, relative_to_repo: bool) -> str | None:
@@ -785,28 +822,17 @@ def main(argv: list[str]) -> int:
         for rnd in range(1, args.rounds + 1):
             for path in active:
                 log(f"round {rnd}/{args.rounds}: path {path}")
-                with contextlib.ExitStack() as stack:
-                    try:
-                        pr = lab.setup(path, stack)
-                        took = lab.wait_ready(path, pr)
-                        log(f"{path}: ready after {took:.1f}s")
-                        for n in STREAMS:
-                            r = measure(lab, pr, n, args.seconds)
-                            r.update(path=path, round=rnd)
-                            results.append(r)
-                            cpu = (f", exit CPU {r['exit_cpu_s']:.2f}s = "
-                                   f"{r['exit_cpu_s_per_gb']:.2f} s/GB, "
-                                   f"{r['exit_core_pct']:.0f}% core"
-                                   if r["exit_cpu_s"] is not None else "")
-                            log(f"{path} -P {n}: {r['bits_per_second'] / 1e9:.3f} Gbit/s, "
-                                f"{r['bytes_received'] / 1e9:.2f} GB, "
-                                f"retransmits {r['retransmits']}{cpu}, "
-                                f"host busy {r['host_busy_pct_all_cores']}%")
-                    except BenchError as e:
-                        log(f"{path} round {rnd} FAILED: {e}")
-                        failures.append({"path": path, "round": rnd, "error": str(e)})
-                    finally:
-                        log(f"tearing down {path}")
+                try:
+                    # The ExitStack holds each setup step's undo; it runs them (in reverse)
+                    # when the path is done, failed, or the run is interrupted.
+                    with contextlib.ExitStack() as stack:
+                        try:
+                            run_path(lab, path, rnd, stack, results)
+                        finally:
+                            log(f"tearing down {path}")
+                except BenchError as e:
+                    log(f"{path} round {rnd} FAILED: {e}")
+                    failures.append({"path": path, "round": rnd, "error": str(e)})
     except (KeyboardInterrupt, Interrupted) as e:
         interrupted = str(e) or "interrupted"
         log(f"interrupted ({interrupted}); cleaning up")
