@@ -26,7 +26,7 @@ fn a_handshake_flood_does_not_lock_out_a_real_client() {
     let flood_bin = nx1_bin().with_file_name("nx1-handshake-flood");
     let flood = atk
         .command(flood_bin.to_str().unwrap())
-        // 50,000 initiations a second: 250 times the node's handshake budget.
+        // 50,000 initiations a second: 500 times what the node takes before it demands cookies.
         .args(["198.18.3.1:51820", &server_key, "20", "50000"])
         .stdout(std::process::Stdio::piped())
         .spawn()

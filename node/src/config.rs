@@ -194,8 +194,8 @@ fn parse_cidr<A: std::str::FromStr>(text: &str) -> Option<(A, u8)> {
 }
 
 fn valid_endpoint(text: &str) -> bool {
-    if text.parse::<SocketAddr>().is_ok() {
-        return true;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return addr.port() > 0;
     }
     match text.rsplit_once(':') {
         Some((host, port)) => {

@@ -36,6 +36,9 @@ pub enum PeerStoreError {
     /// Pool exhausted.
     #[error("no free address left in the {0} pool")]
     PoolFull(&'static str),
+    /// Concurrent registrations kept taking the same addresses.
+    #[error("could not allocate addresses: too many registrations at once, try again")]
+    Contended,
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -104,7 +107,8 @@ fn free_v4(node: (Ipv4Addr, u8), used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
 fn free_v6(node: (Ipv6Addr, u8), used: &HashSet<Ipv6Addr>) -> Option<Ipv6Addr> {
     let mask = u128::MAX << (128 - node.1);
     let network = u128::from(node.0) & mask;
-    // Scanning the first 2^20 hosts is plenty: the IPv4 pool runs out long before.
+    // Only the first 2^20 hosts are scanned: with IPv4 pools of /12 or longer the IPv4 pool
+    // runs out first; with a larger IPv4 pool this caps the peers at about a million.
     (network + 1..network | (!mask).min(1 << 20))
         .map(Ipv6Addr::from)
         .find(|a| *a != node.0 && !used.contains(a))
@@ -155,7 +159,7 @@ pub async fn add(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(PeerStoreError::PoolFull("contended"))
+    Err(PeerStoreError::Contended)
 }
 
 /// Removes a peer; returns it if it existed.

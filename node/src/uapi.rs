@@ -17,14 +17,17 @@ pub fn socket_path(interface: &str) -> PathBuf {
     PathBuf::from("/var/run/wireguard").join(format!("{interface}.sock"))
 }
 
-/// Binds the UAPI socket (creating /var/run/wireguard 0755 as wireguard-go does).
+/// Binds the UAPI socket (creating /var/run/wireguard 0755 if missing, as wireguard-go does;
+/// an existing directory keeps its mode).
 pub async fn bind(interface: &str) -> anyhow::Result<(UnixListener, PathBuf)> {
     use anyhow::Context as _;
     use std::os::unix::fs::PermissionsExt as _;
     let path = socket_path(interface);
     let dir = path.parent().expect("has a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    }
     let listener = crate::control::bind(&path).await?;
     Ok((listener, path))
 }

@@ -16,8 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-/// Initiations per second the whole device takes before it demands cookies (mac2).
-/// Each initiation is counted twice (once before peer lookup, once inside `Tunn`).
+/// Handshake messages with a valid mac1 per second that the whole device takes before it
+/// demands cookies (mac2). Each initiation is counted twice (once before the peer lookup, once
+/// inside `Tunn`), so cookies start at about half this many initiations a second.
 pub const HANDSHAKES_BEFORE_COOKIES: u64 = 200;
 
 /// Where the protocol paths put what must be written.

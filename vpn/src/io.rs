@@ -11,6 +11,7 @@
 use crate::device::{Device, Outbox};
 use crate::timers::TICK;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -134,7 +135,18 @@ impl<'a> GsoBatch<'a> {
             segment_size: (self.segments > 1).then_some(self.segment),
             src_ip: None,
         };
-        match self.state.try_send(self.udp.into(), &transmit) {
+        // The socket is non-blocking: when its send buffer is full, wait (briefly) for room.
+        let mut sent = self.state.try_send(self.udp.into(), &transmit);
+        for _ in 0..10 {
+            match &sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_for(self.udp, PollFlags::OUT, Duration::from_millis(10));
+                    sent = self.state.try_send(self.udp.into(), &transmit);
+                }
+                _ => break,
+            }
+        }
+        match sent {
             Ok(()) => {
                 self.counters.udp_sends.fetch_add(1, Relaxed);
                 self.counters
@@ -230,7 +242,18 @@ impl Outbox for SendSide<'_> {
     fn to_tunnel(&mut self, _packet: &[u8]) {}
 }
 
-/// One UDP socket for IPv4 and IPv6.
+/// Waits until the socket is ready for `flags` or `timeout` passes.
+fn wait_for(udp: &UdpSocket, flags: PollFlags, timeout: Duration) {
+    let mut fds = [PollFd::new(udp, flags)];
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    let _ = poll(&mut fds, Some(&timeout));
+}
+
+/// One UDP socket for IPv4 and IPv6. It is non-blocking, so `recvmmsg` returns whatever has
+/// arrived instead of waiting for a full batch; the threads wait in `poll`.
 fn bind_udp(port: u16) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_only_v6(false)?;
@@ -238,7 +261,7 @@ fn bind_udp(port: u16) -> io::Result<UdpSocket> {
     let _ = socket.set_recv_buffer_size(8 << 20);
     let _ = socket.set_send_buffer_size(8 << 20);
     socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
-    socket.set_read_timeout(Some(TICK))?;
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 

@@ -243,3 +243,52 @@ fn a_flood_from_one_address_is_limited_per_source() {
     // The real client, from its own address, still gets through.
     assert_eq!(exchange(&p, &inner, p.client_addr).len(), 1);
 }
+
+#[test]
+fn a_cookie_reply_under_load_moves_no_endpoint() {
+    let p = pair();
+    let mut buf = vec![0u8; 2048];
+    // Put the server under load with initiations (valid mac1) from many addresses.
+    let attacker = Device::new(&PrivateKey::generate());
+    attacker
+        .upsert_peer(PeerConfig {
+            public_key: p.server.public_key(),
+            allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
+            endpoint: Some(p.server_addr),
+            persistent_keepalive: None,
+            preshared_key: None,
+        })
+        .unwrap();
+    let mut a_out = Capture::default();
+    attacker.send_packet(
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"x"),
+        &mut buf,
+        &mut a_out,
+    );
+    let init = a_out.network[0].1.clone();
+    let mut s_out = Capture::default();
+    for i in 0..300u32 {
+        let src = SocketAddr::from(([198, 18, 100 + (i / 250) as u8, (i % 250) as u8 + 1], 1000));
+        p.server.receive_datagram(src, &init, &mut buf, &mut s_out);
+    }
+    // The real client's initiation now gets a cookie reply instead of a response.
+    let mut c_out = Capture::default();
+    p.client.send_packet(
+        &ipv4_packet([10, 87, 0, 2], [198, 18, 2, 2], b"a"),
+        &mut buf,
+        &mut c_out,
+    );
+    let mut s_out = Capture::default();
+    p.server
+        .receive_datagram(p.client_addr, &c_out.network[0].1, &mut buf, &mut s_out);
+    let (to, cookie) = s_out.network.pop().expect("a cookie reply");
+    assert_eq!(to, p.client_addr);
+    assert_eq!(cookie[0], 3, "message type 3: cookie reply");
+    // Delivered from a spoofed address, it must not redirect the client's traffic.
+    let spoofed: SocketAddr = "198.18.7.7:7777".parse().unwrap();
+    p.client
+        .receive_datagram(spoofed, &cookie, &mut buf, &mut Capture::default());
+    let server = p.client.peer(&p.server.public_key()).unwrap();
+    assert_eq!(server.endpoint, Some(p.server_addr));
+    assert!(p.server.counters.cookie_replies.load(Relaxed) >= 1);
+}

@@ -21,6 +21,7 @@ impl Device {
         out: &mut impl Outbox,
     ) {
         let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+        let mut is_cookie_reply = false;
         let peer = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
                 self.counters.malformed.fetch_add(1, Relaxed);
@@ -66,7 +67,10 @@ impl Device {
                     .cloned()
             }
             Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
-            Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => {
+                is_cookie_reply = true;
+                self.peer_by_index(p.receiver_idx)
+            }
             Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
         };
         let Some(peer) = peer else {
@@ -77,7 +81,10 @@ impl Device {
         let mut tunn = peer.tunn.lock();
         match tunn.decapsulate(Some(src.ip()), datagram, buf) {
             TunnResult::Done => {
-                peer.set_endpoint(src);
+                // A cookie reply is not the peer speaking: it moves no endpoint.
+                if !is_cookie_reply {
+                    peer.set_endpoint(src);
+                }
                 peer.count_rx(datagram.len());
             }
             TunnResult::Err(e) => {
@@ -86,7 +93,11 @@ impl Device {
                 peer.count_drop();
             }
             TunnResult::WriteToNetwork(reply) => {
-                peer.set_endpoint(src);
+                // A handshake response (type 2) means the initiation authenticated; a cookie
+                // reply (type 3, boringtun under load) means it has not yet.
+                if reply.first() == Some(&2) {
+                    peer.set_endpoint(src);
+                }
                 peer.count_rx(datagram.len());
                 peer.count_tx(reply.len());
                 out.to_network(src, reply);

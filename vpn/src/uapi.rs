@@ -194,8 +194,8 @@ pub fn parse_request(text: &str) -> Result<Request, UapiError> {
 }
 
 /// The answer to `get=1`: the interface and every peer, then `errno=0` and an empty line.
-/// It holds the private key (as wireguard-go's does; the socket is root-only), so it is wiped
-/// on drop.
+/// It holds the private key (as wireguard-go's does; the socket is mode 0600, for the
+/// daemon's own user), so it is wiped on drop.
 pub fn render_get(device: &Device, listen_port: u16) -> Zeroizing<String> {
     let mut s = Zeroizing::new(String::with_capacity(512));
     let private = Zeroizing::new(hex(device.private.as_bytes()));
