@@ -294,7 +294,13 @@ fn udp_loop(
         tun: TunBatch::new(tun, counters),
         udp: GsoBatch::new(udp, state, counters),
     };
+    // After a short batch the queue is most likely empty: wait in poll (which returns at once
+    // if it is not) instead of paying for a recvmmsg that would only say WouldBlock.
+    let mut drained = false;
     while !stop.load(Relaxed) {
+        if drained {
+            wait_for(udp, PollFlags::IN, TICK);
+        }
         let received = {
             let mut chunks = slab.chunks_mut(RECV_SLOT);
             let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
@@ -303,6 +309,7 @@ fn udp_loop(
         };
         match received {
             Ok(n) => {
+                drained = n < RECV_BATCH;
                 for (meta, slot) in metas[..n].iter().zip(slab.chunks(RECV_SLOT)) {
                     // With GRO one slot holds several datagrams of `stride` bytes each.
                     for datagram in slot[..meta.len].chunks(meta.stride.max(1)) {
