@@ -229,3 +229,109 @@ fn version_and_help_are_there() {
     let bad = nx1(&["frobnicate"], tmp.path());
     assert!(!bad.status.success());
 }
+
+/// A database on the PostgreSQL server the tests use, dropped again at the end.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    fn create() -> Self {
+        let admin_url = std::env::var("NX1_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("nx1_e2e_{}", std::process::id());
+        let db = Self { admin_url, name };
+        db.psql(&format!("DROP DATABASE IF EXISTS {}", db.name));
+        db.psql(&format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    fn psql(&self, sql: &str) {
+        let out = std::process::Command::new("psql")
+            .args([&self.admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+            .output()
+            .expect("psql (postgresql-client) is needed");
+        assert!(out.status.success(), "{sql}: {}", text(&out.stderr));
+    }
+
+    fn url(&self) -> String {
+        let base = &self.admin_url[..self.admin_url.rfind('/').unwrap()];
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+#[test]
+fn up_keeps_its_state_in_postgresql_when_database_url_says_so() {
+    let pg = PgDatabase::create();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    assert!(
+        nx1(&["init", "--dir", dir.to_str().unwrap()], tmp.path())
+            .status
+            .success()
+    );
+    let config = dir.join("nx1.toml");
+    set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
+    set_config(&config, "vpn", "enabled", "false");
+    set_config(
+        &config,
+        "store",
+        "database_url",
+        &format!("\"{}\"", pg.url()),
+    );
+
+    for round in 0..2 {
+        let log = tmp.path().join(format!("up{round}.log"));
+        let daemon = Daemon::start(Some(&config), tmp.path(), &log);
+        let status = eventually("the node on PostgreSQL", Duration::from_secs(30), || {
+            status_json(&config, tmp.path())
+        });
+        assert_eq!(status["store"]["backend"], "postgres");
+        assert!(status["store"]["schema_version"].as_i64().unwrap() >= 2);
+        // The password-free URL of the test server is fine to show; the log names the backend.
+        assert!(daemon.stop_with(libc::SIGTERM).success());
+        assert!(
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("PostgreSQL")
+        );
+    }
+    // The node claimed the database: another identity is refused with a clear line.
+    let other = tmp.path().join("other");
+    assert!(
+        nx1(&["init", "--dir", other.to_str().unwrap()], tmp.path())
+            .status
+            .success()
+    );
+    let other_config = other.join("nx1.toml");
+    set_config(&other_config, "vpn", "enabled", "false");
+    set_config(
+        &other_config,
+        "store",
+        "database_url",
+        &format!("\"{}\"", pg.url()),
+    );
+    let out = nx1(
+        &["--config", other_config.to_str().unwrap(), "up"],
+        tmp.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("belongs to node"),
+        "{}",
+        text(&out.stderr)
+    );
+}

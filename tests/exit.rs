@@ -209,6 +209,21 @@ fn a_stale_exit_table_from_a_crash_is_replaced_and_peer_commands_fail_clearly() 
         "{config}"
     );
     assert_eq!(lab.peers()[0]["public_key"], key);
+    // --qr adds the same config as a terminal QR code (Unicode half blocks).
+    let qr = lab.nx1(&["peer", "add", "tablet", "--qr"]);
+    let shown = text(&qr.stdout);
+    assert!(qr.status.success(), "{}", text(&qr.stderr));
+    assert!(shown.starts_with("[Interface]\nPrivateKey = "));
+    assert!(
+        shown
+            .lines()
+            .filter(|l| l.contains('█') || l.contains('▀'))
+            .count()
+            > 20,
+        "{shown}"
+    );
+    let out = lab.nx1(&["peer", "remove", "tablet"]);
+    assert!(out.status.success());
     let dup = lab.nx1(&["peer", "add", "phone2", "--public-key", key]);
     assert!(text(&dup.stderr).contains("registered already"));
 
