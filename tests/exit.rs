@@ -145,6 +145,32 @@ fn a_wireguard_go_client_reaches_the_web_through_the_exit() {
     assert!(dropped >= 90, "{drops}");
     assert!(lab.ping(WEB_V4, 2), "still serving after garbage");
 
+    // Replays: nftables in `cli` duplicates every datagram the client sends, so the node sees
+    // each one twice. The second copy is refused (its counter was seen), counted, and traffic
+    // flows on.
+    let rejected_before = lab.status().unwrap()["vpn"]["drops"]["rejected"]
+        .as_u64()
+        .unwrap();
+    let dup = lab.cli.sh(
+        "nft 'add table ip replay; add chain ip replay out { type filter hook output priority 0; }; \
+              add rule ip replay out udp dport 51820 dup to 198.18.1.1 device c0'",
+    );
+    assert!(dup.status.success(), "{}", text(&dup.stderr));
+    for _ in 0..5 {
+        assert!(
+            lab.ping(WEB_V4, 2),
+            "traffic flows while every datagram is replayed"
+        );
+    }
+    assert!(lab.cli.sh("nft delete table ip replay").status.success());
+    let rejected = lab.status().unwrap()["vpn"]["drops"]["rejected"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        rejected >= rejected_before + 5,
+        "{rejected_before} -> {rejected}"
+    );
+
     // Peers survive a restart; shutdown removes the exit table and the interface.
     assert!(lab.stop_node());
     let tables = lab.exit.sh("nft list tables");
