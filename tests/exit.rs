@@ -56,6 +56,19 @@ fn a_wireguard_go_client_reaches_the_web_through_the_exit() {
     ));
     assert_eq!(text(&udp.stdout).trim(), "hello", "{}", text(&udp.stderr));
 
+    // Nothing from outside may open a connection to a client: even a `web` that routes the
+    // pool to the exit gets no answer from 10.87.0.2.
+    lab.web
+        .ip(&["route", "add", "10.87.0.0/16", "via", "198.18.2.1"]);
+    assert!(
+        !lab.web
+            .sh("ping -c 2 -W 1 10.87.0.2 >/dev/null 2>&1")
+            .status
+            .success()
+    );
+    lab.web
+        .ip(&["route", "del", "10.87.0.0/16", "via", "198.18.2.1"]);
+
     // The node knows the client: endpoint, a recent handshake, traffic both ways.
     let peers = lab.peers();
     let laptop = &peers[0];

@@ -58,13 +58,17 @@ fn pin_endpoint(endpoint: IpAddr) -> anyhow::Result<Option<String>> {
     };
     let prefix = if endpoint.is_ipv4() { 32 } else { 128 };
     let dst = format!("{endpoint}/{prefix}");
-    let mut args = vec![family, "route", "replace", &dst];
+    let mut args = vec![family, "route", "add", &dst];
     if let Some(via) = after("via") {
         args.extend(["via", via]);
     }
     args.extend(["dev", dev]);
-    ip(&args)?;
-    Ok(Some(dst))
+    match ip(&args) {
+        Ok(_) => Ok(Some(dst)),
+        // A host route that is already there is someone else's: use it, leave it.
+        Err(e) if e.to_string().contains("File exists") => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl ClientTunnel {
@@ -122,13 +126,12 @@ impl ClientTunnel {
             host_routes: Vec::new(),
         };
         // The endpoint's own route first, then the tunnel's routes; on failure `Drop` undoes.
-        for route in &routes {
-            if route.netmask() == 0 {
-                for e in endpoints.iter().filter(|e| e.is_ipv4() == route.is_ipv4()) {
-                    if let Some(r) = pin_endpoint(e.ip())? {
-                        tunnel.host_routes.push(r);
-                    }
-                }
+        // Any route that covers an endpoint would carry the tunnel's own datagrams into it.
+        for e in &endpoints {
+            if routes.iter().any(|r| r.contains(e.ip()))
+                && let Some(r) = pin_endpoint(e.ip())?
+            {
+                tunnel.host_routes.push(r);
             }
         }
         for route in &routes {

@@ -193,7 +193,8 @@ fn parse_cidr<A: std::str::FromStr>(text: &str) -> Option<(A, u8)> {
     Some((addr.parse().ok()?, prefix.parse().ok()?))
 }
 
-fn valid_endpoint(text: &str) -> bool {
+/// Whether `text` is `host:port` or `ip:port` (a host of letters, digits, `.` and `-`).
+pub fn valid_endpoint(text: &str) -> bool {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return addr.port() > 0;
     }

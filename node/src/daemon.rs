@@ -88,7 +88,8 @@ impl Node {
             anyhow::bail!("that is this node's own public key");
         }
         let endpoint = match endpoint.or_else(|| vpn.config.endpoint.clone()) {
-            Some(e) => e,
+            Some(e) if crate::config::valid_endpoint(&e) => e,
+            Some(e) => anyhow::bail!("endpoint must be host:port, not {e:?}"),
             None => anyhow::bail!(
                 "no endpoint for the client config: set [vpn] endpoint in {} or pass --endpoint HOST:PORT",
                 self.config.path.display()
@@ -246,20 +247,38 @@ fn client_status(tunnel: &crate::client::ClientTunnel) -> control::ClientStatus 
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGINT, SIGTERM and SIGHUP, caught from the first moment so that a signal during start-up
+/// still runs the cleanup.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    /// Resolves when one arrives.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
 }
 
 /// Runs the daemon until a shutdown signal.
 pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let started = Instant::now();
+    let mut signals = Signals::install()?;
     let identity = NodeIdentity::load(&config.identity_key)?;
     let wireguard = load_wireguard_key(&config.wireguard_key)?;
     let node_id = identity.node_id();
@@ -329,7 +348,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         "nx1 node up"
     );
 
-    let signal = shutdown_signal().await?;
+    let signal = signals.next().await;
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(true);
     let _ = control_task.await;

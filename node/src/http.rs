@@ -18,8 +18,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// 200 when the daemon can reach its database, 503 otherwise.
+/// 200 when the daemon can reach its database and its WireGuard I/O runs, 503 otherwise.
 async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    if node.vpn.as_ref().is_some_and(|v| !v.healthy()) {
+        node.metrics
+            .health_checks
+            .get_or_create(&ResultLabel { result: "error" })
+            .inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "wireguard I/O failed\n".to_owned(),
+        );
+    }
     match sqlx::query("SELECT 1").execute(node.store.pool()).await {
         Ok(_) => {
             node.metrics

@@ -63,8 +63,11 @@ async fn connection(mut stream: UnixStream, node: Arc<Node>) {
             let _ = stream.write_all(uapi::render_errno(22).as_bytes()).await;
             return;
         }
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let request: Vec<u8> = buf.drain(..end + 2).collect();
+        // Only the new bytes (and the one before them) can complete a terminator.
+        let mut from = buf.len().saturating_sub(n + 1);
+        while let Some(end) = buf[from..].windows(2).position(|w| w == b"\n\n") {
+            let request: Vec<u8> = buf.drain(..from + end + 2).collect();
+            from = 0;
             let answer = answer(&node, &request).await;
             if stream.write_all(answer.as_bytes()).await.is_err() {
                 return;

@@ -111,13 +111,22 @@ impl VpnService {
         }
     }
 
+    /// False once the interface's I/O has failed (or it was stopped).
+    pub fn healthy(&self) -> bool {
+        self.running
+            .lock()
+            .as_ref()
+            .is_some_and(|(interface, _)| interface.healthy())
+    }
+
     /// Removes the exit table and the interface.
     pub fn stop(&self) {
         if let Some((interface, exit)) = self.running.lock().take() {
+            // The interface first, so no packet leaves unmasqueraded while the table goes.
+            interface.stop();
             if let Some(exit) = exit {
                 exit.remove();
             }
-            interface.stop();
         }
     }
 }

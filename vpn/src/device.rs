@@ -97,7 +97,7 @@ impl Device {
             private,
             public,
             source_limiter: SourceLimiter::default(),
-            cookie_limiter: SourceLimiter::default(),
+            cookie_limiter: SourceLimiter::fail_open(),
             peers: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed)),
             counters: DeviceCounters::default(),
@@ -115,15 +115,16 @@ impl Device {
             return Err(PeerError::OwnKey);
         }
         let mut table = self.peers.write();
-        if let Some(old) = table.by_key.remove(&config.public_key) {
-            table.by_index.remove(&old.index);
-            table.routes.remove_where(|p| Arc::ptr_eq(p, &old));
-        }
-        // boringtun puts the index in the top 24 bits of its receiver indices.
+        // boringtun puts the index in the top 24 bits of its receiver indices. Found before
+        // the old peer goes, so a full table leaves the old peer in place.
         let index = (0..1 << 24)
             .map(|_| self.next_index.fetch_add(1, Relaxed) & 0x00ff_ffff)
             .find(|i| !table.by_index.contains_key(i))
             .ok_or(PeerError::Full)?;
+        if let Some(old) = table.by_key.remove(&config.public_key) {
+            table.by_index.remove(&old.index);
+            table.routes.remove_where(|p| Arc::ptr_eq(p, &old));
+        }
         let tunn = Tunn::new(
             self.private.clone(),
             x25519::PublicKey::from(config.public_key.0),
@@ -174,7 +175,9 @@ impl Device {
 
     /// One peer's snapshot.
     pub fn peer(&self, key: &PublicKey) -> Option<PeerStats> {
-        self.peers.read().by_key.get(key).map(|p| p.stats())
+        // Not under the table lock: stats() waits for the peer's tunn lock.
+        let peer = self.peers.read().by_key.get(key).cloned();
+        peer.map(|p| p.stats())
     }
 
     pub(crate) fn peer_by_index(&self, receiver_index: u32) -> Option<Arc<Peer>> {

@@ -1,5 +1,6 @@
 //! Exit NAT: kernel forwarding plus an nftables table of the node's own that masquerades the
-//! tunnel pools and clamps TCP MSS to the route MTU. The table is replaced if a crashed run
+//! tunnel pools, clamps TCP MSS to the route MTU, lets into the tunnel only answers to
+//! connections clients opened, and keeps clients from reaching each other. The table is replaced if a crashed run
 //! left one behind, and removed — with forwarding restored — when the exit stops.
 //!
 //! Rules are loaded with `nft -f -` (the nftables tool is the supported interface to the
@@ -106,6 +107,9 @@ pub fn ruleset(interface: &str, pools: &[IpNetwork]) -> String {
          \x20   type filter hook forward priority mangle; policy accept;\n\
          \x20   iifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
          \x20   oifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         \x20   iifname \"{interface}\" oifname \"{interface}\" drop\n\
+         \x20   oifname \"{interface}\" ct state established,related accept\n\
+         \x20   oifname \"{interface}\" drop\n\
          \x20 }}\n\
          }}\n"
     )
@@ -123,6 +127,28 @@ fn enable_forwarding(path: &str, restore: &mut Vec<(PathBuf, String)>) -> Result
         restore.push((path.clone(), before));
     }
     Ok(())
+}
+
+/// With IPv6 forwarding on, the kernel ignores router advertisements on interfaces with
+/// `accept_ra = 1`, and a host configured by SLAAC would lose its IPv6 default route. `2`
+/// keeps accepting them while forwarding.
+fn keep_router_advertisements(restore: &mut Vec<(PathBuf, String)>) {
+    let Ok(entries) = std::fs::read_dir("/proc/sys/net/ipv6/conf") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name == "all" || name == "default" || name == "lo" {
+            continue;
+        }
+        let path = entry.path().join("accept_ra");
+        if let Ok(value) = std::fs::read_to_string(&path)
+            && value.trim() == "1"
+            && std::fs::write(&path, "2\n").is_ok()
+        {
+            restore.push((path, value));
+        }
+    }
 }
 
 impl ExitNat {
@@ -143,6 +169,7 @@ impl ExitNat {
         };
         enable_forwarding("/proc/sys/net/ipv4/ip_forward", &mut exit.restore)?;
         if pools.iter().any(|p| matches!(p, IpNetwork::V6(_))) {
+            keep_router_advertisements(&mut exit.restore);
             enable_forwarding("/proc/sys/net/ipv6/conf/all/forwarding", &mut exit.restore)?;
         }
         Ok(exit)
@@ -194,5 +221,7 @@ mod tests {
         assert!(rules.contains("ip saddr 10.87.0.0/16 oifname != \"nx1-e\" masquerade"));
         assert!(rules.contains("ip6 saddr fd00:87::/64 oifname != \"nx1-e\" masquerade"));
         assert!(rules.contains("maxseg size set rt mtu"));
+        assert!(rules.contains("oifname \"nx1-e\" ct state established,related accept"));
+        assert!(rules.contains("iifname \"nx1-e\" oifname \"nx1-e\" drop"));
     }
 }

@@ -53,6 +53,8 @@ pub struct IoCounters {
     pub udp_send_errors: AtomicU64,
     /// TUN writes that failed.
     pub tun_write_errors: AtomicU64,
+    /// TUN reads that failed (bad offload packets included).
+    pub tun_read_errors: AtomicU64,
     /// `sendmsg` calls on the UDP socket (each may carry many datagrams with GSO).
     pub udp_sends: AtomicU64,
     /// Datagrams sent.
@@ -67,10 +69,30 @@ pub struct Interface {
     port: u16,
     offload: bool,
     stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
     interrupt: Arc<InterruptEvent>,
     threads: Vec<JoinHandle<()>>,
     /// I/O counters.
     pub io_counters: Arc<IoCounters>,
+}
+
+/// Marks the interface failed if its thread ends (returns or panics) before it was told to.
+struct ThreadWatch {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+    name: &'static str,
+}
+
+impl Drop for ThreadWatch {
+    fn drop(&mut self) {
+        if !self.stop.load(Relaxed) {
+            self.failed.store(true, Relaxed);
+            tracing::error!(
+                thread = self.name,
+                "WireGuard I/O thread ended unexpectedly"
+            );
+        }
+    }
 }
 
 /// IPv4 peers are reached through mapped addresses on the dual-stack socket.
@@ -91,7 +113,6 @@ struct GsoBatch<'a> {
     dst: Option<SocketAddr>,
     segment: usize,
     segments: usize,
-    max_segments: usize,
 }
 
 impl<'a> GsoBatch<'a> {
@@ -104,17 +125,19 @@ impl<'a> GsoBatch<'a> {
             dst: None,
             segment: 0,
             segments: 0,
-            max_segments: state.max_gso_segments().clamp(1, 64),
         }
     }
 
     fn push(&mut self, dst: SocketAddr, datagram: &[u8]) {
+        // Read each time: quinn-udp lowers it when the kernel refuses GSO on this path.
+        let max_segments = self.state.max_gso_segments().clamp(1, 64);
         let fits = self.dst == Some(dst)
             && datagram.len() <= self.segment
-            && self.segments < self.max_segments
+            && self.segments < max_segments
             && self.buf.len() + datagram.len() <= 65_000;
         if !fits {
-            self.flush();
+            // The protocol paths call this with a peer's lock held: never wait here.
+            self.send(false);
             self.dst = Some(dst);
             self.segment = datagram.len();
         }
@@ -122,11 +145,16 @@ impl<'a> GsoBatch<'a> {
         self.segments += 1;
         // A shorter datagram can only end a run.
         if datagram.len() < self.segment {
-            self.flush();
+            self.send(false);
         }
     }
 
+    /// Sends what is gathered, waiting briefly for buffer space; called with no lock held.
     fn flush(&mut self) {
+        self.send(true);
+    }
+
+    fn send(&mut self, may_wait: bool) {
         let Some(dst) = self.dst.take() else { return };
         let transmit = Transmit {
             destination: on_socket(dst),
@@ -137,7 +165,7 @@ impl<'a> GsoBatch<'a> {
         };
         // The socket is non-blocking: when its send buffer is full, wait (briefly) for room.
         let mut sent = self.state.try_send(self.udp.into(), &transmit);
-        for _ in 0..10 {
+        for _ in 0..if may_wait { 10 } else { 0 } {
             match &sent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait_for(self.udp, PollFlags::OUT, Duration::from_millis(10));
@@ -145,6 +173,21 @@ impl<'a> GsoBatch<'a> {
                 }
                 _ => break,
             }
+        }
+        // A run the kernel refused as a whole (no GSO on this route): one datagram at a time.
+        if self.segments > 1 && matches!(&sent, Err(e) if e.kind() != io::ErrorKind::WouldBlock) {
+            let mut all = Ok(());
+            for segment in self.buf.chunks(self.segment) {
+                let single = Transmit {
+                    segment_size: None,
+                    contents: segment,
+                    ..transmit
+                };
+                if let Err(e) = self.state.try_send(self.udp.into(), &single) {
+                    all = Err(e);
+                }
+            }
+            sent = all;
         }
         match sent {
             Ok(()) => {
@@ -240,6 +283,23 @@ impl Outbox for SendSide<'_> {
         self.udp.push(dst, datagram);
     }
     fn to_tunnel(&mut self, _packet: &[u8]) {}
+}
+
+/// quinn-udp sets "don't fragment" for QUIC's path MTU discovery. WireGuard, like the kernel's
+/// implementation, lets the kernel fragment a datagram larger than the path MTU instead of
+/// losing it.
+fn allow_fragmentation(udp: &UdpSocket) {
+    use rustix::net::sockopt::{
+        Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery, set_ip_mtu_discover, set_ipv6_mtu_discover,
+    };
+    let v4 = set_ip_mtu_discover(udp, Ipv4PathMtuDiscovery::DONT);
+    let v6 = set_ipv6_mtu_discover(udp, Ipv6PathMtuDiscovery::DONT);
+    let frag = nix::sys::socket::setsockopt(udp, nix::sys::socket::sockopt::Ipv6DontFrag, &false);
+    if v4.is_err() || v6.is_err() || frag.is_err() {
+        tracing::warn!(
+            "could not allow fragmentation on the UDP socket; datagrams above the path MTU will be lost"
+        );
+    }
 }
 
 /// Waits until the socket is ready for `flags` or `timeout` passes.
@@ -350,6 +410,7 @@ fn tun_loop(
     let mut out = SendSide {
         udp: GsoBatch::new(udp, state, counters),
     };
+    let mut last_warning = std::time::Instant::now() - Duration::from_secs(2);
     while !stop.load(Relaxed) {
         match tun.recv_multiple_intr(&mut original, &mut packets, &mut sizes, 0, interrupt) {
             Ok(n) => {
@@ -363,8 +424,16 @@ fn tun_loop(
                 if stop.load(Relaxed) {
                     break;
                 }
-                tracing::warn!(error = %e, "tun receive failed");
-                std::thread::sleep(Duration::from_millis(10));
+                counters.tun_read_errors.fetch_add(1, Relaxed);
+                if last_warning.elapsed() >= Duration::from_secs(1) {
+                    tracing::warn!(error = %e, "tun receive failed");
+                    last_warning = std::time::Instant::now();
+                }
+                // A bad packet (an error tun-rs made, no errno) costs nothing more; a failing
+                // device is not polled in a tight loop.
+                if e.raw_os_error().is_some() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         }
     }
@@ -376,6 +445,7 @@ impl Interface {
     pub fn start(device: Arc<Device>, config: &InterfaceConfig) -> io::Result<Self> {
         let udp = Arc::new(bind_udp(config.listen_port)?);
         let state = Arc::new(UdpSocketState::new((&*udp).into())?);
+        allow_fragmentation(&udp);
         let port = udp.local_addr()?.port();
         let (tun, offload) = match open_tun(config, true) {
             Ok(tun) => (tun, true),
@@ -388,11 +458,31 @@ impl Interface {
         let stop = Arc::new(AtomicBool::new(false));
         let interrupt = Arc::new(InterruptEvent::new()?);
         let io_counters = Arc::new(IoCounters::default());
-        let mut threads = Vec::new();
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let failed = Arc::new(AtomicBool::new(false));
+        // Built before the threads: if one cannot be spawned, dropping it stops the others.
+        let mut iface = Self {
+            device: device.clone(),
+            name: config.name.clone(),
+            port,
+            offload,
+            stop: stop.clone(),
+            failed: failed.clone(),
+            interrupt: interrupt.clone(),
+            threads: Vec::new(),
+            io_counters: io_counters.clone(),
+        };
+        let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
+            let watch = ThreadWatch {
+                stop: stop.clone(),
+                failed: failed.clone(),
+                name,
+            };
             std::thread::Builder::new()
                 .name(format!("{}-{name}", config.name))
-                .spawn(f)
+                .spawn(move || {
+                    let _watch = watch;
+                    f()
+                })
         };
         {
             let (device, udp, state, tun, stop, counters) = (
@@ -403,7 +493,7 @@ impl Interface {
                 stop.clone(),
                 io_counters.clone(),
             );
-            threads.push(spawn(
+            iface.threads.push(spawn(
                 "udp",
                 Box::new(move || udp_loop(&device, &udp, &state, &tun, &counters, &stop)),
             )?);
@@ -418,7 +508,7 @@ impl Interface {
                 interrupt.clone(),
                 io_counters.clone(),
             );
-            threads.push(spawn(
+            iface.threads.push(spawn(
                 "tun",
                 Box::new(move || {
                     tun_loop(&device, &udp, &state, &tun, &counters, &stop, &interrupt)
@@ -433,7 +523,7 @@ impl Interface {
                 stop.clone(),
                 io_counters.clone(),
             );
-            threads.push(spawn(
+            iface.threads.push(spawn(
                 "timers",
                 Box::new(move || {
                     let mut scratch = vec![0u8; SCRATCH];
@@ -448,16 +538,7 @@ impl Interface {
                 }),
             )?);
         }
-        Ok(Self {
-            device,
-            name: config.name.clone(),
-            port,
-            offload,
-            stop,
-            interrupt,
-            threads,
-            io_counters,
-        })
+        Ok(iface)
     }
 
     /// The device behind the interface.
@@ -473,6 +554,11 @@ impl Interface {
     /// The UDP port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// False once an I/O thread has ended without being told to (it panicked or failed).
+    pub fn healthy(&self) -> bool {
+        !self.failed.load(Relaxed)
     }
 
     /// Whether TUN offloads (virtio header, TSO/GRO) are in use.

@@ -64,6 +64,18 @@ pub struct PeerStats {
     pub drops: u64,
 }
 
+/// An IPv4-mapped IPv6 address (from the dual-stack socket) as plain IPv4; other addresses,
+/// with their IPv6 scope, unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
 /// A live peer.
 pub struct Peer {
     pub(crate) config: PeerConfig,
@@ -97,7 +109,7 @@ impl Peer {
 
     /// Roaming: the endpoint follows the last authenticated datagram (whitepaper §2.1).
     pub(crate) fn set_endpoint(&self, addr: SocketAddr) {
-        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let addr = canonical(addr);
         if *self.endpoint.read() != Some(addr) {
             *self.endpoint.write() = Some(addr);
         }

@@ -30,6 +30,9 @@ struct Bucket {
 #[derive(Default)]
 pub struct SourceLimiter {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    /// When the table is full: allow new addresses (for cookie replies, which cost less than
+    /// the request and must not be starved by spoofed sources) or refuse them.
+    open_when_full: bool,
 }
 
 fn key(ip: IpAddr) -> IpAddr {
@@ -44,6 +47,14 @@ fn key(ip: IpAddr) -> IpAddr {
 }
 
 impl SourceLimiter {
+    /// A limiter that lets new addresses through while its table is full.
+    pub fn fail_open() -> Self {
+        Self {
+            open_when_full: true,
+            ..Self::default()
+        }
+    }
+
     /// Whether one more initiation from `ip` at time `now` is allowed.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
         let mut buckets = self.buckets.lock();
@@ -60,7 +71,7 @@ impl SourceLimiter {
                     false
                 }
             }
-            None if len >= MAX_ENTRIES => false,
+            None if len >= MAX_ENTRIES => self.open_when_full,
             None => {
                 buckets.insert(
                     key(ip),
@@ -117,6 +128,21 @@ mod tests {
             .count();
         assert_eq!(passed as u64, BURST);
         assert!(l.allow("2001:db8:0:1::1".parse().unwrap(), t0));
+    }
+
+    #[test]
+    fn a_full_table_refuses_or_admits_new_addresses_as_configured() {
+        let closed = SourceLimiter::default();
+        let open = SourceLimiter::fail_open();
+        let t0 = Instant::now();
+        for i in 0..MAX_ENTRIES as u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            closed.allow(ip, t0);
+            open.allow(ip, t0);
+        }
+        let newcomer: IpAddr = "198.18.0.77".parse().unwrap();
+        assert!(!closed.allow(newcomer, t0));
+        assert!(open.allow(newcomer, t0));
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl Device {
         buf: &mut [u8],
         out: &mut impl Outbox,
     ) {
-        let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+        let src = crate::peer::canonical(src);
         let mut is_cookie_reply = false;
         let peer = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
@@ -93,28 +93,50 @@ impl Device {
                 peer.count_drop();
             }
             TunnResult::WriteToNetwork(reply) => {
-                // A handshake response (type 2) means the initiation authenticated; a cookie
-                // reply (type 3, boringtun under load) means it has not yet.
-                if reply.first() == Some(&2) {
+                // Anything but a cookie reply (type 3: boringtun under load, sent before the
+                // initiation is authenticated) means the message authenticated.
+                let authenticated = reply.first() != Some(&3);
+                if authenticated {
                     peer.set_endpoint(src);
                 }
                 peer.count_rx(datagram.len());
                 peer.count_tx(reply.len());
                 out.to_network(src, reply);
-                // A new session may release packets queued while it was being made.
-                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], buf) {
-                    peer.count_tx(queued.len());
-                    out.to_network(src, queued);
+                if authenticated {
+                    // A new session may release packets queued while it was being made.
+                    let endpoint = peer.endpoint().unwrap_or(src);
+                    while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], buf)
+                    {
+                        peer.count_tx(queued.len());
+                        out.to_network(endpoint, queued);
+                    }
                 }
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
-                drop(tunn);
                 self.deliver(&peer, src, datagram.len(), packet, inner_src.into(), out);
+                Self::release_queued(&peer, &mut tunn, buf, out);
             }
             TunnResult::WriteToTunnelV6(packet, inner_src) => {
-                drop(tunn);
                 self.deliver(&peer, src, datagram.len(), packet, inner_src.into(), out);
+                Self::release_queued(&peer, &mut tunn, buf, out);
             }
+        }
+    }
+
+    /// The responder's first data packet confirms the session: packets queued before it can
+    /// go now (a cheap check when nothing is queued).
+    fn release_queued(
+        peer: &crate::peer::Peer,
+        tunn: &mut boringtun::noise::Tunn,
+        buf: &mut [u8],
+        out: &mut impl Outbox,
+    ) {
+        let Some(endpoint) = peer.endpoint() else {
+            return;
+        };
+        while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], buf) {
+            peer.count_tx(queued.len());
+            out.to_network(endpoint, queued);
         }
     }
 
@@ -131,6 +153,8 @@ impl Device {
     ) {
         peer.set_endpoint(src);
         peer.count_rx(outer_len);
+        // (The caller holds this peer's tunn lock; the peers lock is taken after it only here
+        // for reading, and no path takes them in the other order while blocking.)
         let owner_ok = self
             .peers
             .read()
