@@ -213,7 +213,15 @@ fn a_wireguard_go_client_reaches_the_web_through_the_exit() {
 #[test]
 fn a_stale_exit_table_from_a_crash_is_replaced_and_peer_commands_fail_clearly() {
     let mut lab = ExitLab::new();
+    let forwarding = |lab: &ExitLab| text(&lab.exit.sh("cat /proc/sys/net/ipv4/ip_forward").stdout);
+    let before = forwarding(&lab);
+    assert_eq!(
+        before.trim(),
+        "0",
+        "a new namespace starts without forwarding"
+    );
     lab.start_node();
+    assert_eq!(forwarding(&lab).trim(), "1");
     // A crash (SIGKILL) leaves the table behind; the next start replaces it.
     lab.node.take().unwrap().stop_with(libc::SIGKILL);
     assert!(text(&lab.exit.sh("nft list tables").stdout).contains("nx1_"));
@@ -284,4 +292,7 @@ fn a_stale_exit_table_from_a_crash_is_replaced_and_peer_commands_fail_clearly() 
     assert_eq!(lab.peers().as_array().unwrap().len(), 0);
     assert!(!text(&lab.exit.sh(&format!("wg show {}", lab.node_if)).stdout).contains(key));
     assert!(lab.stop_node());
+    // The clean stop after the crash restores the forwarding setting found before the crash.
+    assert_eq!(forwarding(&lab), before);
+    assert!(!lab.data_dir().join("exit-originals").exists());
 }

@@ -38,6 +38,8 @@ pub struct Node {
     pub vpn: Option<Arc<VpnService>>,
     /// The client-mode tunnel, when connected.
     pub client: tokio::sync::Mutex<Option<crate::client::ClientTunnel>>,
+    /// Serialises peer changes, so the store and the live device never disagree.
+    pub peer_changes: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -95,6 +97,7 @@ impl Node {
                 self.config.path.display()
             ),
         };
+        let _changing = self.peer_changes.lock().await;
         let record = peers::add(
             &self.store,
             name,
@@ -103,7 +106,11 @@ impl Node {
             vpn.config.v6,
         )
         .await?;
-        vpn.add_live(&record)?;
+        if let Err(e) = vpn.add_live(&record) {
+            // Not live, so not registered either.
+            let _ = peers::remove(&self.store, &record.name).await;
+            return Err(e);
+        }
         tracing::info!(peer = %record.name, ipv4 = %record.ipv4, "peer added");
         Ok(Response::PeerAdded(PeerAdded {
             name: record.name,
@@ -148,6 +155,7 @@ impl Node {
 
     async fn peer_remove(&self, name: &str) -> anyhow::Result<Response> {
         let vpn = self.vpn()?;
+        let _changing = self.peer_changes.lock().await;
         match peers::remove(&self.store, name).await? {
             Some(record) => {
                 vpn.remove_live(&record.public_key);
@@ -293,7 +301,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let socket_guard = RemoveOnDrop(config.control_socket.clone());
     let vpn = match &config.vpn {
         Some(v) => Some(Arc::new(
-            VpnService::start(v.clone(), &wireguard, &store).await?,
+            VpnService::start(v.clone(), &wireguard, &store, &config.data_dir).await?,
         )),
         None => None,
     };
@@ -313,6 +321,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         metrics: Metrics::new(&node_id, vpn.clone()),
         vpn,
         client: tokio::sync::Mutex::new(None),
+        peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
         store,

@@ -87,6 +87,7 @@ async fn answer(node: &Node, request: &[u8]) -> zeroize::Zeroizing<String> {
         Ok(Request::Get) => uapi::render_get(&vpn.device, vpn.port),
         Ok(Request::Set(set)) => match uapi::only_removals(&set) {
             Some(keys) => {
+                let _changing = node.peer_changes.lock().await;
                 for key in keys {
                     let b64 = key.to_base64();
                     match peers::list(&node.store).await {

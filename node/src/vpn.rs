@@ -25,6 +25,22 @@ pub struct VpnService {
     pub port: u16,
     /// nftables table, when this node is an exit.
     pub exit_table: Option<String>,
+    /// Data directory, where the original sysctl values are kept while the exit runs.
+    originals: std::path::PathBuf,
+}
+
+/// Where a running exit keeps the sysctl values it will restore.
+fn originals_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("exit-originals")
+}
+
+/// `path=value` lines; anything else is ignored.
+fn parse_originals(text: &str) -> Vec<(std::path::PathBuf, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(p, _)| p.starts_with("/proc/sys/net/"))
+        .map(|(p, v)| (std::path::PathBuf::from(p), format!("{v}\n")))
+        .collect()
 }
 
 fn peer_config(record: &PeerRecord) -> anyhow::Result<PeerConfig> {
@@ -53,7 +69,12 @@ pub fn pools(config: &Vpn) -> Vec<IpNetwork> {
 
 impl VpnService {
     /// Starts the interface with every stored peer, then the exit if configured.
-    pub async fn start(config: Vpn, key: &PrivateKey, store: &Store) -> anyhow::Result<Self> {
+    pub async fn start(
+        config: Vpn,
+        key: &PrivateKey,
+        store: &Store,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let device = Arc::new(Device::new(key));
         for record in peers::list(store).await? {
             device.upsert_peer(peer_config(&record)?)?;
@@ -77,12 +98,26 @@ impl VpnService {
         })?;
         let port = interface.port();
         let exit = if config.exit {
-            let nat = ExitNat::install(&config.interface, &pools(&config))?;
+            let mut nat = ExitNat::install(&config.interface, &pools(&config))?;
             if nat.replaced_stale {
                 tracing::warn!(
                     table = nat.table(),
                     "replaced an exit table left by an earlier run"
                 );
+            }
+            // Originals saved by a run that crashed are the ones to restore, not the values
+            // that run left behind.
+            let saved = originals_file(data_dir);
+            if let Ok(text) = std::fs::read_to_string(&saved) {
+                nat.adopt_originals(parse_originals(&text));
+            }
+            let text: String = nat
+                .originals()
+                .iter()
+                .map(|(path, value)| format!("{}={}\n", path.display(), value.trim()))
+                .collect();
+            if let Err(e) = std::fs::write(&saved, text) {
+                tracing::warn!(error = %e, file = %saved.display(), "cannot save the original forwarding settings");
             }
             Some(nat)
         } else {
@@ -90,6 +125,7 @@ impl VpnService {
         };
         let exit_table = exit.as_ref().map(|e| e.table().to_owned());
         Ok(Self {
+            originals: data_dir.to_owned(),
             config,
             device,
             running: Mutex::new(Some((interface, exit))),
@@ -126,6 +162,7 @@ impl VpnService {
             interface.stop();
             if let Some(exit) = exit {
                 exit.remove();
+                let _ = std::fs::remove_file(originals_file(&self.originals));
             }
         }
     }

@@ -180,6 +180,24 @@ impl ExitNat {
         &self.table
     }
 
+    /// The sysctl values this exit changed and will restore, as (file, original value). A
+    /// caller that keeps them on disk can hand them to [`ExitNat::adopt_originals`] after a
+    /// crash, when the running system only shows the values this exit set.
+    pub fn originals(&self) -> &[(PathBuf, String)] {
+        &self.restore
+    }
+
+    /// Takes originals saved by an earlier run that did not stop cleanly: for every file this
+    /// run did not change itself (it already had the exit's value), the saved value is the one
+    /// to restore.
+    pub fn adopt_originals(&mut self, saved: Vec<(PathBuf, String)>) {
+        for (path, value) in saved {
+            if !self.restore.iter().any(|(p, _)| *p == path) {
+                self.restore.push((path, value));
+            }
+        }
+    }
+
     /// Removes the table and restores the forwarding settings found at start.
     pub fn remove(mut self) {
         self.undo();

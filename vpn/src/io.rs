@@ -317,9 +317,14 @@ fn wait_for(udp: &UdpSocket, flags: PollFlags, timeout: Duration) {
 fn bind_udp(port: u16) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_only_v6(false)?;
-    // Large buffers absorb bursts (the kernel caps them at net.core.[rw]mem_max).
+    // Large buffers absorb bursts. The kernel caps them at net.core.[rw]mem_max unless the
+    // process has CAP_NET_ADMIN, which the node has for its TUN device anyway.
     let _ = socket.set_recv_buffer_size(8 << 20);
     let _ = socket.set_send_buffer_size(8 << 20);
+    let _ =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+    let _ =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBufForce, &(8 << 20));
     socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
