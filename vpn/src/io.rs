@@ -25,8 +25,10 @@ use tun_rs::{
 
 /// Datagrams per `recvmmsg`.
 const RECV_BATCH: usize = 32;
-/// Room for one GRO-coalesced receive (64 KiB) per batch slot.
-const RECV_SLOT: usize = 65_536;
+/// Room for one GRO-coalesced receive per batch slot: up to 64 datagrams (the kernel's
+/// UDP_GRO_CNT_MAX) of up to 2 KiB, which also covers BIG TCP's larger GRO sizes on the
+/// path from a typical 1500-byte link.
+const RECV_SLOT: usize = 64 * 2048;
 /// Largest decrypted or TUN packet handled, plus the virtio header in front of it.
 const PACKET: usize = 65_536 + VIRTIO_NET_HDR_LEN;
 /// Scratch space for one encryption or decryption.
