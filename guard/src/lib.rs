@@ -1,0 +1,17 @@
+//! Guard: the detection logic of NX1's exit — block lists for DNS, and (to come) learned
+//! domain scoring and per-peer traffic anomalies. Pure code over plain data: no sockets, no
+//! files, no clocks it does not take as input; the `nx1` binary feeds it.
+//!
+//! ```
+//! use nx1_guard::blocklist::{Blocklist, List, Verdict};
+//!
+//! let ads = List::parse("ads", "||tracker.example^\n@@||ok.tracker.example^\n");
+//! let list = Blocklist::compile(&[ads]).unwrap();
+//! assert!(matches!(list.check("x.tracker.example"), Verdict::Blocked { .. }));
+//! assert!(matches!(list.check("ok.tracker.example"), Verdict::Allowed { .. }));
+//! assert_eq!(list.check("example.org"), Verdict::Unlisted);
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod blocklist;
