@@ -275,6 +275,62 @@ impl VpnSection {
     }
 }
 
+/// What a blocked name is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockResponse {
+    /// `0.0.0.0` for A, `::` for AAAA, no records for other types.
+    Zero,
+    /// NXDOMAIN.
+    Nxdomain,
+}
+
+/// `[guard]`: the DNS threat filter on the node's tunnel addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardSection {
+    /// Serve DNS on the tunnel addresses (port 53) and filter it.
+    pub enabled: bool,
+    /// Block-list files: hosts files, plain domain lists, AdBlock `||domain^` / `@@||domain^`
+    /// (relative to data_dir).
+    pub blocklists: Vec<PathBuf>,
+    /// Upstream resolvers, `ip:port`; empty: the nameservers of /etc/resolv.conf.
+    pub upstreams: Vec<String>,
+    /// `zero` or `nxdomain`.
+    pub block_response: BlockResponse,
+}
+
+impl Default for GuardSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            blocklists: Vec::new(),
+            upstreams: Vec::new(),
+            block_response: BlockResponse::Zero,
+        }
+    }
+}
+
+/// The `[guard]` section, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// Absolute block-list paths.
+    pub blocklists: Vec<PathBuf>,
+    /// Upstream resolvers.
+    pub upstreams: Vec<SocketAddr>,
+    /// Answer for blocked names.
+    pub block_response: BlockResponse,
+}
+
+/// The nameservers of a resolv.conf text, port 53.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().split('%').next()?.parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
 /// The whole `nx1.toml`, as written in the file (paths not yet resolved).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -289,6 +345,8 @@ pub struct Config {
     pub api: ApiSection,
     /// `[vpn]`
     pub vpn: VpnSection,
+    /// `[guard]`
+    pub guard: GuardSection,
 }
 
 /// Which database a resolved configuration points at.
@@ -319,6 +377,8 @@ pub struct Resolved {
     pub database: Database,
     /// The WireGuard interface, unless disabled.
     pub vpn: Option<Vpn>,
+    /// The DNS filter, when enabled (it serves on the WireGuard interface's addresses).
+    pub guard: Option<Guard>,
 }
 
 /// Turns a byte offset into a 1-based line and column.
@@ -410,9 +470,26 @@ impl Config {
                 ),
             ));
         }
-        let vpn = self.vpn.validate(invalid)?;
+        let vpn = self.vpn.validate(&invalid)?;
+        let guard = if self.guard.enabled && vpn.is_some() {
+            let mut upstreams = Vec::new();
+            for u in &self.guard.upstreams {
+                upstreams
+                    .push(u.parse::<SocketAddr>().map_err(|_| {
+                        invalid("guard.upstreams", format!("{u:?} is not ip:port"))
+                    })?);
+            }
+            Some(Guard {
+                blocklists: self.guard.blocklists.iter().map(|p| in_data(p)).collect(),
+                upstreams,
+                block_response: self.guard.block_response,
+            })
+        } else {
+            None
+        };
         Ok(Resolved {
             vpn,
+            guard,
             path: path.to_owned(),
             identity_key: in_data(&self.node.identity_key),
             wireguard_key: in_data(&self.node.wireguard_key),
@@ -479,6 +556,18 @@ endpoint = ""
 dns = []
 # PersistentKeepalive written into client configs, in seconds (0: none).
 persistent_keepalive = {keepalive}
+
+[guard]
+# Serve DNS on the tunnel addresses (port 53), filtered by the block lists below. Client
+# configs then use it as their DNS (unless [vpn] dns is set). Needs [vpn] enabled.
+enabled = true
+# Block-list files (relative to data_dir): hosts files, plain domain lists, AdBlock-style
+# ||domain^ rules with @@||domain^ exceptions.
+blocklists = []
+# Upstream resolvers, "ip:port". Empty: the nameservers in /etc/resolv.conf.
+upstreams = []
+# What a blocked name gets: "zero" (0.0.0.0 / ::) or "nxdomain".
+block_response = "zero"
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

@@ -45,6 +45,16 @@ pub enum Request {
     },
     /// Client mode: take the tunnel down.
     Disconnect,
+    /// Guard's verdict for a domain.
+    GuardCheck {
+        /// The domain.
+        domain: String,
+    },
+    /// Recent blocked queries, optionally of one peer.
+    GuardFindings {
+        /// A peer's name.
+        peer: Option<String>,
+    },
 }
 
 impl Request {
@@ -57,6 +67,8 @@ impl Request {
             Request::PeerRemove { .. } => "peer_remove",
             Request::Connect { .. } => "connect",
             Request::Disconnect => "disconnect",
+            Request::GuardCheck { .. } => "guard_check",
+            Request::GuardFindings { .. } => "guard_findings",
         }
     }
 }
@@ -80,6 +92,13 @@ pub enum Response {
     Disconnected {
         /// The interface that was taken down.
         interface: String,
+    },
+    /// Answer to [`Request::GuardCheck`].
+    GuardVerdict(GuardVerdict),
+    /// Answer to [`Request::GuardFindings`].
+    GuardFindings {
+        /// Oldest first.
+        findings: Vec<GuardFinding>,
     },
     /// Answer to [`Request::PeerRemove`].
     PeerRemoved {
@@ -148,6 +167,55 @@ pub struct PeerInfo {
     pub drops: u64,
 }
 
+/// Guard's verdict for one domain and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardVerdict {
+    /// The domain, normalised.
+    pub domain: String,
+    /// `blocked`, `allowed` (an exception) or `unlisted`.
+    pub verdict: String,
+    /// The list that decided, if any.
+    pub list: Option<String>,
+    /// The listed domain that matched, if any.
+    pub rule: Option<String>,
+}
+
+/// One blocked query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardFinding {
+    /// Unix time.
+    pub at: u64,
+    /// The peer that asked, when its address is registered.
+    pub peer: Option<String>,
+    /// The tunnel address that asked.
+    pub client: String,
+    /// The name asked for.
+    pub name: String,
+    /// Query type.
+    pub query_type: String,
+    /// The list that blocked it.
+    pub list: String,
+    /// The listed domain that matched.
+    pub rule: String,
+}
+
+/// Guard's part of a status report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardStatus {
+    /// Loaded block lists.
+    pub lists: Vec<String>,
+    /// Names on them.
+    pub blocked_names: usize,
+    /// Where the DNS server listens.
+    pub dns_listen: Vec<String>,
+    /// Queries answered as blocked.
+    pub queries_blocked: u64,
+    /// Queries forwarded upstream.
+    pub queries_forwarded: u64,
+    /// Findings kept.
+    pub findings: usize,
+}
+
 /// The client-mode tunnel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientStatus {
@@ -211,6 +279,8 @@ pub struct StatusReport {
     pub vpn: Option<VpnStatus>,
     /// The client-mode tunnel, when connected.
     pub client: Option<ClientStatus>,
+    /// Guard's DNS filter, when on.
+    pub guard: Option<GuardStatus>,
 }
 
 /// Why the command line could not get an answer.

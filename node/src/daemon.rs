@@ -11,7 +11,7 @@ use crate::peers;
 use crate::store::Store;
 use crate::vpn::VpnService;
 use anyhow::Context as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
@@ -38,6 +38,8 @@ pub struct Node {
     pub vpn: Option<Arc<VpnService>>,
     /// The client-mode tunnel, when connected.
     pub client: tokio::sync::Mutex<Option<crate::client::ClientTunnel>>,
+    /// Guard's DNS filter, when enabled.
+    pub guard: Option<Arc<crate::guard::GuardService>>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -65,6 +67,8 @@ impl Node {
                 self.connect(&config, &interface).await
             }
             Request::Disconnect => self.disconnect().await,
+            Request::GuardCheck { domain } => self.guard_check(&domain),
+            Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
         };
         result.unwrap_or_else(|e| Response::Error {
             message: format!("{e:#}"),
@@ -118,7 +122,11 @@ impl Node {
             ipv6: record.ipv6,
             server_public_key: vpn.device.public_key().to_base64(),
             endpoint,
-            dns: vpn.config.dns.clone(),
+            dns: if vpn.config.dns.is_empty() && self.guard.is_some() {
+                vec![vpn.config.v4.0.into(), vpn.config.v6.0.into()]
+            } else {
+                vpn.config.dns.clone()
+            },
             persistent_keepalive: vpn.config.persistent_keepalive,
         }))
     }
@@ -164,6 +172,76 @@ impl Node {
             }
             None => anyhow::bail!("no peer named {name:?}"),
         }
+    }
+
+    fn guard(&self) -> anyhow::Result<&Arc<crate::guard::GuardService>> {
+        self.guard.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "Guard is off on this node ([guard] enabled = false, or [vpn] disabled)"
+            )
+        })
+    }
+
+    fn guard_check(&self, domain: &str) -> anyhow::Result<Response> {
+        let guard = self.guard()?;
+        if nx1_guard::blocklist::normalise(domain).is_none() {
+            anyhow::bail!("{domain:?} is not a domain name");
+        }
+        let (verdict, list, rule) = match guard.check(domain) {
+            nx1_guard::blocklist::Verdict::Blocked { list, rule } => {
+                ("blocked", Some(list), Some(rule))
+            }
+            nx1_guard::blocklist::Verdict::Allowed { list, rule } => {
+                ("allowed", Some(list), Some(rule))
+            }
+            nx1_guard::blocklist::Verdict::Unlisted => ("unlisted", None, None),
+        };
+        Ok(Response::GuardVerdict(control::GuardVerdict {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            verdict: verdict.into(),
+            list,
+            rule,
+        }))
+    }
+
+    async fn guard_findings(&self, peer: Option<&str>) -> anyhow::Result<Response> {
+        let guard = self.guard()?;
+        let records = peers::list(&self.store).await?;
+        let client = match peer {
+            Some(name) => {
+                let p = records
+                    .iter()
+                    .find(|p| p.name == name)
+                    .ok_or_else(|| anyhow::anyhow!("no peer named {name:?}"))?;
+                Some(IpAddr::V4(p.ipv4))
+            }
+            None => None,
+        };
+        let mut findings = guard.findings(None);
+        findings.retain(|f| {
+            client.is_none_or(|c| {
+                f.client == c
+                    || records
+                        .iter()
+                        .any(|p| IpAddr::V4(p.ipv4) == c && IpAddr::V6(p.ipv6) == f.client)
+            })
+        });
+        let findings = findings
+            .into_iter()
+            .map(|f| control::GuardFinding {
+                peer: records
+                    .iter()
+                    .find(|p| IpAddr::V4(p.ipv4) == f.client || IpAddr::V6(p.ipv6) == f.client)
+                    .map(|p| p.name.clone()),
+                at: f.at,
+                client: f.client.to_string(),
+                name: f.name,
+                query_type: f.query_type,
+                list: f.list,
+                rule: f.rule,
+            })
+            .collect();
+        Ok(Response::GuardFindings { findings })
     }
 
     async fn connect(&self, config: &str, interface: &str) -> anyhow::Result<Response> {
@@ -236,6 +314,20 @@ impl Node {
             },
             vpn: self.vpn_status(),
             client: self.client.lock().await.as_ref().map(client_status),
+            guard: self.guard.as_ref().map(|g| control::GuardStatus {
+                lists: g.list_names().to_vec(),
+                blocked_names: g.blocked_names(),
+                dns_listen: g.listen.iter().map(|a| a.to_string()).collect(),
+                queries_blocked: g
+                    .counters
+                    .blocked
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                queries_forwarded: g
+                    .counters
+                    .forwarded
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                findings: g.findings(None).len(),
+            }),
         })
     }
 }
@@ -312,15 +404,24 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         None => None,
     };
     let uapi_guard = uapi.as_ref().map(|(_, path)| RemoveOnDrop(path.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let guard = match (&config.guard, &config.vpn) {
+        (Some(g), Some(v)) => Some(
+            crate::guard::GuardService::start(g, &[v.v4.0.into(), v.v6.0.into()], stop_rx.clone())
+                .await?,
+        ),
+        _ => None,
+    };
     let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
     let http_listen = http_listener.local_addr()?;
 
     let node = Arc::new(Node {
-        metrics: Metrics::new(&node_id, vpn.clone()),
+        metrics: Metrics::new(&node_id, vpn.clone(), guard.clone()),
         vpn,
         client: tokio::sync::Mutex::new(None),
+        guard,
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
@@ -332,7 +433,6 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     drop(wireguard);
     drop(identity);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let control_task = tokio::spawn(serve_control(
         control_listener,
         node.clone(),

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod control;
 mod daemon;
+mod guard;
 mod http;
 mod identity;
 mod init;
@@ -77,6 +78,30 @@ enum Command {
     },
     /// Client mode: take the tunnel down.
     Disconnect,
+    /// Guard, the DNS threat filter: verdicts and what it blocked.
+    #[command(subcommand)]
+    Guard(GuardCommand),
+}
+
+#[derive(Subcommand)]
+enum GuardCommand {
+    /// Guard's verdict for a domain, and which list decided it.
+    Check {
+        /// The domain.
+        domain: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent blocked queries (oldest first).
+    Findings {
+        /// Only this peer's.
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +225,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("disconnected {interface}");
             Ok(())
         }
+        Command::Guard(command) => {
+            let config = Config::load(&config_path(cli.config))?;
+            guard_command(&config, command).await
+        }
         Command::Peer(command) => {
             let config = Config::load(&config_path(cli.config))?;
             peer_command(&config, command).await
@@ -313,6 +342,52 @@ async fn peer_command(config: &config::Resolved, command: PeerCommand) -> anyhow
     }
 }
 
+async fn guard_command(config: &config::Resolved, command: GuardCommand) -> anyhow::Result<()> {
+    match command {
+        GuardCommand::Check { domain, json } => {
+            let control::Response::GuardVerdict(v) =
+                ask(config, control::Request::GuardCheck { domain }).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                match (&v.list, &v.rule) {
+                    (Some(list), Some(rule)) => {
+                        println!("{}: {} by {rule} in {list}", v.domain, v.verdict)
+                    }
+                    _ => println!("{}: {}", v.domain, v.verdict),
+                }
+            }
+            Ok(())
+        }
+        GuardCommand::Findings { peer, json } => {
+            let control::Response::GuardFindings { findings } =
+                ask(config, control::Request::GuardFindings { peer }).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings)?);
+            } else {
+                for f in findings {
+                    println!(
+                        "{} {:<12} {:<5} {} blocked by {} in {}",
+                        f.at,
+                        f.peer.as_deref().unwrap_or(&f.client),
+                        f.query_type,
+                        f.name,
+                        f.rule,
+                        f.list
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The wg-quick config for a newly added client.
 fn client_config(
     added: &control::PeerAdded,
@@ -382,6 +457,17 @@ fn print_status(r: &control::StatusReport) {
             }
         }
         None => println!("  wireguard  disabled"),
+    }
+    if let Some(g) = &r.guard {
+        println!(
+            "  guard      DNS on {}, {} names on {} lists, {} blocked / {} forwarded, {} findings",
+            g.dns_listen.join(" "),
+            g.blocked_names,
+            g.lists.len(),
+            g.queries_blocked,
+            g.queries_forwarded,
+            g.findings
+        );
     }
     if let Some(c) = &r.client {
         println!(

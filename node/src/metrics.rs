@@ -43,7 +43,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers everything under the `nx1_` prefix.
-    pub fn new(node_id: &str, vpn: Option<Arc<VpnService>>) -> Self {
+    pub fn new(
+        node_id: &str,
+        vpn: Option<Arc<VpnService>>,
+        guard: Option<Arc<crate::guard::GuardService>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("nx1");
         registry.register(
             "build",
@@ -79,6 +83,9 @@ impl Metrics {
         );
         if let Some(vpn) = vpn {
             registry.register_collector(Box::new(VpnCollector(vpn)));
+        }
+        if let Some(guard) = guard {
+            registry.register_collector(Box::new(GuardCollector(guard)));
         }
         Self {
             registry,
@@ -182,13 +189,48 @@ impl Collector for VpnCollector {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Reads Guard's DNS counters at each scrape.
+struct GuardCollector(Arc<crate::guard::GuardService>);
+
+impl std::fmt::Debug for GuardCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuardCollector")
+    }
+}
+
+impl Collector for GuardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0.counters;
+        let mut family = encoder.encode_descriptor(
+            "guard_dns_queries",
+            "DNS queries on the tunnel addresses, by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, value) in [
+            ("blocked", c.blocked.load(Relaxed)),
+            ("forwarded", c.forwarded.load(Relaxed)),
+            ("malformed", c.malformed.load(Relaxed)),
+            ("upstream_failure", c.upstream_failures.load(Relaxed)),
+        ] {
+            ConstCounter::new(value).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn exposition_carries_counters_and_build_info() {
-        let m = Metrics::new("abc=", None);
+        let m = Metrics::new("abc=", None, None);
         m.control_requests
             .get_or_create(&CommandLabel { command: "status" })
             .inc();

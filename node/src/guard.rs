@@ -1,0 +1,409 @@
+//! Guard's DNS filter: a DNS server on the node's tunnel addresses — the `DNS =` of every
+//! client config — that answers names on the block lists itself (recording why) and forwards
+//! everything else to the upstream resolvers. The verdicts come from the `guard` crate; this
+//! module is the sockets around it.
+
+use crate::config::{BlockResponse, Guard};
+use anyhow::Context as _;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+use nx1_guard::blocklist::{Blocklist, List, Verdict};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+/// Findings kept in memory for `nx1 guard findings`.
+const FINDINGS_KEPT: usize = 1000;
+/// How long one upstream gets to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// TTL of the answers Guard makes itself.
+const BLOCK_TTL: u32 = 60;
+
+/// A blocked query and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Finding {
+    /// Unix time.
+    pub at: u64,
+    /// The tunnel address that asked.
+    pub client: IpAddr,
+    /// The name asked for (lower case, no trailing dot).
+    pub name: String,
+    /// The query type (A, AAAA, …).
+    pub query_type: String,
+    /// The list that blocked it.
+    pub list: String,
+    /// The listed domain that matched.
+    pub rule: String,
+}
+
+/// Query counters by outcome.
+#[derive(Debug, Default)]
+pub struct GuardCounters {
+    /// Answered by Guard because a list blocks the name.
+    pub blocked: AtomicU64,
+    /// Forwarded upstream.
+    pub forwarded: AtomicU64,
+    /// Not a valid query (answered FORMERR or dropped).
+    pub malformed: AtomicU64,
+    /// No upstream answered (SERVFAIL).
+    pub upstream_failures: AtomicU64,
+}
+
+/// The running filter.
+pub struct GuardService {
+    lists: Blocklist,
+    list_names: Vec<String>,
+    upstreams: Vec<SocketAddr>,
+    block_response: BlockResponse,
+    findings: Mutex<VecDeque<Finding>>,
+    /// Counters.
+    pub counters: GuardCounters,
+    /// Where the DNS server listens.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl GuardService {
+    /// Reads and compiles the lists and binds the DNS sockets on `addresses` (port 53).
+    pub async fn start(
+        config: &Guard,
+        addresses: &[IpAddr],
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut lists = Vec::new();
+        for path in &config.blocklists {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading block list {}", path.display()))?;
+            let list = List::parse(&path.display().to_string(), &text);
+            tracing::info!(list = %path.display(), blocked = list.block.len(), excepted = list.allow.len(), skipped = list.skipped, "block list loaded");
+            lists.push(list);
+        }
+        let compiled = Blocklist::compile(&lists)?;
+        let upstreams = if config.upstreams.is_empty() {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            crate::config::resolv_conf_nameservers(&text)
+        } else {
+            config.upstreams.clone()
+        };
+        if upstreams.is_empty() {
+            anyhow::bail!("[guard] has no upstreams and /etc/resolv.conf names no nameserver");
+        }
+        let mut sockets = Vec::new();
+        for ip in addresses {
+            let addr = SocketAddr::new(*ip, 53);
+            sockets
+                .push(bind_dns(addr).with_context(|| format!("binding the DNS server on {addr}"))?);
+        }
+        let service = Arc::new(Self {
+            list_names: lists.iter().map(|l| l.name.clone()).collect(),
+            lists: compiled,
+            upstreams,
+            block_response: config.block_response,
+            findings: Mutex::new(VecDeque::new()),
+            counters: GuardCounters::default(),
+            listen: sockets.iter().filter_map(|s| s.local_addr().ok()).collect(),
+        });
+        for socket in sockets {
+            tokio::spawn(serve(Arc::new(socket), service.clone(), stop.clone()));
+        }
+        Ok(service)
+    }
+
+    /// The verdict for a name.
+    pub fn check(&self, name: &str) -> Verdict {
+        self.lists.check(name)
+    }
+
+    /// The loaded lists.
+    pub fn list_names(&self) -> &[String] {
+        &self.list_names
+    }
+
+    /// Names on the block lists.
+    pub fn blocked_names(&self) -> usize {
+        self.lists.blocked_len()
+    }
+
+    /// Recent findings, newest last, optionally for one client address.
+    pub fn findings(&self, client: Option<IpAddr>) -> Vec<Finding> {
+        self.findings
+            .lock()
+            .iter()
+            .filter(|f| client.is_none_or(|c| f.client == c))
+            .cloned()
+            .collect()
+    }
+
+    fn record(&self, finding: Finding) {
+        let mut findings = self.findings.lock();
+        if findings.len() == FINDINGS_KEPT {
+            findings.pop_front();
+        }
+        findings.push_back(finding);
+    }
+
+    /// The answer to one query datagram from `client`, if any is due.
+    async fn answer(&self, query: &[u8], client: IpAddr) -> Option<Vec<u8>> {
+        let message = match Message::from_vec(query) {
+            Ok(m) => m,
+            Err(_) => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                // With a header, say FORMERR so the client stops waiting; without, drop.
+                let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                    .to_vec()
+                    .ok();
+            }
+        };
+        let id = message.metadata.id;
+        if message.metadata.message_type != MessageType::Query || message.queries.len() != 1 {
+            self.counters.malformed.fetch_add(1, Relaxed);
+            return Message::error_msg(id, message.metadata.op_code, ResponseCode::FormErr)
+                .to_vec()
+                .ok();
+        }
+        let question = &message.queries[0];
+        let name = question.name().to_ascii();
+        if let Verdict::Blocked { list, rule } = self.lists.check(&name) {
+            self.counters.blocked.fetch_add(1, Relaxed);
+            let qtype = question.query_type();
+            self.record(Finding {
+                at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                client,
+                name: name.trim_end_matches('.').to_ascii_lowercase(),
+                query_type: qtype.to_string(),
+                list,
+                rule,
+            });
+            let mut reply = Message::response(id, message.metadata.op_code);
+            reply.metadata.recursion_desired = message.metadata.recursion_desired;
+            reply.metadata.recursion_available = true;
+            reply.add_query(question.clone());
+            match (self.block_response, qtype) {
+                (BlockResponse::Nxdomain, _) => {
+                    reply.metadata.response_code = ResponseCode::NXDomain
+                }
+                (BlockResponse::Zero, RecordType::A) => {
+                    reply.add_answer(Record::from_rdata(
+                        question.name().clone(),
+                        BLOCK_TTL,
+                        RData::A(A(Ipv4Addr::UNSPECIFIED)),
+                    ));
+                }
+                (BlockResponse::Zero, RecordType::AAAA) => {
+                    reply.add_answer(Record::from_rdata(
+                        question.name().clone(),
+                        BLOCK_TTL,
+                        RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED)),
+                    ));
+                }
+                (BlockResponse::Zero, _) => {}
+            }
+            return reply.to_vec().ok();
+        }
+        self.counters.forwarded.fetch_add(1, Relaxed);
+        match self.forward(query).await {
+            Some(answer) => Some(answer),
+            None => {
+                self.counters.upstream_failures.fetch_add(1, Relaxed);
+                Message::error_msg(id, message.metadata.op_code, ResponseCode::ServFail)
+                    .to_vec()
+                    .ok()
+            }
+        }
+    }
+
+    /// Asks each upstream in turn from a fresh random port, and relays the first answer whose
+    /// id matches.
+    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let id = &query[..2];
+        for upstream in &self.upstreams {
+            let local: SocketAddr = if upstream.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let Ok(socket) = UdpSocket::bind(local).await else {
+                continue;
+            };
+            if socket.connect(upstream).await.is_err() || socket.send(query).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+                if n >= 12 && &buf[..2] == id {
+                    buf.truncate(n);
+                    return Some(buf);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A UDP socket on a tunnel address. Free-bind, because an IPv6 address on a new interface
+/// is "tentative" for a moment and could not be bound yet.
+fn bind_dns(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Answers queries on one socket until told to stop.
+async fn serve(socket: Arc<UdpSocket>, guard: Arc<GuardService>, mut stop: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            () = crate::daemon::stopped(&mut stop) => return,
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = received else { continue };
+                let query = buf[..n].to_vec();
+                let (socket, guard) = (socket.clone(), guard.clone());
+                tokio::spawn(async move {
+                    if let Some(answer) = guard.answer(&query, from.ip()).await {
+                        let _ = socket.send_to(&answer, from).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(lists: &[(&str, &str)], response: BlockResponse) -> GuardService {
+        let parsed: Vec<List> = lists.iter().map(|(n, t)| List::parse(n, t)).collect();
+        GuardService {
+            list_names: parsed.iter().map(|l| l.name.clone()).collect(),
+            lists: Blocklist::compile(&parsed).unwrap(),
+            upstreams: vec!["127.0.0.1:9".parse().unwrap()],
+            block_response: response,
+            findings: Mutex::new(VecDeque::new()),
+            counters: GuardCounters::default(),
+            listen: Vec::new(),
+        }
+    }
+
+    fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 4242;
+        m.metadata.recursion_desired = true;
+        m.add_query(hickory_proto::op::Query::query(
+            name.parse().unwrap(),
+            qtype,
+        ));
+        m.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_listed_name_is_answered_with_zero_addresses_and_recorded() {
+        let g = service(&[("ads", "||ads.example^\n")], BlockResponse::Zero);
+        let client: IpAddr = "10.87.0.2".parse().unwrap();
+        let a = Message::from_vec(
+            &g.answer(&query("x.ads.example.", RecordType::A), client)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(a.metadata.id, 4242);
+        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a.answers[0].data, RData::A(A(Ipv4Addr::UNSPECIFIED)));
+        let aaaa = Message::from_vec(
+            &g.answer(&query("x.ads.example.", RecordType::AAAA), client)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            aaaa.answers[0].data,
+            RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED))
+        );
+        let f = g.findings(Some(client));
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            (f[0].name.as_str(), f[0].list.as_str(), f[0].rule.as_str()),
+            ("x.ads.example", "ads", "ads.example")
+        );
+        assert!(g.findings(Some("10.87.0.3".parse().unwrap())).is_empty());
+    }
+
+    #[tokio::test]
+    async fn nxdomain_can_be_chosen() {
+        let g = service(&[("ads", "ads.example\n")], BlockResponse::Nxdomain);
+        let m = Message::from_vec(
+            &g.answer(
+                &query("ads.example.", RecordType::A),
+                "10.87.0.2".parse().unwrap(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert!(m.answers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_formerr_or_nothing_and_is_counted() {
+        let g = service(&[], BlockResponse::Zero);
+        let client: IpAddr = "10.87.0.2".parse().unwrap();
+        assert_eq!(g.answer(&[1], client).await, None);
+        let m = Message::from_vec(
+            &g.answer(&[0x12, 0x34, 0xff, 0xff, 0, 9], client)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m.metadata.id, 0x1234);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(g.counters.malformed.load(Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_gives_servfail() {
+        let g = service(&[], BlockResponse::Zero);
+        let m = Message::from_vec(
+            &g.answer(
+                &query("example.org.", RecordType::A),
+                "10.87.0.2".parse().unwrap(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(g.counters.upstream_failures.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn resolv_conf_nameservers_are_read() {
+        let ns = crate::config::resolv_conf_nameservers(
+            "# x\nnameserver 9.9.9.9\nsearch lan\nnameserver fe80::1%eth0\nnameserver bogus\n",
+        );
+        assert_eq!(
+            ns,
+            vec![
+                "9.9.9.9:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
+        );
+    }
+}
