@@ -213,7 +213,7 @@ pub fn valid_endpoint(text: &str) -> bool {
 impl VpnSection {
     fn validate(
         &self,
-        invalid: impl Fn(&'static str, String) -> ConfigError,
+        invalid: &impl Fn(&'static str, String) -> ConfigError,
     ) -> Result<Option<Vpn>, ConfigError> {
         if !self.enabled {
             return Ok(None);
