@@ -1,0 +1,119 @@
+//! Guard's DNS filter end to end: `dig` in `cli` asks the node's tunnel address through the
+//! wireguard-go tunnel; dnsmasq in `web` is the upstream resolver.
+
+use nx1_tests::lab::{Background, ExitLab, config_value};
+use nx1_tests::{set_config, text};
+use std::process::Stdio;
+use std::time::Duration;
+
+fn dig(lab: &ExitLab, server: &str, name: &str, qtype: &str) -> String {
+    let out = lab.in_cli(&format!(
+        "dig @{server} +short +time=2 +tries=3 {name} {qtype}"
+    ));
+    assert!(out.status.success(), "dig {name}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
+    let mut lab = ExitLab::new();
+    let lists = lab.data_dir().join("lists");
+    std::fs::create_dir_all(&lists).unwrap();
+    std::fs::write(
+        lists.join("test.txt"),
+        "! an AdBlock-style list\n||blocked.test^\n@@||ok.blocked.test^\n0.0.0.0 hosts-blocked.test\n",
+    )
+    .unwrap();
+    set_config(&lab.config, "guard", "blocklists", "[\"lists/test.txt\"]");
+    set_config(&lab.config, "guard", "upstreams", "[\"198.18.2.2:53\"]");
+
+    // The upstream: dnsmasq answering three names of its own.
+    let dnsmasq = lab
+        .web
+        .command("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--user=root",
+            "--bind-interfaces",
+            "--listen-address=198.18.2.2",
+            "--address=/allowed.test/198.18.2.80",
+            "--address=/ok.blocked.test/198.18.2.81",
+            "--address=/blocked.test/198.18.2.82",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq");
+    let _dnsmasq = Background(dnsmasq);
+
+    lab.start_node();
+    let config = lab.add_peer("laptop");
+    assert_eq!(config_value(&config, "DNS"), "10.87.0.1, fd00:87::1");
+    lab.connect_client(&config);
+    lab.ping_eventually("10.87.0.1", Duration::from_secs(20));
+
+    // Through the tunnel, to the node's DNS on both tunnel addresses.
+    assert_eq!(dig(&lab, "10.87.0.1", "x.blocked.test", "A"), "0.0.0.0");
+    assert_eq!(dig(&lab, "10.87.0.1", "x.blocked.test", "AAAA"), "::");
+    assert_eq!(
+        dig(&lab, "fd00:87::1", "hosts-blocked.test", "A"),
+        "0.0.0.0"
+    );
+    assert_eq!(dig(&lab, "10.87.0.1", "allowed.test", "A"), "198.18.2.80");
+    // The @@ exception wins over the block above it: answered by the upstream.
+    assert_eq!(
+        dig(&lab, "10.87.0.1", "ok.blocked.test", "A"),
+        "198.18.2.81"
+    );
+
+    let check = lab.nx1(&["guard", "check", "X.Blocked.Test.", "--json"]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(v["verdict"], "blocked");
+    assert_eq!(v["rule"], "blocked.test");
+    assert!(v["list"].as_str().unwrap().ends_with("lists/test.txt"));
+    let ok = lab.nx1(&["guard", "check", "ok.blocked.test"]);
+    assert!(
+        text(&ok.stdout).contains("allowed by ok.blocked.test"),
+        "{}",
+        text(&ok.stdout)
+    );
+    let bad = lab.nx1(&["guard", "check", "not a name"]);
+    assert!(!bad.status.success());
+
+    let findings = lab.nx1(&["guard", "findings", "--peer", "laptop", "--json"]);
+    assert!(findings.status.success(), "{}", text(&findings.stderr));
+    let f: serde_json::Value = serde_json::from_slice(&findings.stdout).unwrap();
+    let names: Vec<&str> = f
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"x.blocked.test") && names.contains(&"hosts-blocked.test"),
+        "{f}"
+    );
+    assert!(f.as_array().unwrap().iter().all(|x| x["peer"] == "laptop"));
+    assert!(!names.contains(&"ok.blocked.test") && !names.contains(&"allowed.test"));
+
+    let status = lab.status().unwrap();
+    assert_eq!(status["guard"]["blocked_names"], 2);
+    assert!(status["guard"]["queries_blocked"].as_u64().unwrap() >= 3);
+    assert!(status["guard"]["queries_forwarded"].as_u64().unwrap() >= 2);
+    let http = status["http_listen"].as_str().unwrap().to_owned();
+    let metrics = text(
+        &lab.exit
+            .sh(&format!("curl -sS http://{http}/metrics"))
+            .stdout,
+    );
+    assert!(
+        metrics.contains("nx1_guard_dns_queries_total{outcome=\"blocked\"}"),
+        "{metrics}"
+    );
+    assert!(lab.stop_node());
+}
