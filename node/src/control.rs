@@ -55,6 +55,27 @@ pub enum Request {
         /// A peer's name.
         peer: Option<String>,
     },
+    /// Re-read the block lists and local rules.
+    GuardReload,
+    /// Allow, deny or clear a domain on this node.
+    GuardRule {
+        /// The domain.
+        domain: String,
+        /// What to do.
+        action: RuleAction,
+    },
+}
+
+/// A local Guard rule change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Never block it (wins over every list).
+    Allow,
+    /// Block it (and everything below it).
+    Deny,
+    /// Remove the local rule.
+    Clear,
 }
 
 impl Request {
@@ -69,6 +90,8 @@ impl Request {
             Request::Disconnect => "disconnect",
             Request::GuardCheck { .. } => "guard_check",
             Request::GuardFindings { .. } => "guard_findings",
+            Request::GuardReload => "guard_reload",
+            Request::GuardRule { .. } => "guard_rule",
         }
     }
 }
@@ -93,7 +116,14 @@ pub enum Response {
         /// The interface that was taken down.
         interface: String,
     },
-    /// Answer to [`Request::GuardCheck`].
+    /// Answer to [`Request::GuardReload`].
+    GuardReloaded {
+        /// Lists in use.
+        lists: Vec<String>,
+        /// Names on them.
+        blocked_names: usize,
+    },
+    /// Answer to [`Request::GuardCheck`] and [`Request::GuardRule`].
     GuardVerdict(GuardVerdict),
     /// Answer to [`Request::GuardFindings`].
     GuardFindings {

@@ -69,6 +69,8 @@ impl Node {
             Request::Disconnect => self.disconnect().await,
             Request::GuardCheck { domain } => self.guard_check(&domain),
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
+            Request::GuardReload => self.guard_reload().await,
+            Request::GuardRule { domain, action } => self.guard_rule(&domain, action).await,
         };
         result.unwrap_or_else(|e| Response::Error {
             message: format!("{e:#}"),
@@ -202,6 +204,39 @@ impl Node {
             list,
             rule,
         }))
+    }
+
+    async fn guard_reload(&self) -> anyhow::Result<Response> {
+        let guard = self.guard()?;
+        guard.reload(&self.store).await?;
+        tracing::info!(
+            lists = guard.list_names().len(),
+            blocked = guard.blocked_names(),
+            "guard lists reloaded"
+        );
+        Ok(Response::GuardReloaded {
+            lists: guard.list_names(),
+            blocked_names: guard.blocked_names(),
+        })
+    }
+
+    async fn guard_rule(
+        &self,
+        domain: &str,
+        action: control::RuleAction,
+    ) -> anyhow::Result<Response> {
+        let guard = self.guard()?;
+        let Some(domain) = nx1_guard::blocklist::normalise(domain) else {
+            anyhow::bail!("{domain:?} is not a domain name");
+        };
+        let action_text = match action {
+            control::RuleAction::Allow => Some("allow"),
+            control::RuleAction::Deny => Some("deny"),
+            control::RuleAction::Clear => None,
+        };
+        crate::guard::set_rule(&self.store, &domain, action_text).await?;
+        guard.reload(&self.store).await?;
+        self.guard_check(&domain)
     }
 
     async fn guard_findings(&self, peer: Option<&str>) -> anyhow::Result<Response> {
@@ -407,8 +442,13 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let guard = match (&config.guard, &config.vpn) {
         (Some(g), Some(v)) => Some(
-            crate::guard::GuardService::start(g, &[v.v4.0.into(), v.v6.0.into()], stop_rx.clone())
-                .await?,
+            crate::guard::GuardService::start(
+                g,
+                &store,
+                &[v.v4.0.into(), v.v6.0.into()],
+                stop_rx.clone(),
+            )
+            .await?,
         ),
         _ => None,
     };

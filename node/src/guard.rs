@@ -4,6 +4,7 @@
 //! module is the sockets around it.
 
 use crate::config::{BlockResponse, Guard};
+use crate::store::Store;
 use anyhow::Context as _;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -55,10 +56,80 @@ pub struct GuardCounters {
     pub upstream_failures: AtomicU64,
 }
 
+/// Name under which `nx1 guard allow|deny` rules are reported.
+pub const LOCAL_RULES: &str = "nx1 guard allow/deny";
+
+/// The compiled lists, swapped whole on reload.
+struct Compiled {
+    lists: Blocklist,
+    names: Vec<String>,
+}
+
+/// Reads the list files and the local rules and compiles them.
+async fn compile(config: &Guard, store: &Store) -> anyhow::Result<Compiled> {
+    let mut local = List {
+        name: LOCAL_RULES.to_owned(),
+        block: Vec::new(),
+        allow: Vec::new(),
+        skipped: 0,
+    };
+    for (domain, action) in rules(store).await? {
+        match action.as_str() {
+            "allow" => local.allow.push(domain),
+            _ => local.block.push(domain),
+        }
+    }
+    // The owner's own rules come first, so their blocks are the ones reported.
+    let mut lists = vec![local];
+    for path in &config.blocklists {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading block list {}", path.display()))?;
+        let list = List::parse(&path.display().to_string(), &text);
+        tracing::info!(list = %path.display(), blocked = list.block.len(), excepted = list.allow.len(), skipped = list.skipped, "block list loaded");
+        lists.push(list);
+    }
+    Ok(Compiled {
+        lists: Blocklist::compile(&lists)?,
+        names: lists.iter().map(|l| l.name.clone()).collect(),
+    })
+}
+
+/// The local rules: (domain, "allow" | "deny").
+pub async fn rules(store: &Store) -> anyhow::Result<Vec<(String, String)>> {
+    use sqlx::Row as _;
+    let rows = sqlx::query("SELECT domain, action FROM guard_rules ORDER BY domain")
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("domain")?, r.try_get("action")?)))
+        .collect()
+}
+
+/// Sets (or with `None` removes) the local rule for `domain`.
+pub async fn set_rule(store: &Store, domain: &str, action: Option<&str>) -> anyhow::Result<()> {
+    match action {
+        Some(action) => {
+            sqlx::query("INSERT INTO guard_rules (domain, action, created_at) VALUES ($1, $2, $3) ON CONFLICT (domain) DO UPDATE SET action = excluded.action, created_at = excluded.created_at")
+                .bind(domain)
+                .bind(action)
+                .bind(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+                .execute(store.pool())
+                .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM guard_rules WHERE domain = $1")
+                .bind(domain)
+                .execute(store.pool())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// The running filter.
 pub struct GuardService {
-    lists: Blocklist,
-    list_names: Vec<String>,
+    config: Guard,
+    compiled: parking_lot::RwLock<Arc<Compiled>>,
     upstreams: Vec<SocketAddr>,
     block_response: BlockResponse,
     findings: Mutex<VecDeque<Finding>>,
@@ -72,18 +143,11 @@ impl GuardService {
     /// Reads and compiles the lists and binds the DNS sockets on `addresses` (port 53).
     pub async fn start(
         config: &Guard,
+        store: &Store,
         addresses: &[IpAddr],
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
-        let mut lists = Vec::new();
-        for path in &config.blocklists {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading block list {}", path.display()))?;
-            let list = List::parse(&path.display().to_string(), &text);
-            tracing::info!(list = %path.display(), blocked = list.block.len(), excepted = list.allow.len(), skipped = list.skipped, "block list loaded");
-            lists.push(list);
-        }
-        let compiled = Blocklist::compile(&lists)?;
+        let compiled = compile(config, store).await?;
         let upstreams = if config.upstreams.is_empty() {
             let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             crate::config::resolv_conf_nameservers(&text)
@@ -100,8 +164,8 @@ impl GuardService {
                 .push(bind_dns(addr).with_context(|| format!("binding the DNS server on {addr}"))?);
         }
         let service = Arc::new(Self {
-            list_names: lists.iter().map(|l| l.name.clone()).collect(),
-            lists: compiled,
+            config: config.clone(),
+            compiled: parking_lot::RwLock::new(Arc::new(compiled)),
             upstreams,
             block_response: config.block_response,
             findings: Mutex::new(VecDeque::new()),
@@ -116,17 +180,24 @@ impl GuardService {
 
     /// The verdict for a name.
     pub fn check(&self, name: &str) -> Verdict {
-        self.lists.check(name)
+        self.compiled.read().lists.check(name)
     }
 
     /// The loaded lists.
-    pub fn list_names(&self) -> &[String] {
-        &self.list_names
+    pub fn list_names(&self) -> Vec<String> {
+        self.compiled.read().names.clone()
     }
 
     /// Names on the block lists.
     pub fn blocked_names(&self) -> usize {
-        self.lists.blocked_len()
+        self.compiled.read().lists.blocked_len()
+    }
+
+    /// Re-reads the list files and local rules; on any error the lists in use stay.
+    pub async fn reload(&self, store: &Store) -> anyhow::Result<()> {
+        let compiled = compile(&self.config, store).await?;
+        *self.compiled.write() = Arc::new(compiled);
+        Ok(())
     }
 
     /// Recent findings, newest last, optionally for one client address.
@@ -169,7 +240,7 @@ impl GuardService {
         }
         let question = &message.queries[0];
         let name = question.name().to_ascii();
-        if let Verdict::Blocked { list, rule } = self.lists.check(&name) {
+        if let Verdict::Blocked { list, rule } = self.check(&name) {
             self.counters.blocked.fetch_add(1, Relaxed);
             let qtype = question.query_type();
             self.record(Finding {
@@ -292,8 +363,15 @@ mod tests {
     fn service(lists: &[(&str, &str)], response: BlockResponse) -> GuardService {
         let parsed: Vec<List> = lists.iter().map(|(n, t)| List::parse(n, t)).collect();
         GuardService {
-            list_names: parsed.iter().map(|l| l.name.clone()).collect(),
-            lists: Blocklist::compile(&parsed).unwrap(),
+            config: Guard {
+                blocklists: Vec::new(),
+                upstreams: Vec::new(),
+                block_response: response,
+            },
+            compiled: parking_lot::RwLock::new(Arc::new(Compiled {
+                names: parsed.iter().map(|l| l.name.clone()).collect(),
+                lists: Blocklist::compile(&parsed).unwrap(),
+            })),
             upstreams: vec!["127.0.0.1:9".parse().unwrap()],
             block_response: response,
             findings: Mutex::new(VecDeque::new()),

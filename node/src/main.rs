@@ -93,6 +93,23 @@ enum GuardCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the block-list files (and local rules) without a restart.
+    Reload,
+    /// Never block a domain on this node (wins over every list).
+    Allow {
+        /// The domain.
+        domain: String,
+    },
+    /// Block a domain (and the names below it) on this node.
+    Deny {
+        /// The domain.
+        domain: String,
+    },
+    /// Remove this node's allow/deny rule for a domain.
+    Clear {
+        /// The domain.
+        domain: String,
+    },
     /// Recent blocked queries (oldest first).
     Findings {
         /// Only this peer's.
@@ -343,6 +360,35 @@ async fn peer_command(config: &config::Resolved, command: PeerCommand) -> anyhow
 }
 
 async fn guard_command(config: &config::Resolved, command: GuardCommand) -> anyhow::Result<()> {
+    let rule = |domain: String, action| control::Request::GuardRule { domain, action };
+    let command = match command {
+        GuardCommand::Allow { domain } => rule(domain, control::RuleAction::Allow),
+        GuardCommand::Deny { domain } => rule(domain, control::RuleAction::Deny),
+        GuardCommand::Clear { domain } => rule(domain, control::RuleAction::Clear),
+        GuardCommand::Reload => {
+            let control::Response::GuardReloaded {
+                lists,
+                blocked_names,
+            } = ask(config, control::Request::GuardReload).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            println!(
+                "reloaded {} lists, {blocked_names} blocked names",
+                lists.len()
+            );
+            return Ok(());
+        }
+        other => return guard_query(config, other).await,
+    };
+    let control::Response::GuardVerdict(v) = ask(config, command).await? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    println!("{}: now {}", v.domain, v.verdict);
+    Ok(())
+}
+
+async fn guard_query(config: &config::Resolved, command: GuardCommand) -> anyhow::Result<()> {
     match command {
         GuardCommand::Check { domain, json } => {
             let control::Response::GuardVerdict(v) =
@@ -385,6 +431,7 @@ async fn guard_command(config: &config::Resolved, command: GuardCommand) -> anyh
             }
             Ok(())
         }
+        _ => anyhow::bail!("rule changes are handled by guard_command"),
     }
 }
 
