@@ -43,6 +43,8 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
             "--address=/allowed.test/198.18.2.80",
             "--address=/ok.blocked.test/198.18.2.81",
             "--address=/blocked.test/198.18.2.82",
+            "--address=/rebind.test/10.0.0.5",
+            "--address=/printer.lan/192.168.1.9",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -69,6 +71,14 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
         dig(&lab, "10.87.0.1", "ok.blocked.test", "A"),
         "198.18.2.81"
     );
+
+    // DNS rebinding: a public name answered with a private address is refused and recorded;
+    // a local-only name may resolve privately.
+    assert_eq!(dig(&lab, "10.87.0.1", "rebind.test", "A"), "");
+    let status_line =
+        lab.in_cli("dig @10.87.0.1 +time=2 +tries=2 rebind.test A | grep -o 'status: [A-Z]*'");
+    assert_eq!(text(&status_line.stdout).trim(), "status: REFUSED");
+    assert_eq!(dig(&lab, "10.87.0.1", "printer.lan", "A"), "192.168.1.9");
 
     let check = lab.nx1(&["guard", "check", "X.Blocked.Test.", "--json"]);
     assert!(check.status.success(), "{}", text(&check.stderr));
@@ -100,6 +110,14 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
     );
     assert!(f.as_array().unwrap().iter().all(|x| x["peer"] == "laptop"));
     assert!(!names.contains(&"ok.blocked.test") && !names.contains(&"allowed.test"));
+    let rebind = f
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "rebind.test")
+        .expect("rebinding finding");
+    assert_eq!(rebind["list"], "rebinding protection");
+    assert!(rebind["rule"].as_str().unwrap().contains("10.0.0.5"));
 
     // A list changed on disk takes effect on reload, with no restart.
     let list_file = lab.data_dir().join("lists/test.txt");

@@ -54,6 +54,47 @@ pub struct GuardCounters {
     pub malformed: AtomicU64,
     /// No upstream answered (SERVFAIL).
     pub upstream_failures: AtomicU64,
+    /// Answers refused because a public name resolved to a private address.
+    pub rebinding: AtomicU64,
+}
+
+/// Address space that belongs to private networks or the host itself.
+fn is_private(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Suffixes that only ever name things on local networks.
+fn is_local_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    [
+        "local",
+        "lan",
+        "home",
+        "internal",
+        "localdomain",
+        "home.arpa",
+        "in-addr.arpa",
+        "ip6.arpa",
+    ]
+    .iter()
+    .any(|s| name == *s || name.ends_with(&format!(".{s}")))
 }
 
 /// Name under which `nx1 guard allow|deny` rules are reported.
@@ -281,7 +322,46 @@ impl GuardService {
         }
         self.counters.forwarded.fetch_add(1, Relaxed);
         match self.forward(query).await {
-            Some(answer) => Some(answer),
+            Some(answer) => {
+                // DNS rebinding: a public name must not resolve into private address space
+                // (the clients' home networks, the node itself). Names the owner allowed, and
+                // names under local-only suffixes, may.
+                let private = Message::from_vec(&answer).ok().and_then(|m| {
+                    m.answers.iter().find_map(|r| match &r.data {
+                        RData::A(A(ip)) if is_private(IpAddr::V4(*ip)) => Some(IpAddr::V4(*ip)),
+                        RData::AAAA(AAAA(ip)) if is_private(IpAddr::V6(*ip)) => {
+                            Some(IpAddr::V6(*ip))
+                        }
+                        _ => None,
+                    })
+                });
+                match private {
+                    Some(ip)
+                        if !is_local_name(&name)
+                            && !matches!(self.check(&name), Verdict::Allowed { .. }) =>
+                    {
+                        self.counters.rebinding.fetch_add(1, Relaxed);
+                        self.counters.blocked.fetch_add(1, Relaxed);
+                        self.record(Finding {
+                            at: SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            client,
+                            name: name.trim_end_matches('.').to_ascii_lowercase(),
+                            query_type: question.query_type().to_string(),
+                            list: "rebinding protection".into(),
+                            rule: format!("answer {ip} is a private address"),
+                        });
+                        let mut reply = Message::response(id, message.metadata.op_code);
+                        reply.metadata.recursion_desired = message.metadata.recursion_desired;
+                        reply.metadata.recursion_available = true;
+                        reply.metadata.response_code = ResponseCode::Refused;
+                        reply.add_query(question.clone());
+                        reply.to_vec().ok()
+                    }
+                    _ => Some(answer),
+                }
+            }
             None => {
                 self.counters.upstream_failures.fetch_add(1, Relaxed);
                 Message::error_msg(id, message.metadata.op_code, ResponseCode::ServFail)
@@ -469,6 +549,30 @@ mod tests {
         .unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(g.counters.upstream_failures.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn private_address_space_is_recognised() {
+        for p in [
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private(p.parse().unwrap()), "{p}");
+        }
+        for p in ["198.18.2.80", "8.8.8.8", "2001:db8::1", "100.128.0.1"] {
+            assert!(!is_private(p.parse().unwrap()), "{p}");
+        }
+        assert!(is_local_name("printer.lan.") && is_local_name("nas.home.arpa"));
+        assert!(!is_local_name("planet.example"));
     }
 
     #[test]

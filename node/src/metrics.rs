@@ -217,6 +217,7 @@ impl Collector for GuardCollector {
             ("forwarded", c.forwarded.load(Relaxed)),
             ("malformed", c.malformed.load(Relaxed)),
             ("upstream_failure", c.upstream_failures.load(Relaxed)),
+            ("rebinding", c.rebinding.load(Relaxed)),
         ] {
             ConstCounter::new(value).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
         }
