@@ -39,6 +39,7 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
             "--pid-file=",
             "--user=root",
             "--bind-interfaces",
+            "--local-ttl=300",
             "--listen-address=198.18.2.2",
             "--address=/allowed.test/198.18.2.80",
             "--address=/ok.blocked.test/198.18.2.81",
@@ -50,7 +51,7 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
         .stderr(Stdio::null())
         .spawn()
         .expect("dnsmasq");
-    let _dnsmasq = Background(dnsmasq);
+    let dnsmasq = Background(dnsmasq);
 
     lab.start_node();
     let config = lab.add_peer("laptop");
@@ -165,6 +166,27 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
     assert!(
         metrics.contains("nx1_guard_dns_queries_total{outcome=\"blocked\"}"),
         "{metrics}"
+    );
+
+    // Answers are cached for their TTL: with the upstream gone, a name asked before still
+    // resolves and a new one fails.
+    assert_eq!(
+        dig(&lab, "10.87.0.1", "c1.allowed.test", "A"),
+        "198.18.2.80"
+    );
+    drop(dnsmasq);
+    assert_eq!(
+        dig(&lab, "10.87.0.1", "c1.allowed.test", "A"),
+        "198.18.2.80"
+    );
+    let fresh =
+        lab.in_cli("dig @10.87.0.1 +time=5 +tries=1 c2.allowed.test A | grep -o 'status: [A-Z]*'");
+    assert_eq!(text(&fresh.stdout).trim(), "status: SERVFAIL");
+    assert!(
+        lab.status().unwrap()["guard"]["queries_cached"]
+            .as_u64()
+            .unwrap()
+            >= 1
     );
     assert!(lab.stop_node());
 }

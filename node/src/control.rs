@@ -242,6 +242,8 @@ pub struct GuardStatus {
     pub queries_blocked: u64,
     /// Queries forwarded upstream.
     pub queries_forwarded: u64,
+    /// Queries answered from the cache.
+    pub queries_cached: u64,
     /// Findings kept.
     pub findings: usize,
 }

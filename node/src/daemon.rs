@@ -357,6 +357,10 @@ impl Node {
                     .counters
                     .blocked
                     .load(std::sync::atomic::Ordering::Relaxed),
+                queries_cached: g
+                    .counters
+                    .cache_hits
+                    .load(std::sync::atomic::Ordering::Relaxed),
                 queries_forwarded: g
                     .counters
                     .forwarded

@@ -56,6 +56,8 @@ pub struct GuardCounters {
     pub upstream_failures: AtomicU64,
     /// Answers refused because a public name resolved to a private address.
     pub rebinding: AtomicU64,
+    /// Queries answered from the cache.
+    pub cache_hits: AtomicU64,
 }
 
 /// Address space that belongs to private networks or the host itself.
@@ -167,8 +169,65 @@ pub async fn set_rule(store: &Store, domain: &str, action: Option<&str>) -> anyh
     Ok(())
 }
 
+/// Most answers kept in the cache.
+const CACHE_ENTRIES: usize = 20_000;
+/// Longest an answer is kept, whatever its TTL says.
+const CACHE_MAX_TTL: u32 = 3600;
+/// How long an answer with no records (NXDOMAIN, NODATA) is kept.
+const CACHE_NEGATIVE_TTL: u32 = 30;
+
+/// Upstream answers by (name, type, class), kept for their smallest TTL.
+#[derive(Default)]
+struct Cache {
+    entries: std::collections::HashMap<(String, u16, u16), (Vec<u8>, std::time::Instant)>,
+}
+
+impl Cache {
+    fn get(&mut self, key: &(String, u16, u16), id: u16) -> Option<Vec<u8>> {
+        let (answer, expires) = self.entries.get(key)?;
+        if std::time::Instant::now() >= *expires {
+            self.entries.remove(key);
+            return None;
+        }
+        let mut answer = answer.clone();
+        answer[..2].copy_from_slice(&id.to_be_bytes());
+        Some(answer)
+    }
+
+    fn put(&mut self, key: (String, u16, u16), answer: &[u8], message: &Message) {
+        let cacheable = matches!(
+            message.metadata.response_code,
+            ResponseCode::NoError | ResponseCode::NXDomain
+        ) && !message.metadata.truncation;
+        if !cacheable {
+            return;
+        }
+        let ttl = message
+            .answers
+            .iter()
+            .chain(&message.authorities)
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(CACHE_NEGATIVE_TTL)
+            .min(CACHE_MAX_TTL);
+        if ttl == 0 {
+            return;
+        }
+        if self.entries.len() >= CACHE_ENTRIES {
+            let now = std::time::Instant::now();
+            self.entries.retain(|_, (_, expires)| *expires > now);
+            if self.entries.len() >= CACHE_ENTRIES {
+                self.entries.clear();
+            }
+        }
+        let expires = std::time::Instant::now() + Duration::from_secs(ttl.into());
+        self.entries.insert(key, (answer.to_vec(), expires));
+    }
+}
+
 /// The running filter.
 pub struct GuardService {
+    cache: Mutex<Cache>,
     config: Guard,
     compiled: parking_lot::RwLock<Arc<Compiled>>,
     upstreams: Vec<SocketAddr>,
@@ -205,6 +264,7 @@ impl GuardService {
                 .push(bind_dns(addr).with_context(|| format!("binding the DNS server on {addr}"))?);
         }
         let service = Arc::new(Self {
+            cache: Mutex::new(Cache::default()),
             config: config.clone(),
             compiled: parking_lot::RwLock::new(Arc::new(compiled)),
             upstreams,
@@ -320,8 +380,31 @@ impl GuardService {
             }
             return reply.to_vec().ok();
         }
+        let key = (
+            name.to_ascii_lowercase(),
+            u16::from(question.query_type()),
+            u16::from(question.query_class()),
+        );
+        if let Some(answer) = self.cache.lock().get(&key, id) {
+            self.counters.cache_hits.fetch_add(1, Relaxed);
+            return Some(answer);
+        }
         self.counters.forwarded.fetch_add(1, Relaxed);
-        match self.forward(query).await {
+        let forwarded = self.forward(query).await;
+        if let Some(answer) = &forwarded
+            && let Ok(m) = Message::from_vec(answer)
+        {
+            let private = m.answers.iter().any(|r| match &r.data {
+                RData::A(A(ip)) => is_private(IpAddr::V4(*ip)),
+                RData::AAAA(AAAA(ip)) => is_private(IpAddr::V6(*ip)),
+                _ => false,
+            });
+            // Answers that rebinding protection may refuse are checked afresh every time.
+            if !private {
+                self.cache.lock().put(key, answer, &m);
+            }
+        }
+        match forwarded {
             Some(answer) => {
                 // DNS rebinding: a public name must not resolve into private address space
                 // (the clients' home networks, the node itself). Names the owner allowed, and
@@ -443,6 +526,7 @@ mod tests {
     fn service(lists: &[(&str, &str)], response: BlockResponse) -> GuardService {
         let parsed: Vec<List> = lists.iter().map(|(n, t)| List::parse(n, t)).collect();
         GuardService {
+            cache: Mutex::new(Cache::default()),
             config: Guard {
                 blocklists: Vec::new(),
                 upstreams: Vec::new(),

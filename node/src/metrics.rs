@@ -218,6 +218,7 @@ impl Collector for GuardCollector {
             ("malformed", c.malformed.load(Relaxed)),
             ("upstream_failure", c.upstream_failures.load(Relaxed)),
             ("rebinding", c.rebinding.load(Relaxed)),
+            ("cached", c.cache_hits.load(Relaxed)),
         ] {
             ConstCounter::new(value).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
         }
