@@ -255,7 +255,8 @@ impl GuardService {
             config.upstreams.clone()
         };
         if upstreams.is_empty() {
-            anyhow::bail!("[guard] has no upstreams and /etc/resolv.conf names no nameserver");
+            // Blocking still works; every other name gets SERVFAIL until upstreams are set.
+            tracing::warn!("[guard] has no upstreams and /etc/resolv.conf names no nameserver: names that are not blocked will fail to resolve");
         }
         let mut sockets = Vec::new();
         for ip in addresses {
