@@ -81,6 +81,13 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
     assert_eq!(text(&status_line.stdout).trim(), "status: REFUSED");
     assert_eq!(dig(&lab, "10.87.0.1", "printer.lan", "A"), "192.168.1.9");
 
+    // DNS tunnelling: a long label of encoded data is blocked though no list has the name.
+    let exfil = "mfrggzdfmztwq2lknnwg23tpobyxe43uov3ho6dzpiytemzugu3dooi4ha2q";
+    assert_eq!(
+        dig(&lab, "10.87.0.1", &format!("{exfil}.t.allowed.test"), "A"),
+        "0.0.0.0"
+    );
+
     let check = lab.nx1(&["guard", "check", "X.Blocked.Test.", "--json"]);
     assert!(check.status.success(), "{}", text(&check.stderr));
     let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
@@ -118,6 +125,16 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
         .find(|x| x["name"] == "rebind.test")
         .expect("rebinding finding");
     assert_eq!(rebind["list"], "rebinding protection");
+    let tunnel = f
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["list"] == "tunnelling detection")
+        .expect("tunnelling finding");
+    assert!(
+        tunnel["rule"].as_str().unwrap().contains("bits/character"),
+        "{tunnel}"
+    );
     assert!(rebind["rule"].as_str().unwrap().contains("10.0.0.5"));
 
     // A list changed on disk takes effect on reload, with no restart.

@@ -58,6 +58,8 @@ pub struct GuardCounters {
     pub rebinding: AtomicU64,
     /// Queries answered from the cache.
     pub cache_hits: AtomicU64,
+    /// Queries blocked because their name looks like tunnelled data.
+    pub tunnelling: AtomicU64,
 }
 
 /// Address space that belongs to private networks or the host itself.
@@ -256,7 +258,9 @@ impl GuardService {
         };
         if upstreams.is_empty() {
             // Blocking still works; every other name gets SERVFAIL until upstreams are set.
-            tracing::warn!("[guard] has no upstreams and /etc/resolv.conf names no nameserver: names that are not blocked will fail to resolve");
+            tracing::warn!(
+                "[guard] has no upstreams and /etc/resolv.conf names no nameserver: names that are not blocked will fail to resolve"
+            );
         }
         let mut sockets = Vec::new();
         for ip in addresses {
@@ -342,7 +346,20 @@ impl GuardService {
         }
         let question = &message.queries[0];
         let name = question.name().to_ascii();
-        if let Verdict::Blocked { list, rule } = self.check(&name) {
+        let verdict = match self.check(&name) {
+            Verdict::Unlisted => match nx1_guard::tunnelling::suspicious_label(&name) {
+                Some(suspicion) => {
+                    self.counters.tunnelling.fetch_add(1, Relaxed);
+                    Verdict::Blocked {
+                        list: "tunnelling detection".into(),
+                        rule: suspicion.to_string(),
+                    }
+                }
+                None => Verdict::Unlisted,
+            },
+            other => other,
+        };
+        if let Verdict::Blocked { list, rule } = verdict {
             self.counters.blocked.fetch_add(1, Relaxed);
             let qtype = question.query_type();
             self.record(Finding {
@@ -391,7 +408,7 @@ impl GuardService {
             return Some(answer);
         }
         self.counters.forwarded.fetch_add(1, Relaxed);
-        let forwarded = self.forward(query).await;
+        let forwarded = self.forward(query, question).await;
         if let Some(answer) = &forwarded
             && let Ok(m) = Message::from_vec(answer)
         {
@@ -455,10 +472,15 @@ impl GuardService {
         }
     }
 
-    /// Asks each upstream in turn from a fresh random port, and relays the first answer whose
-    /// id matches.
-    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let id = &query[..2];
+    /// Asks each upstream in turn, from a fresh random port and with a fresh random id, and
+    /// relays the first answer that carries that id and the same question — parsed, so that
+    /// every relayed answer has been through the rebinding check. The client's id is put back.
+    async fn forward(&self, query: &[u8], question: &hickory_proto::op::Query) -> Option<Vec<u8>> {
+        let client_id = [query[0], query[1]];
+        let mut id = [0u8; 2];
+        getrandom::fill(&mut id).ok()?;
+        let mut ours = query.to_vec();
+        ours[..2].copy_from_slice(&id);
         for upstream in &self.upstreams {
             let local: SocketAddr = if upstream.is_ipv4() {
                 ([0, 0, 0, 0], 0).into()
@@ -468,14 +490,27 @@ impl GuardService {
             let Ok(socket) = UdpSocket::bind(local).await else {
                 continue;
             };
-            if socket.connect(upstream).await.is_err() || socket.send(query).await.is_err() {
+            if socket.connect(upstream).await.is_err() || socket.send(&ours).await.is_err() {
                 continue;
             }
             let mut buf = vec![0u8; 4096];
             let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
             while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-                if n >= 12 && &buf[..2] == id {
+                let Ok(answer) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let same_question = answer.queries.len() == 1
+                    && answer.queries[0]
+                        .name()
+                        .to_ascii()
+                        .eq_ignore_ascii_case(&question.name().to_ascii())
+                    && answer.queries[0].query_type() == question.query_type();
+                if answer.metadata.id == u16::from_be_bytes(id)
+                    && answer.metadata.message_type == MessageType::Response
+                    && same_question
+                {
                     buf.truncate(n);
+                    buf[..2].copy_from_slice(&client_id);
                     return Some(buf);
                 }
             }

@@ -219,6 +219,7 @@ impl Collector for GuardCollector {
             ("upstream_failure", c.upstream_failures.load(Relaxed)),
             ("rebinding", c.rebinding.load(Relaxed)),
             ("cached", c.cache_hits.load(Relaxed)),
+            ("tunnelling", c.tunnelling.load(Relaxed)),
         ] {
             ConstCounter::new(value).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
         }
