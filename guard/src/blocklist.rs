@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 /// One published list, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct List {
-    /// The list's name, as verdicts report it (a file name or URL).
+    /// The list's name, as verdicts report it (its file name).
     pub name: String,
     /// Domains it blocks (normalised).
     pub block: Vec<String>,

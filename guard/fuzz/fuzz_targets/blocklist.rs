@@ -1,4 +1,4 @@
-//! Arbitrary block-list files (they come from URLs), compiled and queried: every name a list
+//! Arbitrary block-list files (published by third parties), compiled and queried: every name a list
 //! blocks must then be reported blocked or excepted, never unlisted.
 #![no_main]
 
