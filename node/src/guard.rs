@@ -372,10 +372,7 @@ impl GuardService {
                 list,
                 rule,
             });
-            let mut reply = Message::response(id, message.metadata.op_code);
-            reply.metadata.recursion_desired = message.metadata.recursion_desired;
-            reply.metadata.recursion_available = true;
-            reply.add_query(question.clone());
+            let mut reply = own_reply(&message);
             match (self.block_response, qtype) {
                 (BlockResponse::Nxdomain, _) => {
                     reply.metadata.response_code = ResponseCode::NXDomain
@@ -453,11 +450,8 @@ impl GuardService {
                             list: "rebinding protection".into(),
                             rule: format!("answer {ip} is a private address"),
                         });
-                        let mut reply = Message::response(id, message.metadata.op_code);
-                        reply.metadata.recursion_desired = message.metadata.recursion_desired;
-                        reply.metadata.recursion_available = true;
+                        let mut reply = own_reply(&message);
                         reply.metadata.response_code = ResponseCode::Refused;
-                        reply.add_query(question.clone());
                         reply.to_vec().ok()
                     }
                     _ => Some(answer),
@@ -517,6 +511,15 @@ impl GuardService {
         }
         None
     }
+}
+
+/// The frame of an answer Guard gives itself: the query's id, question and RD flag.
+fn own_reply(query: &Message) -> Message {
+    let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.queries = query.queries.clone();
+    reply
 }
 
 /// A UDP socket on a tunnel address. Free-bind, because an IPv6 address on a new interface
@@ -623,18 +626,18 @@ mod tests {
         assert!(g.findings(Some("10.87.0.3".parse().unwrap())).is_empty());
     }
 
+    /// Guard's answer to `name`/`qtype` from 10.87.0.2, parsed.
+    async fn ask(g: &GuardService, name: &str, qtype: RecordType) -> Message {
+        let answer = g
+            .answer(&query(name, qtype), "10.87.0.2".parse().unwrap())
+            .await;
+        Message::from_vec(&answer.expect("an answer")).unwrap()
+    }
+
     #[tokio::test]
     async fn nxdomain_can_be_chosen() {
         let g = service(&[("ads", "ads.example\n")], BlockResponse::Nxdomain);
-        let m = Message::from_vec(
-            &g.answer(
-                &query("ads.example.", RecordType::A),
-                "10.87.0.2".parse().unwrap(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let m = ask(&g, "ads.example.", RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert!(m.answers.is_empty());
     }
@@ -658,15 +661,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_upstream_gives_servfail() {
         let g = service(&[], BlockResponse::Zero);
-        let m = Message::from_vec(
-            &g.answer(
-                &query("example.org.", RecordType::A),
-                "10.87.0.2".parse().unwrap(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let m = ask(&g, "example.org.", RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(g.counters.upstream_failures.load(Relaxed), 1);
     }

@@ -37,6 +37,29 @@ fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     p
 }
 
+/// A handshake initiation from a device that knows the server's public key (so mac1 is
+/// valid) but is no peer of it.
+fn stranger_initiation(p: &Pair) -> Vec<u8> {
+    let stranger = Device::new(&PrivateKey::generate());
+    stranger
+        .upsert_peer(PeerConfig {
+            public_key: p.server.public_key(),
+            allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
+            endpoint: Some(p.server_addr),
+            persistent_keepalive: None,
+            preshared_key: None,
+        })
+        .unwrap();
+    let mut out = Capture::default();
+    let mut buf = vec![0u8; 2048];
+    stranger.send_packet(
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"x"),
+        &mut buf,
+        &mut out,
+    );
+    out.network.remove(0).1
+}
+
 struct Pair {
     server: Device,
     client: Device,
@@ -217,21 +240,8 @@ fn an_initiation_for_another_key_fails_mac1() {
 fn a_flood_from_one_address_is_limited_per_source() {
     let p = pair();
     let mut buf = vec![0u8; 2048];
-    // An attacker who knows the server's public key (so mac1 is valid) but is no peer.
-    let attacker = Device::new(&PrivateKey::generate());
-    attacker
-        .upsert_peer(PeerConfig {
-            public_key: p.server.public_key(),
-            allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
-            endpoint: Some(p.server_addr),
-            persistent_keepalive: None,
-            preshared_key: None,
-        })
-        .unwrap();
+    let init = stranger_initiation(&p);
     let inner = ipv4_packet([10, 87, 0, 2], [198, 18, 2, 2], b"a");
-    let mut a_out = Capture::default();
-    attacker.send_packet(&inner, &mut buf, &mut a_out);
-    let init = a_out.network[0].1.clone();
     let flooder: SocketAddr = "198.18.5.5:1000".parse().unwrap();
     let mut s_out = Capture::default();
     for _ in 0..50 {
@@ -249,23 +259,7 @@ fn a_cookie_reply_under_load_moves_no_endpoint() {
     let p = pair();
     let mut buf = vec![0u8; 2048];
     // Put the server under load with initiations (valid mac1) from many addresses.
-    let attacker = Device::new(&PrivateKey::generate());
-    attacker
-        .upsert_peer(PeerConfig {
-            public_key: p.server.public_key(),
-            allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
-            endpoint: Some(p.server_addr),
-            persistent_keepalive: None,
-            preshared_key: None,
-        })
-        .unwrap();
-    let mut a_out = Capture::default();
-    attacker.send_packet(
-        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"x"),
-        &mut buf,
-        &mut a_out,
-    );
-    let init = a_out.network[0].1.clone();
+    let init = stranger_initiation(&p);
     let mut s_out = Capture::default();
     for i in 0..300u32 {
         let src = SocketAddr::from(([198, 18, 100 + (i / 250) as u8, (i % 250) as u8 + 1], 1000));
