@@ -158,6 +158,34 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
     let why = lab.nx1(&["guard", "check", "allowed.test", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&why.stdout).unwrap();
     assert_eq!(v["list"], "nx1 guard allow/deny");
+    // A peer's own rule applies to that peer only, before everyone's.
+    assert!(
+        lab.nx1(&["guard", "deny", "mine.peer.test", "--peer", "laptop"])
+            .status
+            .success()
+    );
+    assert_eq!(dig(&lab, "10.87.0.1", "mine.peer.test", "A"), "0.0.0.0");
+    let everyone = lab.nx1(&["guard", "check", "mine.peer.test", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&everyone.stdout).unwrap();
+    assert_eq!(v["verdict"], "unlisted");
+    let laptop = lab.nx1(&[
+        "guard",
+        "check",
+        "mine.peer.test",
+        "--peer",
+        "laptop",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&laptop.stdout).unwrap();
+    assert_eq!(v["verdict"], "blocked");
+    assert_eq!(v["list"], "nx1 guard allow/deny --peer laptop");
+    let ghost = lab.nx1(&["guard", "deny", "x.test", "--peer", "ghost"]);
+    assert!(
+        text(&ghost.stderr).contains("no peer named"),
+        "{}",
+        text(&ghost.stderr)
+    );
+
     // The rules survive a restart; clearing one brings the lists' verdict back.
     assert!(lab.stop_node());
     lab.start_node();

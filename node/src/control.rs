@@ -49,6 +49,9 @@ pub enum Request {
     GuardCheck {
         /// The domain.
         domain: String,
+        /// As this peer would get it (its own rules first).
+        #[serde(default)]
+        peer: Option<String>,
     },
     /// Recent blocked queries, optionally of one peer.
     GuardFindings {
@@ -57,12 +60,15 @@ pub enum Request {
     },
     /// Re-read the block lists and local rules.
     GuardReload,
-    /// Allow, deny or clear a domain on this node.
+    /// Allow, deny or clear a domain on this node, or for one peer.
     GuardRule {
         /// The domain.
         domain: String,
         /// What to do.
         action: RuleAction,
+        /// Only for this peer.
+        #[serde(default)]
+        peer: Option<String>,
     },
 }
 

@@ -67,10 +67,16 @@ impl Node {
                 self.connect(&config, &interface).await
             }
             Request::Disconnect => self.disconnect().await,
-            Request::GuardCheck { domain } => self.guard_check(&domain),
+            Request::GuardCheck { domain, peer } => {
+                self.guard_check(&domain, peer.as_deref()).await
+            }
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
             Request::GuardReload => self.guard_reload().await,
-            Request::GuardRule { domain, action } => self.guard_rule(&domain, action).await,
+            Request::GuardRule {
+                domain,
+                action,
+                peer,
+            } => self.guard_rule(&domain, action, peer.as_deref()).await,
         };
         result.unwrap_or_else(|e| Response::Error {
             message: format!("{e:#}"),
@@ -169,6 +175,12 @@ impl Node {
         match peers::remove(&self.store, name).await? {
             Some(record) => {
                 vpn.remove_live(&record.public_key);
+                // Its own Guard rules went with it (ON DELETE CASCADE).
+                if let Some(guard) = &self.guard
+                    && let Err(e) = guard.reload(&self.store).await
+                {
+                    tracing::warn!(error = %e, "reloading Guard after a peer removal failed");
+                }
                 tracing::info!(peer = %record.name, "peer removed");
                 Ok(Response::PeerRemoved { name: record.name })
             }
@@ -184,12 +196,26 @@ impl Node {
         })
     }
 
-    fn guard_check(&self, domain: &str) -> anyhow::Result<Response> {
+    /// A peer's IPv4 tunnel address, by name.
+    async fn peer_address(&self, name: &str) -> anyhow::Result<IpAddr> {
+        peers::list(&self.store)
+            .await?
+            .into_iter()
+            .find(|p| p.name == name)
+            .map(|p| IpAddr::V4(p.ipv4))
+            .ok_or_else(|| anyhow::anyhow!("no peer named {name:?}"))
+    }
+
+    async fn guard_check(&self, domain: &str, peer: Option<&str>) -> anyhow::Result<Response> {
         let guard = self.guard()?;
         if nx1_guard::blocklist::normalise(domain).is_none() {
             anyhow::bail!("{domain:?} is not a domain name");
         }
-        let (verdict, list, rule) = match guard.check(domain) {
+        let verdict = match peer {
+            Some(name) => guard.check_for(domain, self.peer_address(name).await?),
+            None => guard.check(domain),
+        };
+        let (verdict, list, rule) = match verdict {
             nx1_guard::blocklist::Verdict::Blocked { list, rule } => {
                 ("blocked", Some(list), Some(rule))
             }
@@ -224,6 +250,7 @@ impl Node {
         &self,
         domain: &str,
         action: control::RuleAction,
+        peer: Option<&str>,
     ) -> anyhow::Result<Response> {
         let guard = self.guard()?;
         let Some(domain) = nx1_guard::blocklist::normalise(domain) else {
@@ -234,9 +261,15 @@ impl Node {
             control::RuleAction::Deny => Some("deny"),
             control::RuleAction::Clear => None,
         };
-        crate::guard::set_rule(&self.store, &domain, action_text).await?;
+        match peer {
+            Some(name) => {
+                self.peer_address(name).await?;
+                crate::guard::set_peer_rule(&self.store, name, &domain, action_text).await?;
+            }
+            None => crate::guard::set_rule(&self.store, &domain, action_text).await?,
+        }
         guard.reload(&self.store).await?;
-        self.guard_check(&domain)
+        self.guard_check(&domain, peer).await
     }
 
     async fn guard_findings(&self, peer: Option<&str>) -> anyhow::Result<Response> {

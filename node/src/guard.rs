@@ -108,6 +108,8 @@ pub const LOCAL_RULES: &str = "nx1 guard allow/deny";
 struct Compiled {
     lists: Blocklist,
     names: Vec<String>,
+    /// Each peer's own allow/deny rules, by its tunnel addresses.
+    per_peer: std::collections::HashMap<IpAddr, Arc<Blocklist>>,
 }
 
 /// Reads the list files and the local rules and compiles them.
@@ -136,7 +138,82 @@ async fn compile(config: &Guard, store: &Store) -> anyhow::Result<Compiled> {
     Ok(Compiled {
         lists: Blocklist::compile(&lists)?,
         names: lists.iter().map(|l| l.name.clone()).collect(),
+        per_peer: compile_peer_rules(store).await?,
     })
+}
+
+/// Each peer's rules as a list of its own, reachable by the peer's tunnel addresses.
+async fn compile_peer_rules(
+    store: &Store,
+) -> anyhow::Result<std::collections::HashMap<IpAddr, Arc<Blocklist>>> {
+    use sqlx::Row as _;
+    let rows = sqlx::query("SELECT r.peer AS peer, r.domain AS domain, r.action AS action, p.ipv4 AS ipv4, p.ipv6 AS ipv6 FROM guard_peer_rules r JOIN peers p ON p.name = r.peer ORDER BY r.peer, r.domain")
+        .fetch_all(store.pool())
+        .await?;
+    let mut by_peer: std::collections::BTreeMap<String, (List, Vec<IpAddr>)> = Default::default();
+    for row in &rows {
+        let peer: String = row.try_get("peer")?;
+        let domain: String = row.try_get("domain")?;
+        let action: String = row.try_get("action")?;
+        let entry = by_peer.entry(peer.clone()).or_insert_with(|| {
+            let ips = [
+                row.try_get::<String, _>("ipv4"),
+                row.try_get::<String, _>("ipv6"),
+            ]
+            .into_iter()
+            .filter_map(|r| r.ok()?.parse().ok())
+            .collect();
+            (
+                List {
+                    name: format!("{LOCAL_RULES} --peer {peer}"),
+                    block: Vec::new(),
+                    allow: Vec::new(),
+                    skipped: 0,
+                },
+                ips,
+            )
+        });
+        match action.as_str() {
+            "allow" => entry.0.allow.push(domain),
+            _ => entry.0.block.push(domain),
+        }
+    }
+    let mut per_peer = std::collections::HashMap::new();
+    for (_, (list, ips)) in by_peer {
+        let compiled = Arc::new(Blocklist::compile(std::slice::from_ref(&list))?);
+        for ip in ips {
+            per_peer.insert(ip, compiled.clone());
+        }
+    }
+    Ok(per_peer)
+}
+
+/// Sets (or with `None` removes) one peer's rule for `domain`.
+pub async fn set_peer_rule(
+    store: &Store,
+    peer: &str,
+    domain: &str,
+    action: Option<&str>,
+) -> anyhow::Result<()> {
+    match action {
+        Some(action) => {
+            sqlx::query("INSERT INTO guard_peer_rules (peer, domain, action, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (peer, domain) DO UPDATE SET action = excluded.action, created_at = excluded.created_at")
+                .bind(peer)
+                .bind(domain)
+                .bind(action)
+                .bind(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+                .execute(store.pool())
+                .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM guard_peer_rules WHERE peer = $1 AND domain = $2")
+                .bind(peer)
+                .bind(domain)
+                .execute(store.pool())
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The local rules: (domain, "allow" | "deny").
@@ -284,9 +361,21 @@ impl GuardService {
         Ok(service)
     }
 
-    /// The verdict for a name.
+    /// The verdict for a name, for everyone.
     pub fn check(&self, name: &str) -> Verdict {
         self.compiled.read().lists.check(name)
+    }
+
+    /// The verdict for a name asked by `client`: the peer's own rules first, then everyone's.
+    pub fn check_for(&self, name: &str, client: IpAddr) -> Verdict {
+        let compiled = self.compiled.read();
+        if let Some(own) = compiled.per_peer.get(&client.to_canonical()) {
+            let verdict = own.check(name);
+            if verdict != Verdict::Unlisted {
+                return verdict;
+            }
+        }
+        compiled.lists.check(name)
     }
 
     /// The loaded lists.
@@ -346,7 +435,7 @@ impl GuardService {
         }
         let question = &message.queries[0];
         let name = question.name().to_ascii();
-        let verdict = match self.check(&name) {
+        let verdict = match self.check_for(&name, client) {
             Verdict::Unlisted => match nx1_guard::tunnelling::suspicious_label(&name) {
                 Some(suspicion) => {
                     self.counters.tunnelling.fetch_add(1, Relaxed);
@@ -436,7 +525,10 @@ impl GuardService {
                 match private {
                     Some(ip)
                         if !is_local_name(&name)
-                            && !matches!(self.check(&name), Verdict::Allowed { .. }) =>
+                            && !matches!(
+                                self.check_for(&name, client),
+                                Verdict::Allowed { .. }
+                            ) =>
                     {
                         self.counters.rebinding.fetch_add(1, Relaxed);
                         self.counters.blocked.fetch_add(1, Relaxed);
@@ -572,6 +664,7 @@ mod tests {
                 block_response: response,
             },
             compiled: parking_lot::RwLock::new(Arc::new(Compiled {
+                per_peer: Default::default(),
                 names: parsed.iter().map(|l| l.name.clone()).collect(),
                 lists: Blocklist::compile(&parsed).unwrap(),
             })),
@@ -664,6 +757,47 @@ mod tests {
         let m = ask(&g, "example.org.", RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(g.counters.upstream_failures.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_peers_own_rules_come_first_and_apply_to_it_only() {
+        use crate::store::testing::TestDb;
+        let db = TestDb::sqlite();
+        let store = Store::open(&db.database, 1).await.unwrap();
+        let v4 = (Ipv4Addr::new(10, 87, 0, 1), 16);
+        let v6 = ("fd00:87::1".parse().unwrap(), 64);
+        let a = crate::peers::add(&store, "a", "A=", v4, v6).await.unwrap();
+        let b = crate::peers::add(&store, "b", "B=", v4, v6).await.unwrap();
+        set_rule(&store, "shared.example", Some("deny"))
+            .await
+            .unwrap();
+        set_peer_rule(&store, "a", "ok.shared.example", Some("allow"))
+            .await
+            .unwrap();
+        set_peer_rule(&store, "a", "mine.example", Some("deny"))
+            .await
+            .unwrap();
+        let g = service(&[], BlockResponse::Zero);
+        g.reload(&store).await.unwrap();
+        let (a4, a6, b4) = (IpAddr::V4(a.ipv4), IpAddr::V6(a.ipv6), IpAddr::V4(b.ipv4));
+        assert!(matches!(
+            g.check_for("x.ok.shared.example", a4),
+            Verdict::Allowed { .. }
+        ));
+        assert!(matches!(
+            g.check_for("x.ok.shared.example", b4),
+            Verdict::Blocked { .. }
+        ));
+        assert!(matches!(
+            g.check_for("mine.example", a6),
+            Verdict::Blocked { .. }
+        ));
+        assert_eq!(g.check_for("mine.example", b4), Verdict::Unlisted);
+        // Removing the peer removes its rules.
+        crate::peers::remove(&store, "a").await.unwrap();
+        g.reload(&store).await.unwrap();
+        assert_eq!(g.check_for("mine.example", a4), Verdict::Unlisted);
+        store.close().await;
     }
 
     #[test]

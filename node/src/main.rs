@@ -89,6 +89,9 @@ enum GuardCommand {
     Check {
         /// The domain.
         domain: String,
+        /// As this peer gets it (its own rules first).
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -99,16 +102,25 @@ enum GuardCommand {
     Allow {
         /// The domain.
         domain: String,
+        /// Only for this peer (its rules come before everyone's).
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
     },
     /// Block a domain (and the names below it) on this node.
     Deny {
         /// The domain.
         domain: String,
+        /// Only for this peer (its rules come before everyone's).
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
     },
     /// Remove this node's allow/deny rule for a domain.
     Clear {
         /// The domain.
         domain: String,
+        /// Only for this peer (its rules come before everyone's).
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
     },
     /// Recent blocked queries (oldest first).
     Findings {
@@ -360,11 +372,15 @@ async fn peer_command(config: &config::Resolved, command: PeerCommand) -> anyhow
 }
 
 async fn guard_command(config: &config::Resolved, command: GuardCommand) -> anyhow::Result<()> {
-    let rule = |domain: String, action| control::Request::GuardRule { domain, action };
+    let rule = |domain: String, action, peer| control::Request::GuardRule {
+        domain,
+        action,
+        peer,
+    };
     let command = match command {
-        GuardCommand::Allow { domain } => rule(domain, control::RuleAction::Allow),
-        GuardCommand::Deny { domain } => rule(domain, control::RuleAction::Deny),
-        GuardCommand::Clear { domain } => rule(domain, control::RuleAction::Clear),
+        GuardCommand::Allow { domain, peer } => rule(domain, control::RuleAction::Allow, peer),
+        GuardCommand::Deny { domain, peer } => rule(domain, control::RuleAction::Deny, peer),
+        GuardCommand::Clear { domain, peer } => rule(domain, control::RuleAction::Clear, peer),
         GuardCommand::Reload => {
             let control::Response::GuardReloaded {
                 lists,
@@ -390,9 +406,9 @@ async fn guard_command(config: &config::Resolved, command: GuardCommand) -> anyh
 
 async fn guard_query(config: &config::Resolved, command: GuardCommand) -> anyhow::Result<()> {
     match command {
-        GuardCommand::Check { domain, json } => {
+        GuardCommand::Check { domain, peer, json } => {
             let control::Response::GuardVerdict(v) =
-                ask(config, control::Request::GuardCheck { domain }).await?
+                ask(config, control::Request::GuardCheck { domain, peer }).await?
             else {
                 anyhow::bail!("unexpected answer from the daemon");
             };
