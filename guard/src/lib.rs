@@ -15,4 +15,5 @@
 #![warn(missing_docs)]
 
 pub mod blocklist;
+pub mod scan;
 pub mod tunnelling;

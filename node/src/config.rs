@@ -285,6 +285,16 @@ pub enum BlockResponse {
     Nxdomain,
 }
 
+/// What Guard does to a peer it sees scanning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanAction {
+    /// Record a finding.
+    Alert,
+    /// Record a finding and drop the peer's traffic for `quarantine_secs`.
+    Quarantine,
+}
+
 /// `[guard]`: the DNS threat filter on the node's tunnel addresses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -298,6 +308,10 @@ pub struct GuardSection {
     pub upstreams: Vec<String>,
     /// `zero` or `nxdomain`.
     pub block_response: BlockResponse,
+    /// What a detected port scan leads to: `alert` or `quarantine`.
+    pub on_scan: ScanAction,
+    /// How long a quarantined peer's traffic is dropped, in seconds.
+    pub quarantine_secs: u64,
 }
 
 impl Default for GuardSection {
@@ -307,6 +321,8 @@ impl Default for GuardSection {
             blocklists: Vec::new(),
             upstreams: Vec::new(),
             block_response: BlockResponse::Zero,
+            on_scan: ScanAction::Alert,
+            quarantine_secs: 300,
         }
     }
 }
@@ -320,6 +336,10 @@ pub struct Guard {
     pub upstreams: Vec<SocketAddr>,
     /// Answer for blocked names.
     pub block_response: BlockResponse,
+    /// What a detected scan leads to.
+    pub on_scan: ScanAction,
+    /// Quarantine length.
+    pub quarantine: std::time::Duration,
 }
 
 /// The nameservers of a resolv.conf text, port 53.
@@ -483,6 +503,8 @@ impl Config {
                 blocklists: self.guard.blocklists.iter().map(|p| in_data(p)).collect(),
                 upstreams,
                 block_response: self.guard.block_response,
+                on_scan: self.guard.on_scan,
+                quarantine: std::time::Duration::from_secs(self.guard.quarantine_secs),
             })
         } else {
             None
@@ -568,6 +590,10 @@ blocklists = []
 upstreams = []
 # What a blocked name gets: "zero" (0.0.0.0 / ::) or "nxdomain".
 block_response = "zero"
+# A peer whose connection attempts fail to many ports or hosts is scanning: "alert" records a
+# finding, "quarantine" also drops its traffic for quarantine_secs.
+on_scan = "alert"
+quarantine_secs = 300
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

@@ -252,6 +252,8 @@ pub struct GuardStatus {
     pub queries_cached: u64,
     /// Findings kept.
     pub findings: usize,
+    /// Peers whose traffic is dropped for now after a scan.
+    pub quarantined_peers: usize,
 }
 
 /// The client-mode tunnel.

@@ -40,6 +40,8 @@ pub struct Node {
     pub client: tokio::sync::Mutex<Option<crate::client::ClientTunnel>>,
     /// Guard's DNS filter, when enabled.
     pub guard: Option<Arc<crate::guard::GuardService>>,
+    /// Guard in the packet path, when enabled.
+    pub flows: Option<Arc<crate::guard::FlowGuard>>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -399,6 +401,7 @@ impl Node {
                     .forwarded
                     .load(std::sync::atomic::Ordering::Relaxed),
                 findings: g.findings(None).len(),
+                quarantined_peers: self.flows.as_ref().map_or(0, |f| f.quarantined()),
             }),
         })
     }
@@ -489,6 +492,25 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    // Guard in the packet path: every decrypted packet, both ways.
+    let flows = match (&guard, &vpn, &config.guard) {
+        (Some(dns), Some(vpn), Some(g)) => {
+            let flows = crate::guard::FlowGuard::new(dns.clone(), g);
+            vpn.device.set_inspector(flows.clone());
+            let (ticking, mut stop) = (flows.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        _ = every.tick() => ticking.tick(),
+                    }
+                }
+            });
+            Some(flows)
+        }
+        _ => None,
+    };
     let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
@@ -499,6 +521,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         vpn,
         client: tokio::sync::Mutex::new(None),
         guard,
+        flows,
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,

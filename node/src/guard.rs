@@ -405,7 +405,7 @@ impl GuardService {
             .collect()
     }
 
-    fn record(&self, finding: Finding) {
+    pub(crate) fn record(&self, finding: Finding) {
         let mut findings = self.findings.lock();
         if findings.len() == FINDINGS_KEPT {
             findings.pop_front();
@@ -614,6 +614,117 @@ fn own_reply(query: &Message) -> Message {
     reply
 }
 
+/// Guard in the exit's packet path: watches each peer's connection attempts (guard's
+/// `scan::Attempts`), reports scans as findings and, when configured, quarantines the peer.
+pub struct FlowGuard {
+    dns: Arc<GuardService>,
+    action: crate::config::ScanAction,
+    quarantine: Duration,
+    peers: Mutex<std::collections::HashMap<nx1_vpn::keys::PublicKey, PeerWatch>>,
+    /// Peers quarantined so far.
+    pub quarantines: AtomicU64,
+}
+
+#[derive(Default)]
+struct PeerWatch {
+    attempts: nx1_guard::scan::Attempts,
+    client: Option<IpAddr>,
+    reported: Option<std::time::Instant>,
+    quarantined_until: Option<std::time::Instant>,
+}
+
+impl PeerWatch {
+    fn quarantined(&self, now: std::time::Instant) -> bool {
+        self.quarantined_until.is_some_and(|t| now < t)
+    }
+}
+
+impl FlowGuard {
+    /// Watches traffic, reporting into `dns`'s findings.
+    pub fn new(dns: Arc<GuardService>, config: &Guard) -> Arc<Self> {
+        Arc::new(Self {
+            dns,
+            action: config.on_scan,
+            quarantine: config.quarantine,
+            peers: Mutex::new(Default::default()),
+            quarantines: AtomicU64::new(0),
+        })
+    }
+
+    /// Expires attempts and looks for scans; run a few times a second.
+    pub fn tick(&self) {
+        let now = std::time::Instant::now();
+        let mut peers = self.peers.lock();
+        for watch in peers.values_mut() {
+            watch.attempts.expire(now);
+            let recently = watch
+                .reported
+                .is_some_and(|t| now.duration_since(t) < nx1_guard::scan::WINDOW);
+            if recently {
+                continue;
+            }
+            if let Some(scan) = watch.attempts.scan() {
+                watch.reported = Some(now);
+                let client = watch.client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                tracing::warn!(%client, %scan, action = ?self.action, "guard: port scan");
+                if self.action == crate::config::ScanAction::Quarantine {
+                    watch.quarantined_until = Some(now + self.quarantine);
+                    self.quarantines.fetch_add(1, Relaxed);
+                }
+                self.dns.record(Finding {
+                    at: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    client,
+                    name: String::new(),
+                    query_type: "TCP".into(),
+                    list: "port scan detection".into(),
+                    rule: scan.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Peers in quarantine now.
+    pub fn quarantined(&self) -> usize {
+        let now = std::time::Instant::now();
+        self.peers
+            .lock()
+            .values()
+            .filter(|w| w.quarantined(now))
+            .count()
+    }
+}
+
+impl nx1_vpn::device::Inspector for FlowGuard {
+    fn from_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
+        let now = std::time::Instant::now();
+        let mut peers = self.peers.lock();
+        let watch = peers.entry(*peer).or_default();
+        if watch.quarantined(now) {
+            return false;
+        }
+        if watch.client.is_none() {
+            watch.client = nx1_guard::scan::source(packet);
+        }
+        watch.attempts.outbound(packet, now);
+        true
+    }
+
+    fn to_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
+        let now = std::time::Instant::now();
+        let mut peers = self.peers.lock();
+        let Some(watch) = peers.get_mut(peer) else {
+            return true;
+        };
+        if watch.quarantined(now) {
+            return false;
+        }
+        watch.attempts.inbound(packet, now);
+        true
+    }
+}
+
 /// A UDP socket on a tunnel address. Free-bind, because an IPv6 address on a new interface
 /// is "tentative" for a moment and could not be bound yet.
 fn bind_dns(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -662,6 +773,8 @@ mod tests {
                 blocklists: Vec::new(),
                 upstreams: Vec::new(),
                 block_response: response,
+                on_scan: crate::config::ScanAction::Alert,
+                quarantine: Duration::from_secs(1),
             },
             compiled: parking_lot::RwLock::new(Arc::new(Compiled {
                 per_peer: Default::default(),

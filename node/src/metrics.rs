@@ -118,6 +118,7 @@ pub fn device_drops(device: &Device) -> Vec<(&'static str, u64)> {
         ("bad_source", c.bad_source.load(Relaxed)),
         ("no_route", c.no_route.load(Relaxed)),
         ("no_endpoint", c.no_endpoint.load(Relaxed)),
+        ("guard", c.inspected_drops.load(Relaxed)),
     ]
 }
 

@@ -21,6 +21,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 /// inside `Tunn`), so cookies start at about half this many initiations a second.
 pub const HANDSHAKES_BEFORE_COOKIES: u64 = 200;
 
+/// Sees every decrypted packet, by reference, after decryption and before the TUN device
+/// (and the reverse way), and may drop it. Called on the hot path: it must not block.
+pub trait Inspector: Send + Sync {
+    /// A packet from `peer`, about to enter the TUN device. `false` drops it.
+    fn from_peer(&self, peer: &PublicKey, packet: &[u8]) -> bool;
+    /// A packet from the TUN device, about to be encrypted for `peer`. `false` drops it.
+    fn to_peer(&self, peer: &PublicKey, packet: &[u8]) -> bool;
+}
+
 /// Where the protocol paths put what must be written.
 pub trait Outbox {
     /// A datagram for the UDP socket.
@@ -61,6 +70,8 @@ pub struct DeviceCounters {
     pub no_route: AtomicU64,
     /// A packet for a peer whose endpoint is unknown.
     pub no_endpoint: AtomicU64,
+    /// Packets the inspector dropped.
+    pub inspected_drops: AtomicU64,
 }
 
 #[derive(Default)]
@@ -80,6 +91,7 @@ pub struct Device {
     pub(crate) cookie_limiter: SourceLimiter,
     pub(crate) peers: RwLock<PeerTable>,
     next_index: AtomicU32,
+    pub(crate) inspector: std::sync::OnceLock<Arc<dyn Inspector>>,
     /// Drops by reason.
     pub counters: DeviceCounters,
 }
@@ -100,8 +112,14 @@ impl Device {
             cookie_limiter: SourceLimiter::fail_open(),
             peers: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed)),
+            inspector: std::sync::OnceLock::new(),
             counters: DeviceCounters::default(),
         }
+    }
+
+    /// Installs the packet inspector (once; later calls are ignored and return false).
+    pub fn set_inspector(&self, inspector: Arc<dyn Inspector>) -> bool {
+        self.inspector.set(inspector).is_ok()
     }
 
     /// The device's public key.

@@ -161,11 +161,18 @@ impl Device {
             .routes
             .lookup(inner_src)
             .is_some_and(|owner| std::sync::Arc::ptr_eq(owner, peer));
-        if owner_ok {
-            out.to_tunnel(packet);
-        } else {
+        if !owner_ok {
             self.counters.bad_source.fetch_add(1, Relaxed);
             peer.count_drop();
+        } else if self
+            .inspector
+            .get()
+            .is_some_and(|i| !i.from_peer(&peer.public_key(), packet))
+        {
+            self.counters.inspected_drops.fetch_add(1, Relaxed);
+            peer.count_drop();
+        } else {
+            out.to_tunnel(packet);
         }
     }
 }

@@ -18,6 +18,15 @@ impl Device {
             self.counters.no_route.fetch_add(1, Relaxed);
             return;
         };
+        if self
+            .inspector
+            .get()
+            .is_some_and(|i| !i.to_peer(&peer.public_key(), packet))
+        {
+            self.counters.inspected_drops.fetch_add(1, Relaxed);
+            peer.count_drop();
+            return;
+        }
         let result = peer.tunn.lock().encapsulate(packet, buf);
         match result {
             TunnResult::WriteToNetwork(datagram) => match peer.endpoint() {
