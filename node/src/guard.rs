@@ -697,7 +697,7 @@ impl FlowGuard {
 }
 
 impl nx1_vpn::device::Inspector for FlowGuard {
-    fn from_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
+    fn packet_from_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
         let now = std::time::Instant::now();
         let mut peers = self.peers.lock();
         let watch = peers.entry(*peer).or_default();
@@ -711,7 +711,7 @@ impl nx1_vpn::device::Inspector for FlowGuard {
         true
     }
 
-    fn to_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
+    fn packet_to_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
         let now = std::time::Instant::now();
         let mut peers = self.peers.lock();
         let Some(watch) = peers.get_mut(peer) else {

@@ -25,9 +25,9 @@ pub const HANDSHAKES_BEFORE_COOKIES: u64 = 200;
 /// (and the reverse way), and may drop it. Called on the hot path: it must not block.
 pub trait Inspector: Send + Sync {
     /// A packet from `peer`, about to enter the TUN device. `false` drops it.
-    fn from_peer(&self, peer: &PublicKey, packet: &[u8]) -> bool;
+    fn packet_from_peer(&self, peer: &PublicKey, packet: &[u8]) -> bool;
     /// A packet from the TUN device, about to be encrypted for `peer`. `false` drops it.
-    fn to_peer(&self, peer: &PublicKey, packet: &[u8]) -> bool;
+    fn packet_to_peer(&self, peer: &PublicKey, packet: &[u8]) -> bool;
 }
 
 /// Where the protocol paths put what must be written.

@@ -167,7 +167,7 @@ impl Device {
         } else if self
             .inspector
             .get()
-            .is_some_and(|i| !i.from_peer(&peer.public_key(), packet))
+            .is_some_and(|i| !i.packet_from_peer(&peer.public_key(), packet))
         {
             self.counters.inspected_drops.fetch_add(1, Relaxed);
             peer.count_drop();

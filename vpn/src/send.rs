@@ -21,7 +21,7 @@ impl Device {
         if self
             .inspector
             .get()
-            .is_some_and(|i| !i.to_peer(&peer.public_key(), packet))
+            .is_some_and(|i| !i.packet_to_peer(&peer.public_key(), packet))
         {
             self.counters.inspected_drops.fetch_add(1, Relaxed);
             peer.count_drop();
