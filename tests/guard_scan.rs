@@ -35,6 +35,36 @@ fn an_nmap_scan_is_reported_and_quarantines_the_peer_while_browsing_is_not() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(scan_findings(&lab).is_empty());
 
+    // A SYN flood (hping3) is held to the peer's SYN rate and reported, not a scan.
+    let flood = lab.in_cli(&format!(
+        "timeout 3 hping3 --flood -S -p 80 {WEB_V4} >/dev/null 2>&1; true"
+    ));
+    assert!(flood.status.success());
+    let floods = eventually("a flood finding", Duration::from_secs(5), || {
+        let out = lab.nx1(&["guard", "findings", "--json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let f: Vec<_> = all
+            .into_iter()
+            .filter(|f| f["list"] == "flood detection")
+            .collect();
+        (!f.is_empty()).then_some(f)
+    });
+    assert!(
+        floods[0]["rule"].as_str().unwrap().starts_with("SYN flood"),
+        "{}",
+        floods[0]
+    );
+    let drops = &lab.status().unwrap()["vpn"]["drops"];
+    assert!(drops["guard"].as_u64().unwrap() > 1000, "{drops}");
+    assert!(
+        scan_findings(&lab).is_empty(),
+        "one port on one host is no scan"
+    );
+    assert!(
+        lab.ping(WEB_V4, 2),
+        "a rate-limited flood does not cut the peer off"
+    );
+
     // A TCP connect scan of 200 ports: closed ports answer with RST.
     let nmap = lab.in_cli(&format!(
         "nmap -sT -Pn -n -p 1-200 --max-retries 0 {WEB_V4}"

@@ -15,5 +15,6 @@
 #![warn(missing_docs)]
 
 pub mod blocklist;
+pub mod flood;
 pub mod scan;
 pub mod tunnelling;

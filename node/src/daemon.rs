@@ -499,7 +499,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             vpn.device.set_inspector(flows.clone());
             let (ticking, mut stop) = (flows.clone(), stop_rx.clone());
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_millis(250));
+                let mut every = tokio::time::interval(crate::guard::TICK);
                 loop {
                     tokio::select! {
                         () = stopped(&mut stop) => return,

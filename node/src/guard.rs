@@ -614,6 +614,9 @@ fn own_reply(query: &Message) -> Message {
     reply
 }
 
+/// How often [`FlowGuard::tick`] runs.
+pub const TICK: Duration = Duration::from_millis(250);
+
 /// Guard in the exit's packet path: watches each peer's connection attempts (guard's
 /// `scan::Attempts`), reports scans as findings and, when configured, quarantines the peer.
 pub struct FlowGuard {
@@ -628,6 +631,8 @@ pub struct FlowGuard {
 #[derive(Default)]
 struct PeerWatch {
     attempts: nx1_guard::scan::Attempts,
+    flood: nx1_guard::flood::FloodLimiter,
+    flood_reported: Option<std::time::Instant>,
     client: Option<IpAddr>,
     reported: Option<std::time::Instant>,
     quarantined_until: Option<std::time::Instant>,
@@ -657,6 +662,30 @@ impl FlowGuard {
         let mut peers = self.peers.lock();
         for watch in peers.values_mut() {
             watch.attempts.expire(now);
+            if let Some((kind, dropped)) = watch.flood.take_dropped()
+                && !watch
+                    .flood_reported
+                    .is_some_and(|t| now.duration_since(t) < nx1_guard::scan::WINDOW)
+            {
+                watch.flood_reported = Some(now);
+                let client = watch.client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                let (rate, _) = kind.rate();
+                tracing::warn!(%client, kind = kind.name(), dropped, "guard: flood rate-limited");
+                self.dns.record(Finding {
+                    at: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    client,
+                    name: String::new(),
+                    query_type: kind.name().into(),
+                    list: "flood detection".into(),
+                    rule: format!(
+                        "{} flood: {dropped} packets over {rate:.0}/s dropped in {} ms",
+                        kind.name(),
+                        TICK.as_millis()
+                    ),
+                });
+            }
             let recently = watch
                 .reported
                 .is_some_and(|t| now.duration_since(t) < nx1_guard::scan::WINDOW);
@@ -706,6 +735,11 @@ impl nx1_vpn::device::Inspector for FlowGuard {
         }
         if watch.client.is_none() {
             watch.client = nx1_guard::scan::source(packet);
+        }
+        if let Some(kind) = nx1_guard::flood::kind(packet)
+            && !watch.flood.allow(kind, now)
+        {
+            return false;
         }
         watch.attempts.outbound(packet, now);
         true
