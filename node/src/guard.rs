@@ -663,9 +663,9 @@ impl FlowGuard {
         for watch in peers.values_mut() {
             watch.attempts.expire(now);
             if let Some((kind, dropped)) = watch.flood.take_dropped()
-                && !watch
+                && watch
                     .flood_reported
-                    .is_some_and(|t| now.duration_since(t) < nx1_guard::scan::WINDOW)
+                    .is_none_or(|t| now.duration_since(t) >= nx1_guard::scan::WINDOW)
             {
                 watch.flood_reported = Some(now);
                 let client = watch.client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
