@@ -51,7 +51,7 @@ NFT_TABLE = "nx1bench"
 
 TMP_PREFIX = "nx1bench-"
 LOCK_FILE = "/run/nx1bench.lock"
-ALL_PATHS = ("veth", "wireguard-go", "boringtun-cli", "nx1", "nx1-nx1")
+ALL_PATHS = ("veth", "wireguard-go", "boringtun-cli", "nx1", "nx1-noguard", "nx1-nx1")
 REFERENCE_PATH = "wireguard-go"
 STREAMS = (1, 4)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -455,13 +455,15 @@ class Lab:
             log(f"{name} up: vpn {json.dumps(vpn)[:300]}")
         return d, config
 
-    def nx1_exit(self, stack) -> tuple[Daemon, str, str]:
+    def nx1_exit(self, stack, guard: bool = True) -> tuple[Daemon, str, str]:
         """The NX1 exit node in exit plus one registered client; returns the daemon, the
-        client's wg-quick config text, and a directory for files."""
+        client's wg-quick config text, and a directory for files. `guard` switches Guard
+        (its DNS filter and its per-packet inspection) on or off."""
         remove_stale_uapi(NX1_EXIT_IF)
         d, config = self.nx1_node(stack, "nx1-exit", NS_EXIT, {
             "api": {"listen": '"127.0.0.1:0"'},
             "vpn": {"interface": f'"{NX1_EXIT_IF}"', "endpoint": f'"{EXIT_CLI_ADDR}:{WG_PORT}"'},
+            "guard": {"enabled": "true" if guard else "false"},
         })
         stack.callback(remove_stale_uapi_quiet, NX1_EXIT_IF)
         conf = run([self.args.nx1_path, "--config", config, "peer", "add", "bench"]).stdout
@@ -485,8 +487,8 @@ class Lab:
             return self.wireguard_pair(stack, "boringtun-cli",
                                        [self.args.boringtun_path, WG_SERVER_IF, "--foreground",
                                         "--disable-drop-privileges"])
-        if path == "nx1":
-            exit_d, conf, workdir = self.nx1_exit(stack)
+        if path in ("nx1", "nx1-noguard"):
+            exit_d, conf, workdir = self.nx1_exit(stack, guard=path == "nx1")
             client = self.start_wg_client(stack, conf, workdir)
             return PathRun(exit=exit_d, client=client, handshake_iface=WG_CLIENT_IF)
         if path == "nx1-nx1":
@@ -771,7 +773,7 @@ def main(argv: list[str]) -> int:
     if "boringtun-cli" in args.paths and not args.boringtun_path:
         skipped["boringtun-cli"] = f"{args.boringtun_cli} not found"
     args.nx1_path = resolve_binary(args.nx1, True)
-    for p in ("nx1", "nx1-nx1"):
+    for p in ("nx1", "nx1-noguard", "nx1-nx1"):
         if p in args.paths and not args.nx1_path:
             skipped[p] = f"{args.nx1} not found (build with cargo build --release)"
     for p, why in skipped.items():
