@@ -491,6 +491,15 @@ impl Config {
             ));
         }
         let vpn = self.vpn.validate(&invalid)?;
+        if self.guard.quarantine_secs == 0 || self.guard.quarantine_secs > 7 * 24 * 3600 {
+            return Err(invalid(
+                "guard.quarantine_secs",
+                format!(
+                    "must be 1..=604800 (a week), not {}",
+                    self.guard.quarantine_secs
+                ),
+            ));
+        }
         let guard = if self.guard.enabled && vpn.is_some() {
             let mut upstreams = Vec::new();
             for u in &self.guard.upstreams {
@@ -756,6 +765,29 @@ mod tests {
                 .unwrap()
                 .vpn
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn guard_values_are_checked() {
+        let msg = parse("[guard]\nquarantine_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("guard.quarantine_secs"), "{msg}");
+        let msg = parse("[guard]\nupstreams = [\"dns.example\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("guard.upstreams"), "{msg}");
+        let msg = parse("[guard]\non_scan = \"shout\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("shout"), "{msg}");
+        let ok =
+            parse("[guard]\nupstreams = [\"198.18.2.2:53\"]\non_scan = \"quarantine\"\n").unwrap();
+        assert_eq!(ok.guard.unwrap().on_scan, ScanAction::Quarantine);
+        assert!(
+            parse("[vpn]\nenabled = false\n").unwrap().guard.is_none(),
+            "Guard needs the VPN"
         );
     }
 

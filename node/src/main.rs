@@ -434,15 +434,19 @@ async fn guard_query(config: &config::Resolved, command: GuardCommand) -> anyhow
                 println!("{}", serde_json::to_string_pretty(&findings)?);
             } else {
                 for f in findings {
-                    println!(
-                        "{} {:<12} {:<5} {} blocked by {} in {}",
-                        f.at,
-                        f.peer.as_deref().unwrap_or(&f.client),
-                        f.query_type,
-                        f.name,
-                        f.rule,
-                        f.list
-                    );
+                    let who = f.peer.as_deref().unwrap_or(&f.client);
+                    if f.name.is_empty() {
+                        // A packet-path finding: no name, the rule says what was seen.
+                        println!(
+                            "{} {who:<12} {:<5} {} ({})",
+                            f.at, f.query_type, f.rule, f.list
+                        );
+                    } else {
+                        println!(
+                            "{} {who:<12} {:<5} {} blocked by {} in {}",
+                            f.at, f.query_type, f.name, f.rule, f.list
+                        );
+                    }
                 }
             }
             Ok(())
@@ -523,13 +527,14 @@ fn print_status(r: &control::StatusReport) {
     }
     if let Some(g) = &r.guard {
         println!(
-            "  guard      DNS on {}, {} names on {} lists, {} blocked / {} forwarded, {} findings",
+            "  guard      DNS on {}, {} names on {} lists, {} blocked / {} forwarded, {} findings, {} peers quarantined",
             g.dns_listen.join(" "),
             g.blocked_names,
             g.lists.len(),
             g.queries_blocked,
             g.queries_forwarded,
-            g.findings
+            g.findings,
+            g.quarantined_peers
         );
     }
     if let Some(c) = &r.client {
