@@ -403,5 +403,10 @@ mod tests {
             "{} bytes",
             list.index_bytes()
         );
+        eprintln!(
+            "1M names: {} bytes of text, {} bytes of index",
+            text.len(),
+            list.index_bytes()
+        );
     }
 }
