@@ -78,7 +78,7 @@ enum Command {
     },
     /// Client mode: take the tunnel down.
     Disconnect,
-    /// Guard, the DNS threat filter: verdicts and what it blocked.
+    /// Guard, the threat filter: DNS verdicts, rules, and what it found.
     #[command(subcommand)]
     Guard(GuardCommand),
 }
@@ -122,7 +122,7 @@ enum GuardCommand {
         #[arg(long, value_name = "NAME")]
         peer: Option<String>,
     },
-    /// Recent blocked queries (oldest first).
+    /// Recent findings: blocked DNS queries, scans, floods (oldest first).
     Findings {
         /// Only this peer's.
         #[arg(long, value_name = "NAME")]
