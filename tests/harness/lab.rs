@@ -281,6 +281,19 @@ impl ExitLab {
     }
 }
 
+impl Drop for ExitLab {
+    /// Stops what runs in the lab (the node gets SIGTERM and cleans up after itself), then
+    /// removes a UAPI socket a crashed node may have left; the namespaces go with their fields.
+    fn drop(&mut self) {
+        self.client = None;
+        self.web_server = None;
+        self.node = None;
+        for name in [&self.node_if, &self.client_if] {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
+        }
+    }
+}
+
 impl Default for ExitLab {
     fn default() -> Self {
         Self::new()
