@@ -255,6 +255,24 @@ impl PgDatabase {
         assert!(out.status.success(), "{sql}: {}", text(&out.stderr));
     }
 
+    /// `nx1 init`s a node in `tmp/dir` that keeps its state in this database (no WireGuard
+    /// interface, HTTP API on a free port) and returns its config file.
+    fn node(&self, tmp: &Path, dir: &str) -> std::path::PathBuf {
+        let dir = tmp.join(dir);
+        let init = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp);
+        assert!(init.status.success(), "{}", text(&init.stderr));
+        let config = dir.join("nx1.toml");
+        set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
+        set_config(&config, "vpn", "enabled", "false");
+        set_config(
+            &config,
+            "store",
+            "database_url",
+            &format!("\"{}\"", self.url()),
+        );
+        config
+    }
+
     fn url(&self) -> String {
         let base = &self.admin_url[..self.admin_url.rfind('/').unwrap()];
         format!("{base}/{}", self.name)
@@ -277,21 +295,7 @@ impl Drop for PgDatabase {
 fn up_keeps_its_state_in_postgresql_when_database_url_says_so() {
     let pg = PgDatabase::create();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("node");
-    assert!(
-        nx1(&["init", "--dir", dir.to_str().unwrap()], tmp.path())
-            .status
-            .success()
-    );
-    let config = dir.join("nx1.toml");
-    set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
-    set_config(&config, "vpn", "enabled", "false");
-    set_config(
-        &config,
-        "store",
-        "database_url",
-        &format!("\"{}\"", pg.url()),
-    );
+    let config = pg.node(tmp.path(), "node");
 
     for round in 0..2 {
         let log = tmp.path().join(format!("up{round}.log"));
@@ -310,20 +314,7 @@ fn up_keeps_its_state_in_postgresql_when_database_url_says_so() {
         );
     }
     // The node claimed the database: another identity is refused with a clear line.
-    let other = tmp.path().join("other");
-    assert!(
-        nx1(&["init", "--dir", other.to_str().unwrap()], tmp.path())
-            .status
-            .success()
-    );
-    let other_config = other.join("nx1.toml");
-    set_config(&other_config, "vpn", "enabled", "false");
-    set_config(
-        &other_config,
-        "store",
-        "database_url",
-        &format!("\"{}\"", pg.url()),
-    );
+    let other_config = pg.node(tmp.path(), "other");
     let out = nx1(
         &["--config", other_config.to_str().unwrap(), "up"],
         tmp.path(),

@@ -277,32 +277,23 @@ impl Node {
     async fn guard_findings(&self, peer: Option<&str>) -> anyhow::Result<Response> {
         let guard = self.guard()?;
         let records = peers::list(&self.store).await?;
-        let client = match peer {
-            Some(name) => {
-                let p = records
-                    .iter()
-                    .find(|p| p.name == name)
-                    .ok_or_else(|| anyhow::anyhow!("no peer named {name:?}"))?;
-                Some(IpAddr::V4(p.ipv4))
-            }
-            None => None,
+        if let Some(name) = peer
+            && !records.iter().any(|p| p.name == name)
+        {
+            anyhow::bail!("no peer named {name:?}");
+        }
+        // A finding belongs to the peer whose IPv4 or IPv6 tunnel address it came from.
+        let owner = |client: IpAddr| {
+            records
+                .iter()
+                .find(|p| IpAddr::V4(p.ipv4) == client || IpAddr::V6(p.ipv6) == client)
+                .map(|p| p.name.clone())
         };
-        let mut findings = guard.findings(None);
-        findings.retain(|f| {
-            client.is_none_or(|c| {
-                f.client == c
-                    || records
-                        .iter()
-                        .any(|p| IpAddr::V4(p.ipv4) == c && IpAddr::V6(p.ipv6) == f.client)
-            })
-        });
-        let findings = findings
+        let findings = guard
+            .findings(None)
             .into_iter()
             .map(|f| control::GuardFinding {
-                peer: records
-                    .iter()
-                    .find(|p| IpAddr::V4(p.ipv4) == f.client || IpAddr::V6(p.ipv6) == f.client)
-                    .map(|p| p.name.clone()),
+                peer: owner(f.client),
                 at: f.at,
                 client: f.client.to_string(),
                 name: f.name,
@@ -310,6 +301,7 @@ impl Node {
                 list: f.list,
                 rule: f.rule,
             })
+            .filter(|f| peer.is_none_or(|name| f.peer.as_deref() == Some(name)))
             .collect();
         Ok(Response::GuardFindings { findings })
     }

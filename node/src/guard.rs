@@ -62,6 +62,25 @@ pub struct GuardCounters {
     pub tunnelling: AtomicU64,
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The first A or AAAA record of an answer that points into private address space.
+fn first_private_address(answer: &Message) -> Option<IpAddr> {
+    answer.answers.iter().find_map(|r| {
+        let ip = match &r.data {
+            RData::A(A(ip)) => IpAddr::V4(*ip),
+            RData::AAAA(AAAA(ip)) => IpAddr::V6(*ip),
+            _ => return None,
+        };
+        is_private(ip).then_some(ip)
+    })
+}
+
 /// Address space that belongs to private networks or the host itself.
 fn is_private(ip: IpAddr) -> bool {
     match ip.to_canonical() {
@@ -201,7 +220,7 @@ pub async fn set_peer_rule(
                 .bind(peer)
                 .bind(domain)
                 .bind(action)
-                .bind(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+                .bind(unix_now() as i64)
                 .execute(store.pool())
                 .await?;
         }
@@ -234,7 +253,7 @@ pub async fn set_rule(store: &Store, domain: &str, action: Option<&str>) -> anyh
             sqlx::query("INSERT INTO guard_rules (domain, action, created_at) VALUES ($1, $2, $3) ON CONFLICT (domain) DO UPDATE SET action = excluded.action, created_at = excluded.created_at")
                 .bind(domain)
                 .bind(action)
-                .bind(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+                .bind(unix_now() as i64)
                 .execute(store.pool())
                 .await?;
         }
@@ -448,13 +467,12 @@ impl GuardService {
             },
             other => other,
         };
+        let allowed = matches!(verdict, Verdict::Allowed { .. });
         if let Verdict::Blocked { list, rule } = verdict {
             self.counters.blocked.fetch_add(1, Relaxed);
             let qtype = question.query_type();
             self.record(Finding {
-                at: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                at: unix_now(),
                 client,
                 name: name.trim_end_matches('.').to_ascii_lowercase(),
                 query_type: qtype.to_string(),
@@ -494,66 +512,35 @@ impl GuardService {
             return Some(answer);
         }
         self.counters.forwarded.fetch_add(1, Relaxed);
-        let forwarded = self.forward(query, question).await;
-        if let Some(answer) = &forwarded
-            && let Ok(m) = Message::from_vec(answer)
-        {
-            let private = m.answers.iter().any(|r| match &r.data {
-                RData::A(A(ip)) => is_private(IpAddr::V4(*ip)),
-                RData::AAAA(AAAA(ip)) => is_private(IpAddr::V6(*ip)),
-                _ => false,
-            });
-            // Answers that rebinding protection may refuse are checked afresh every time.
-            if !private {
-                self.cache.lock().put(key, answer, &m);
-            }
-        }
-        match forwarded {
-            Some(answer) => {
-                // DNS rebinding: a public name must not resolve into private address space
-                // (the clients' home networks, the node itself). Names the owner allowed, and
-                // names under local-only suffixes, may.
-                let private = Message::from_vec(&answer).ok().and_then(|m| {
-                    m.answers.iter().find_map(|r| match &r.data {
-                        RData::A(A(ip)) if is_private(IpAddr::V4(*ip)) => Some(IpAddr::V4(*ip)),
-                        RData::AAAA(AAAA(ip)) if is_private(IpAddr::V6(*ip)) => {
-                            Some(IpAddr::V6(*ip))
-                        }
-                        _ => None,
-                    })
+        let Some((answer, parsed)) = self.forward(query, question).await else {
+            self.counters.upstream_failures.fetch_add(1, Relaxed);
+            return Message::error_msg(id, message.metadata.op_code, ResponseCode::ServFail)
+                .to_vec()
+                .ok();
+        };
+        // DNS rebinding: a public name must not resolve into private address space (the
+        // clients' home networks, the node itself). Names the owner allowed, and names under
+        // local-only suffixes, may. Such answers are never cached: they are checked every time.
+        match first_private_address(&parsed) {
+            Some(ip) if !is_local_name(&name) && !allowed => {
+                self.counters.rebinding.fetch_add(1, Relaxed);
+                self.counters.blocked.fetch_add(1, Relaxed);
+                self.record(Finding {
+                    at: unix_now(),
+                    client,
+                    name: name.trim_end_matches('.').to_ascii_lowercase(),
+                    query_type: question.query_type().to_string(),
+                    list: "rebinding protection".into(),
+                    rule: format!("answer {ip} is a private address"),
                 });
-                match private {
-                    Some(ip)
-                        if !is_local_name(&name)
-                            && !matches!(
-                                self.check_for(&name, client),
-                                Verdict::Allowed { .. }
-                            ) =>
-                    {
-                        self.counters.rebinding.fetch_add(1, Relaxed);
-                        self.counters.blocked.fetch_add(1, Relaxed);
-                        self.record(Finding {
-                            at: SystemTime::now()
-                                .duration_since(UNIX_EPOCH)
-                                .map_or(0, |d| d.as_secs()),
-                            client,
-                            name: name.trim_end_matches('.').to_ascii_lowercase(),
-                            query_type: question.query_type().to_string(),
-                            list: "rebinding protection".into(),
-                            rule: format!("answer {ip} is a private address"),
-                        });
-                        let mut reply = own_reply(&message);
-                        reply.metadata.response_code = ResponseCode::Refused;
-                        reply.to_vec().ok()
-                    }
-                    _ => Some(answer),
-                }
+                let mut reply = own_reply(&message);
+                reply.metadata.response_code = ResponseCode::Refused;
+                reply.to_vec().ok()
             }
+            Some(_) => Some(answer),
             None => {
-                self.counters.upstream_failures.fetch_add(1, Relaxed);
-                Message::error_msg(id, message.metadata.op_code, ResponseCode::ServFail)
-                    .to_vec()
-                    .ok()
+                self.cache.lock().put(key, &answer, &parsed);
+                Some(answer)
             }
         }
     }
@@ -561,7 +548,11 @@ impl GuardService {
     /// Asks each upstream in turn, from a fresh random port and with a fresh random id, and
     /// relays the first answer that carries that id and the same question — parsed, so that
     /// every relayed answer has been through the rebinding check. The client's id is put back.
-    async fn forward(&self, query: &[u8], question: &hickory_proto::op::Query) -> Option<Vec<u8>> {
+    async fn forward(
+        &self,
+        query: &[u8],
+        question: &hickory_proto::op::Query,
+    ) -> Option<(Vec<u8>, Message)> {
         let client_id = [query[0], query[1]];
         let mut id = [0u8; 2];
         getrandom::fill(&mut id).ok()?;
@@ -597,7 +588,7 @@ impl GuardService {
                 {
                     buf.truncate(n);
                     buf[..2].copy_from_slice(&client_id);
-                    return Some(buf);
+                    return Some((buf, answer));
                 }
             }
         }
@@ -672,9 +663,7 @@ impl FlowGuard {
                 let (rate, _) = kind.rate();
                 tracing::warn!(%client, kind = kind.name(), dropped, "guard: flood rate-limited");
                 self.dns.record(Finding {
-                    at: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
+                    at: unix_now(),
                     client,
                     name: String::new(),
                     query_type: kind.name().into(),
@@ -701,9 +690,7 @@ impl FlowGuard {
                     self.quarantines.fetch_add(1, Relaxed);
                 }
                 self.dns.record(Finding {
-                    at: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
+                    at: unix_now(),
                     client,
                     name: String::new(),
                     query_type: "TCP".into(),
