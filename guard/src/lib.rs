@@ -16,5 +16,6 @@
 
 pub mod blocklist;
 pub mod flood;
+pub mod model;
 pub mod scan;
 pub mod tunnelling;

@@ -312,6 +312,12 @@ pub struct GuardSection {
     pub on_scan: ScanAction,
     /// How long a quarantined peer's traffic is dropped, in seconds.
     pub quarantine_secs: u64,
+    /// Learned models that judge names no list knows: `dga`, `phishing`.
+    pub models: Vec<String>,
+    /// Score from which the DGA model blocks (0: the model's own threshold).
+    pub dga_threshold: f32,
+    /// Score from which the phishing model blocks (0: the model's own threshold).
+    pub phishing_threshold: f32,
 }
 
 impl Default for GuardSection {
@@ -323,12 +329,15 @@ impl Default for GuardSection {
             block_response: BlockResponse::Zero,
             on_scan: ScanAction::Alert,
             quarantine_secs: 300,
+            models: vec!["dga".into(), "phishing".into()],
+            dga_threshold: 0.0,
+            phishing_threshold: 0.0,
         }
     }
 }
 
 /// The `[guard]` section, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Guard {
     /// Absolute block-list paths.
     pub blocklists: Vec<PathBuf>,
@@ -340,6 +349,8 @@ pub struct Guard {
     pub on_scan: ScanAction,
     /// Quarantine length.
     pub quarantine: std::time::Duration,
+    /// Learned models in use, each with the threshold configured (`None`: the model's own).
+    pub models: Vec<(nx1_guard::model::Kind, Option<f32>)>,
 }
 
 /// The nameservers of a resolv.conf text, port 53.
@@ -508,7 +519,38 @@ impl Config {
                         invalid("guard.upstreams", format!("{u:?} is not ip:port"))
                     })?);
             }
+            let mut models = Vec::new();
+            for name in &self.guard.models {
+                let (kind, threshold, key) = match name.as_str() {
+                    "dga" => (
+                        nx1_guard::model::Kind::Dga,
+                        self.guard.dga_threshold,
+                        "guard.dga_threshold",
+                    ),
+                    "phishing" => (
+                        nx1_guard::model::Kind::Phishing,
+                        self.guard.phishing_threshold,
+                        "guard.phishing_threshold",
+                    ),
+                    other => {
+                        return Err(invalid(
+                            "guard.models",
+                            format!("unknown model {other:?} (known: \"dga\", \"phishing\")"),
+                        ));
+                    }
+                };
+                if !(0.0..1.0).contains(&threshold) {
+                    return Err(invalid(
+                        key,
+                        format!("must be in 0..1 (0: the model's own), not {threshold}"),
+                    ));
+                }
+                if !models.iter().any(|(k, _)| *k == kind) {
+                    models.push((kind, (threshold > 0.0).then_some(threshold)));
+                }
+            }
             Some(Guard {
+                models,
                 blocklists: self.guard.blocklists.iter().map(|p| in_data(p)).collect(),
                 upstreams,
                 block_response: self.guard.block_response,
@@ -603,6 +645,12 @@ block_response = "zero"
 # finding, "quarantine" also drops its traffic for quarantine_secs.
 on_scan = "alert"
 quarantine_secs = 300
+# Learned models that judge names no list knows: "dga" (algorithmically generated domains),
+# "phishing" (look-alikes of popular brands). A score at or above the threshold blocks the name;
+# 0 uses the model's own threshold, chosen for 0.1% false positives on its benign test set.
+models = ["dga", "phishing"]
+dga_threshold = 0.0
+phishing_threshold = 0.0
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),
@@ -778,6 +826,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("guard.upstreams"), "{msg}");
+        let msg = parse("[guard]\nmodels = [\"astrology\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("guard.models") && msg.contains("astrology"),
+            "{msg}"
+        );
+        let msg = parse("[guard]\ndga_threshold = 1.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("guard.dga_threshold"), "{msg}");
         let msg = parse("[guard]\non_scan = \"shout\"\n")
             .unwrap_err()
             .to_string();

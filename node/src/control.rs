@@ -60,6 +60,16 @@ pub enum Request {
     },
     /// Re-read the block lists and local rules.
     GuardReload,
+    /// Turn a Guard category (a list by name, or dga, phishing, tunnelling, rebinding) off or
+    /// back on for one peer.
+    GuardCategory {
+        /// The category.
+        category: String,
+        /// The peer.
+        peer: String,
+        /// On (true) or off.
+        enabled: bool,
+    },
     /// Allow, deny or clear a domain on this node, or for one peer.
     GuardRule {
         /// The domain.
@@ -98,6 +108,7 @@ impl Request {
             Request::GuardFindings { .. } => "guard_findings",
             Request::GuardReload => "guard_reload",
             Request::GuardRule { .. } => "guard_rule",
+            Request::GuardCategory { .. } => "guard_category",
         }
     }
 }
@@ -131,6 +142,13 @@ pub enum Response {
     },
     /// Answer to [`Request::GuardCheck`] and [`Request::GuardRule`].
     GuardVerdict(GuardVerdict),
+    /// Answer to [`Request::GuardCategory`].
+    GuardCategories {
+        /// The peer.
+        peer: String,
+        /// The categories it has turned off, sorted.
+        disabled: Vec<String>,
+    },
     /// Answer to [`Request::GuardFindings`].
     GuardFindings {
         /// Oldest first.
@@ -212,8 +230,22 @@ pub struct GuardVerdict {
     pub verdict: String,
     /// The list that decided, if any.
     pub list: Option<String>,
-    /// The listed domain that matched, if any.
+    /// The listed domain that matched, or the detector's or model's reason, if any.
     pub rule: Option<String>,
+    /// The learned models' scores (when no list decided).
+    #[serde(default)]
+    pub scores: Vec<ModelScore>,
+}
+
+/// One learned model's score for a name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelScore {
+    /// `dga` or `phishing`.
+    pub model: String,
+    /// 0..=1.
+    pub score: f32,
+    /// Whether it reaches the model's threshold.
+    pub flagged: bool,
 }
 
 /// One blocked query.

@@ -74,6 +74,11 @@ impl Node {
             }
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
             Request::GuardReload => self.guard_reload().await,
+            Request::GuardCategory {
+                category,
+                peer,
+                enabled,
+            } => self.guard_category(&category, &peer, enabled).await,
             Request::GuardRule {
                 domain,
                 action,
@@ -213,11 +218,21 @@ impl Node {
         if nx1_guard::blocklist::normalise(domain).is_none() {
             anyhow::bail!("{domain:?} is not a domain name");
         }
-        let verdict = match peer {
-            Some(name) => guard.check_for(domain, self.peer_address(name).await?),
-            None => guard.check(domain),
+        let client = match peer {
+            Some(name) => Some(self.peer_address(name).await?),
+            None => None,
         };
-        let (verdict, list, rule) = match verdict {
+        let judgement = guard.judge(domain, client);
+        let scores = judgement
+            .scores
+            .iter()
+            .map(|s| control::ModelScore {
+                model: s.kind.name().into(),
+                score: s.score,
+                flagged: s.flagged,
+            })
+            .collect();
+        let (verdict, list, rule) = match judgement.verdict {
             nx1_guard::blocklist::Verdict::Blocked { list, rule } => {
                 ("blocked", Some(list), Some(rule))
             }
@@ -231,7 +246,52 @@ impl Node {
             verdict: verdict.into(),
             list,
             rule,
+            scores,
         }))
+    }
+
+    async fn guard_category(
+        &self,
+        category: &str,
+        peer: &str,
+        enabled: bool,
+    ) -> anyhow::Result<Response> {
+        let guard = self.guard()?;
+        self.peer_address(peer).await?;
+        let lists = guard.list_names();
+        // A list goes by its path, or for short by its file name or stem ("ads.txt", "ads").
+        let by_file = |l: &&String| {
+            let path = std::path::Path::new(l.as_str());
+            l.as_str() == category
+                || path.file_name().is_some_and(|n| n == category)
+                || path.file_stem().is_some_and(|n| n == category)
+        };
+        let list = lists
+            .iter()
+            .filter(|l| *l != crate::guard::LOCAL_RULES)
+            .find(by_file);
+        let category = match list {
+            Some(list) if !crate::guard::DETECTORS.contains(&category) => list.as_str(),
+            _ => category,
+        };
+        if !crate::guard::DETECTORS.contains(&category) && list.is_none() {
+            anyhow::bail!(
+                "no Guard category {category:?}: the categories are {} and the lists {}",
+                crate::guard::DETECTORS.join(", "),
+                lists
+                    .iter()
+                    .filter(|l| *l != crate::guard::LOCAL_RULES)
+                    .map(|l| format!("{l:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        crate::guard::set_peer_category(&self.store, peer, category, enabled).await?;
+        guard.reload(&self.store).await?;
+        Ok(Response::GuardCategories {
+            peer: peer.into(),
+            disabled: crate::guard::peer_categories(&self.store, peer).await?,
+        })
     }
 
     async fn guard_reload(&self) -> anyhow::Result<Response> {

@@ -60,6 +60,8 @@ pub struct GuardCounters {
     pub cache_hits: AtomicU64,
     /// Queries blocked because their name looks like tunnelled data.
     pub tunnelling: AtomicU64,
+    /// Queries blocked by a learned model.
+    pub model_blocks: AtomicU64,
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -122,6 +124,28 @@ fn is_local_name(name: &str) -> bool {
 
 /// Name under which `nx1 guard allow|deny` rules are reported.
 pub const LOCAL_RULES: &str = "nx1 guard allow/deny";
+/// Name under which DNS-tunnelling blocks are reported.
+pub const TUNNELLING: &str = "tunnelling detection";
+/// Name under which rebinding refusals are reported.
+pub const REBINDING: &str = "rebinding protection";
+
+/// The name a learned model's blocks are reported under ("dga model").
+pub fn model_list(kind: nx1_guard::model::Kind) -> String {
+    format!("{} model", kind.name())
+}
+
+/// The categories a peer can turn off for itself (`nx1 guard disable CATEGORY --peer NAME`):
+/// a block list by its name, or one of these detectors.
+pub const DETECTORS: [&str; 4] = ["dga", "phishing", "tunnelling", "rebinding"];
+
+/// Guard's verdict on a name, and the model scores behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// Blocked (by a list, a detector or a model), allowed by an exception, or unlisted.
+    pub verdict: Verdict,
+    /// Scores of the models that judged the name (none when a list decided).
+    pub scores: Vec<nx1_guard::model::Score>,
+}
 
 /// The compiled lists, swapped whole on reload.
 struct Compiled {
@@ -129,6 +153,8 @@ struct Compiled {
     names: Vec<String>,
     /// Each peer's own allow/deny rules, by its tunnel addresses.
     per_peer: std::collections::HashMap<IpAddr, Arc<Blocklist>>,
+    /// Categories each peer turned off, by its tunnel addresses.
+    disabled: std::collections::HashMap<IpAddr, Arc<std::collections::HashSet<String>>>,
 }
 
 /// Reads the list files and the local rules and compiles them.
@@ -158,7 +184,72 @@ async fn compile(config: &Guard, store: &Store) -> anyhow::Result<Compiled> {
         lists: Blocklist::compile(&lists)?,
         names: lists.iter().map(|l| l.name.clone()).collect(),
         per_peer: compile_peer_rules(store).await?,
+        disabled: disabled_categories(store).await?,
     })
+}
+
+/// The categories each peer turned off, by its tunnel addresses.
+async fn disabled_categories(
+    store: &Store,
+) -> anyhow::Result<std::collections::HashMap<IpAddr, Arc<std::collections::HashSet<String>>>> {
+    use sqlx::Row as _;
+    let rows = sqlx::query("SELECT c.category AS category, p.ipv4 AS ipv4, p.ipv6 AS ipv6 FROM guard_peer_categories c JOIN peers p ON p.name = c.peer ORDER BY c.peer")
+        .fetch_all(store.pool())
+        .await?;
+    let mut by_peer: std::collections::HashMap<
+        (String, String),
+        std::collections::HashSet<String>,
+    > = Default::default();
+    for row in &rows {
+        let key = (row.try_get("ipv4")?, row.try_get("ipv6")?);
+        by_peer
+            .entry(key)
+            .or_default()
+            .insert(row.try_get("category")?);
+    }
+    let mut out = std::collections::HashMap::new();
+    for ((v4, v6), set) in by_peer {
+        let set = Arc::new(set);
+        for ip in [v4, v6].iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+            out.insert(ip, set.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The categories one peer has turned off, sorted.
+pub async fn peer_categories(store: &Store, peer: &str) -> anyhow::Result<Vec<String>> {
+    use sqlx::Row as _;
+    let rows =
+        sqlx::query("SELECT category FROM guard_peer_categories WHERE peer = $1 ORDER BY category")
+            .bind(peer)
+            .fetch_all(store.pool())
+            .await?;
+    rows.iter().map(|r| Ok(r.try_get("category")?)).collect()
+}
+
+/// Turns a category (a list's name or one of [`DETECTORS`]) off or back on for one peer.
+pub async fn set_peer_category(
+    store: &Store,
+    peer: &str,
+    category: &str,
+    enabled: bool,
+) -> anyhow::Result<()> {
+    if enabled {
+        sqlx::query("DELETE FROM guard_peer_categories WHERE peer = $1 AND category = $2")
+            .bind(peer)
+            .bind(category)
+            .execute(store.pool())
+            .await?;
+    } else {
+        sqlx::query("INSERT INTO guard_peer_categories (peer, category, created_at) VALUES ($1, $2, $3) ON CONFLICT (peer, category) DO NOTHING")
+            .bind(peer)
+            .bind(category)
+            .bind(unix_now() as i64)
+            .execute(store.pool())
+            .await?;
+    }
+    Ok(())
 }
 
 /// Each peer's rules as a list of its own, reachable by the peer's tunnel addresses.
@@ -331,6 +422,7 @@ pub struct GuardService {
     upstreams: Vec<SocketAddr>,
     block_response: BlockResponse,
     findings: Mutex<VecDeque<Finding>>,
+    models: Vec<nx1_guard::model::Model>,
     /// Counters.
     pub counters: GuardCounters,
     /// Where the DNS server listens.
@@ -346,6 +438,7 @@ impl GuardService {
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
         let compiled = compile(config, store).await?;
+        let models = load_models(config)?;
         let upstreams = if config.upstreams.is_empty() {
             let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             crate::config::resolv_conf_nameservers(&text)
@@ -371,6 +464,7 @@ impl GuardService {
             upstreams,
             block_response: config.block_response,
             findings: Mutex::new(VecDeque::new()),
+            models,
             counters: GuardCounters::default(),
             listen: sockets.iter().filter_map(|s| s.local_addr().ok()).collect(),
         });
@@ -380,21 +474,80 @@ impl GuardService {
         Ok(service)
     }
 
-    /// The verdict for a name, for everyone.
-    pub fn check(&self, name: &str) -> Verdict {
-        self.compiled.read().lists.check(name)
-    }
-
-    /// The verdict for a name asked by `client`: the peer's own rules first, then everyone's.
-    pub fn check_for(&self, name: &str, client: IpAddr) -> Verdict {
+    /// The lists' verdict for a name asked by `client`: the peer's own rules first, then
+    /// everyone's (a list the peer turned off does not block it).
+    fn lists_verdict(&self, name: &str, client: Option<IpAddr>) -> Verdict {
         let compiled = self.compiled.read();
-        if let Some(own) = compiled.per_peer.get(&client.to_canonical()) {
+        let client = client.map(|c| c.to_canonical());
+        if let Some(own) = client.and_then(|c| compiled.per_peer.get(&c)) {
             let verdict = own.check(name);
             if verdict != Verdict::Unlisted {
                 return verdict;
             }
         }
-        compiled.lists.check(name)
+        match compiled.lists.check(name) {
+            Verdict::Blocked { list, .. } if disabled(&compiled, client, &list) => {
+                Verdict::Unlisted
+            }
+            verdict => verdict,
+        }
+    }
+
+    /// Whether `client` turned `category` off.
+    fn is_disabled(&self, client: Option<IpAddr>, category: &str) -> bool {
+        disabled(
+            &self.compiled.read(),
+            client.map(|c| c.to_canonical()),
+            category,
+        )
+    }
+
+    /// Guard's whole verdict on a name, as `client` (or, without one, everyone) gets it: the
+    /// lists, then DNS-tunnelling detection, then the learned models — each unless the peer
+    /// turned it off.
+    pub fn judge(&self, name: &str, client: Option<IpAddr>) -> Judgement {
+        let verdict = self.lists_verdict(name, client);
+        if verdict != Verdict::Unlisted {
+            return Judgement {
+                verdict,
+                scores: Vec::new(),
+            };
+        }
+        if !self.is_disabled(client, "tunnelling")
+            && let Some(suspicion) = nx1_guard::tunnelling::suspicious_label(name)
+        {
+            return Judgement {
+                verdict: Verdict::Blocked {
+                    list: TUNNELLING.into(),
+                    rule: suspicion.to_string(),
+                },
+                scores: Vec::new(),
+            };
+        }
+        let mut judgement = Judgement {
+            verdict: Verdict::Unlisted,
+            scores: Vec::new(),
+        };
+        for model in &self.models {
+            if self.is_disabled(client, model.kind().name()) {
+                continue;
+            }
+            let Some(score) = model.score(name) else {
+                continue;
+            };
+            judgement.scores.push(score);
+            if score.flagged && judgement.verdict == Verdict::Unlisted {
+                judgement.verdict = Verdict::Blocked {
+                    list: model_list(model.kind()),
+                    rule: format!(
+                        "score {:.3} ≥ threshold {:.3}",
+                        score.score,
+                        model.threshold()
+                    ),
+                };
+            }
+        }
+        judgement
     }
 
     /// The loaded lists.
@@ -454,22 +607,15 @@ impl GuardService {
         }
         let question = &message.queries[0];
         let name = question.name().to_ascii();
-        let verdict = match self.check_for(&name, client) {
-            Verdict::Unlisted => match nx1_guard::tunnelling::suspicious_label(&name) {
-                Some(suspicion) => {
-                    self.counters.tunnelling.fetch_add(1, Relaxed);
-                    Verdict::Blocked {
-                        list: "tunnelling detection".into(),
-                        rule: suspicion.to_string(),
-                    }
-                }
-                None => Verdict::Unlisted,
-            },
-            other => other,
-        };
+        let verdict = self.judge(&name, Some(client)).verdict;
         let allowed = matches!(verdict, Verdict::Allowed { .. });
         if let Verdict::Blocked { list, rule } = verdict {
             self.counters.blocked.fetch_add(1, Relaxed);
+            if list == TUNNELLING {
+                self.counters.tunnelling.fetch_add(1, Relaxed);
+            } else if list.ends_with(" model") {
+                self.counters.model_blocks.fetch_add(1, Relaxed);
+            }
             let qtype = question.query_type();
             self.record(Finding {
                 at: unix_now(),
@@ -522,7 +668,11 @@ impl GuardService {
         // clients' home networks, the node itself). Names the owner allowed, and names under
         // local-only suffixes, may. Such answers are never cached: they are checked every time.
         match first_private_address(&parsed) {
-            Some(ip) if !is_local_name(&name) && !allowed => {
+            Some(ip)
+                if !is_local_name(&name)
+                    && !allowed
+                    && !self.is_disabled(Some(client), "rebinding") =>
+            {
                 self.counters.rebinding.fetch_add(1, Relaxed);
                 self.counters.blocked.fetch_add(1, Relaxed);
                 self.record(Finding {
@@ -530,7 +680,7 @@ impl GuardService {
                     client,
                     name: name.trim_end_matches('.').to_ascii_lowercase(),
                     query_type: question.query_type().to_string(),
-                    list: "rebinding protection".into(),
+                    list: REBINDING.into(),
                     rule: format!("answer {ip} is a private address"),
                 });
                 let mut reply = own_reply(&message);
@@ -594,6 +744,29 @@ impl GuardService {
         }
         None
     }
+}
+
+/// Whether the peer at `client` turned `category` off.
+fn disabled(compiled: &Compiled, client: Option<IpAddr>, category: &str) -> bool {
+    client
+        .and_then(|c| compiled.disabled.get(&c))
+        .is_some_and(|set| set.contains(category))
+}
+
+/// The learned models `config` asks for, with their thresholds.
+fn load_models(config: &Guard) -> anyhow::Result<Vec<nx1_guard::model::Model>> {
+    config
+        .models
+        .iter()
+        .map(|&(kind, threshold)| {
+            let mut model = nx1_guard::model::builtin(kind)
+                .with_context(|| format!("loading the built-in {} model", kind.name()))?;
+            if let Some(t) = threshold {
+                model.set_threshold(t);
+            }
+            Ok(model)
+        })
+        .collect()
 }
 
 /// The frame of an answer Guard gives itself: the query's id, question and RD flag.
@@ -796,15 +969,24 @@ mod tests {
                 block_response: response,
                 on_scan: crate::config::ScanAction::Alert,
                 quarantine: Duration::from_secs(1),
+                models: Vec::new(),
             },
             compiled: parking_lot::RwLock::new(Arc::new(Compiled {
                 per_peer: Default::default(),
+                disabled: Default::default(),
                 names: parsed.iter().map(|l| l.name.clone()).collect(),
                 lists: Blocklist::compile(&parsed).unwrap(),
             })),
             upstreams: vec!["127.0.0.1:9".parse().unwrap()],
             block_response: response,
             findings: Mutex::new(VecDeque::new()),
+            models: [
+                nx1_guard::model::Kind::Dga,
+                nx1_guard::model::Kind::Phishing,
+            ]
+            .into_iter()
+            .map(|k| nx1_guard::model::builtin(k).unwrap())
+            .collect(),
             counters: GuardCounters::default(),
             listen: Vec::new(),
         }
@@ -915,22 +1097,87 @@ mod tests {
         g.reload(&store).await.unwrap();
         let (a4, a6, b4) = (IpAddr::V4(a.ipv4), IpAddr::V6(a.ipv6), IpAddr::V4(b.ipv4));
         assert!(matches!(
-            g.check_for("x.ok.shared.example", a4),
+            g.lists_verdict("x.ok.shared.example", Some(a4)),
             Verdict::Allowed { .. }
         ));
         assert!(matches!(
-            g.check_for("x.ok.shared.example", b4),
+            g.lists_verdict("x.ok.shared.example", Some(b4)),
             Verdict::Blocked { .. }
         ));
         assert!(matches!(
-            g.check_for("mine.example", a6),
+            g.lists_verdict("mine.example", Some(a6)),
             Verdict::Blocked { .. }
         ));
-        assert_eq!(g.check_for("mine.example", b4), Verdict::Unlisted);
+        assert_eq!(g.lists_verdict("mine.example", Some(b4)), Verdict::Unlisted);
         // Removing the peer removes its rules.
         crate::peers::remove(&store, "a").await.unwrap();
         g.reload(&store).await.unwrap();
-        assert_eq!(g.check_for("mine.example", a4), Verdict::Unlisted);
+        assert_eq!(g.lists_verdict("mine.example", Some(a4)), Verdict::Unlisted);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn models_judge_unlisted_names_and_a_peer_can_turn_a_category_off() {
+        use crate::store::testing::TestDb;
+        let db = TestDb::sqlite();
+        let store = Store::open(&db.database, 1).await.unwrap();
+        let v4 = (Ipv4Addr::new(10, 87, 0, 1), 16);
+        let v6 = ("fd00:87::1".parse().unwrap(), 64);
+        let a = crate::peers::add(&store, "a", "A=", v4, v6).await.unwrap();
+        let b = crate::peers::add(&store, "b", "B=", v4, v6).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ads = dir.path().join("ads.txt");
+        std::fs::write(&ads, "||ads.example^\n").unwrap();
+        let mut g = service(&[], BlockResponse::Zero);
+        g.config.blocklists = vec![ads.clone()];
+        g.reload(&store).await.unwrap();
+        let ads = ads.display().to_string();
+        let (a4, b6) = (IpAddr::V4(a.ipv4), IpAddr::V6(b.ipv6));
+        // Generated by necurs' published algorithm.
+        let generated = "yaochykossjcyjla.su";
+        let j = g.judge(generated, Some(a4));
+        let Verdict::Blocked { list, rule } = &j.verdict else {
+            panic!("{j:?}")
+        };
+        assert_eq!(list, "dga model");
+        assert!(rule.starts_with("score "), "{rule}");
+        assert!(j.scores.iter().any(|s| s.flagged && s.score > 0.9));
+        let ok = g.judge("gardening-club-leipzig.de", None);
+        assert_eq!(ok.verdict, Verdict::Unlisted);
+        assert_eq!(ok.scores.len(), 2, "{ok:?}");
+        assert!(ok.scores.iter().all(|s| !s.flagged), "{ok:?}");
+        // A brand's own domain is not judged by the phishing model.
+        assert_eq!(g.judge("wikipedia.org", None).scores.len(), 1);
+        // A list decides before the models, and reports no scores.
+        assert!(g.judge("x.ads.example", None).scores.is_empty());
+
+        set_peer_category(&store, "a", "dga", false).await.unwrap();
+        set_peer_category(&store, "a", &ads, false).await.unwrap();
+        set_peer_category(&store, "a", &ads, false).await.unwrap();
+        g.reload(&store).await.unwrap();
+        assert_eq!(
+            peer_categories(&store, "a").await.unwrap(),
+            [ads.as_str(), "dga"]
+        );
+        assert_eq!(g.judge(generated, Some(a4)).verdict, Verdict::Unlisted);
+        assert_eq!(
+            g.judge("x.ads.example", Some(a4)).verdict,
+            Verdict::Unlisted
+        );
+        assert!(matches!(
+            g.judge(generated, Some(b6)).verdict,
+            Verdict::Blocked { .. }
+        ));
+        set_peer_category(&store, "a", "dga", true).await.unwrap();
+        g.reload(&store).await.unwrap();
+        assert!(matches!(
+            g.judge(generated, Some(a4)).verdict,
+            Verdict::Blocked { .. }
+        ));
+        // Through the DNS path: blocked and counted.
+        let m = ask(&g, "yaochykossjcyjla.su.", RecordType::A).await;
+        assert_eq!(m.answers[0].data, RData::A(A(Ipv4Addr::UNSPECIFIED)));
+        assert_eq!(g.counters.model_blocks.load(Relaxed), 1);
         store.close().await;
     }
 

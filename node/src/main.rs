@@ -114,6 +114,23 @@ enum GuardCommand {
         #[arg(long, value_name = "NAME")]
         peer: Option<String>,
     },
+    /// Turn a Guard category off for one peer: a block list (by the name `nx1 guard reload`
+    /// shows) or a detector — dga, phishing, tunnelling, rebinding.
+    Disable {
+        /// The category.
+        category: String,
+        /// The peer.
+        #[arg(long, value_name = "NAME")]
+        peer: String,
+    },
+    /// Turn a Guard category back on for one peer.
+    Enable {
+        /// The category.
+        category: String,
+        /// The peer.
+        #[arg(long, value_name = "NAME")]
+        peer: String,
+    },
     /// Remove this node's allow/deny rule for a domain.
     Clear {
         /// The domain.
@@ -377,10 +394,32 @@ async fn guard_command(config: &config::Resolved, command: GuardCommand) -> anyh
         action,
         peer,
     };
+    let enable = matches!(command, GuardCommand::Enable { .. });
     let command = match command {
         GuardCommand::Allow { domain, peer } => rule(domain, control::RuleAction::Allow, peer),
         GuardCommand::Deny { domain, peer } => rule(domain, control::RuleAction::Deny, peer),
         GuardCommand::Clear { domain, peer } => rule(domain, control::RuleAction::Clear, peer),
+        GuardCommand::Disable { category, peer } | GuardCommand::Enable { category, peer } => {
+            let enabled = enable;
+            let control::Response::GuardCategories { peer, disabled } = ask(
+                config,
+                control::Request::GuardCategory {
+                    category,
+                    peer,
+                    enabled,
+                },
+            )
+            .await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            if disabled.is_empty() {
+                println!("{peer}: every Guard category is on");
+            } else {
+                println!("{peer}: off: {}", disabled.join(", "));
+            }
+            return Ok(());
+        }
         GuardCommand::Reload => {
             let control::Response::GuardReloaded {
                 lists,
@@ -420,6 +459,14 @@ async fn guard_query(config: &config::Resolved, command: GuardCommand) -> anyhow
                         println!("{}: {} by {rule} in {list}", v.domain, v.verdict)
                     }
                     _ => println!("{}: {}", v.domain, v.verdict),
+                }
+                for s in &v.scores {
+                    println!(
+                        "  {} model: score {:.3}{}",
+                        s.model,
+                        s.score,
+                        if s.flagged { " (flagged)" } else { "" }
+                    );
                 }
             }
             Ok(())

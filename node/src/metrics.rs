@@ -221,6 +221,7 @@ impl Collector for GuardCollector {
             ("rebinding", c.rebinding.load(Relaxed)),
             ("cached", c.cache_hits.load(Relaxed)),
             ("tunnelling", c.tunnelling.load(Relaxed)),
+            ("model_blocked", c.model_blocks.load(Relaxed)),
         ] {
             ConstCounter::new(value).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
         }
