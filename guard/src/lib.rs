@@ -16,6 +16,8 @@
 
 pub mod blocklist;
 pub mod flood;
+pub mod flows;
 pub mod model;
 pub mod scan;
+pub mod traffic;
 pub mod tunnelling;

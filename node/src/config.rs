@@ -285,14 +285,52 @@ pub enum BlockResponse {
     Nxdomain,
 }
 
-/// What Guard does to a peer it sees scanning.
+/// What Guard does when one of its packet-path detectors fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScanAction {
-    /// Record a finding.
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Nothing: the detector is off.
+    Allow,
+    /// Record a finding (and log a warning).
     Alert,
-    /// Record a finding and drop the peer's traffic for `quarantine_secs`.
+    /// Record a finding and hold the peer to a rate: for floods the kind of packet that
+    /// flooded, for bursts its new connections, for uploads its upload bytes.
+    RateLimit,
+    /// Record a finding and drop the flows it concerns (a beacon's destination, the largest
+    /// upload) for `quarantine_secs`.
+    BlockFlow,
+    /// Record a finding and drop all of the peer's traffic for `quarantine_secs`.
     Quarantine,
+}
+
+impl Action {
+    /// The name used in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Alert => "alert",
+            Action::RateLimit => "rate-limit",
+            Action::BlockFlow => "block-flow",
+            Action::Quarantine => "quarantine",
+        }
+    }
+}
+
+/// The action of each packet-path detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actions {
+    /// Port scans.
+    pub scan: Action,
+    /// SYN, UDP and ICMP floods.
+    pub flood: Action,
+    /// Bursts of new connections.
+    pub burst: Action,
+    /// Periodic beaconing.
+    pub beacon: Action,
+    /// Upload far above the peer's baseline.
+    pub upload: Action,
+    /// The online anomaly score.
+    pub anomaly: Action,
 }
 
 /// `[guard]`: the DNS threat filter on the node's tunnel addresses.
@@ -308,8 +346,23 @@ pub struct GuardSection {
     pub upstreams: Vec<String>,
     /// `zero` or `nxdomain`.
     pub block_response: BlockResponse,
-    /// What a detected port scan leads to: `alert` or `quarantine`.
-    pub on_scan: ScanAction,
+    /// What a detected port scan leads to: `allow`, `alert` or `quarantine`.
+    pub on_scan: Action,
+    /// Floods: `allow`, `alert`, `rate-limit` or `quarantine`.
+    pub on_flood: Action,
+    /// Connection bursts: `allow`, `alert`, `rate-limit` or `quarantine`.
+    pub on_burst: Action,
+    /// Beaconing: `allow`, `alert`, `block-flow` or `quarantine`.
+    pub on_beacon: Action,
+    /// Upload far above the baseline: any action.
+    pub on_upload: Action,
+    /// The anomaly score: `allow`, `alert` or `quarantine`.
+    pub on_anomaly: Action,
+    /// How long a peer's traffic is learned before its baseline and anomaly score are used,
+    /// in seconds.
+    pub learning_secs: u64,
+    /// Flows the exit tracks at most (its memory cap).
+    pub max_flows: usize,
     /// How long a quarantined peer's traffic is dropped, in seconds.
     pub quarantine_secs: u64,
     /// Learned models that judge names no list knows: `dga`, `phishing`.
@@ -327,7 +380,14 @@ impl Default for GuardSection {
             blocklists: Vec::new(),
             upstreams: Vec::new(),
             block_response: BlockResponse::Zero,
-            on_scan: ScanAction::Alert,
+            on_scan: Action::Alert,
+            on_flood: Action::RateLimit,
+            on_burst: Action::Alert,
+            on_beacon: Action::Alert,
+            on_upload: Action::Alert,
+            on_anomaly: Action::Alert,
+            learning_secs: 600,
+            max_flows: 65_536,
             quarantine_secs: 300,
             models: vec!["dga".into(), "phishing".into()],
             dga_threshold: 0.0,
@@ -345,8 +405,12 @@ pub struct Guard {
     pub upstreams: Vec<SocketAddr>,
     /// Answer for blocked names.
     pub block_response: BlockResponse,
-    /// What a detected scan leads to.
-    pub on_scan: ScanAction,
+    /// What each detector's findings lead to.
+    pub actions: Actions,
+    /// How long a peer's traffic is learned before baselines are used.
+    pub learning: std::time::Duration,
+    /// Flows tracked at most.
+    pub max_flows: usize,
     /// Quarantine length.
     pub quarantine: std::time::Duration,
     /// Learned models in use, each with the threshold configured (`None`: the model's own).
@@ -519,6 +583,71 @@ impl Config {
                         invalid("guard.upstreams", format!("{u:?} is not ip:port"))
                     })?);
             }
+            use Action::*;
+            let g = &self.guard;
+            for (key, action, allowed) in [
+                ("guard.on_scan", g.on_scan, &[Allow, Alert, Quarantine][..]),
+                (
+                    "guard.on_flood",
+                    g.on_flood,
+                    &[Allow, Alert, RateLimit, Quarantine],
+                ),
+                (
+                    "guard.on_burst",
+                    g.on_burst,
+                    &[Allow, Alert, RateLimit, Quarantine],
+                ),
+                (
+                    "guard.on_beacon",
+                    g.on_beacon,
+                    &[Allow, Alert, BlockFlow, Quarantine],
+                ),
+                (
+                    "guard.on_upload",
+                    g.on_upload,
+                    &[Allow, Alert, RateLimit, BlockFlow, Quarantine],
+                ),
+                (
+                    "guard.on_anomaly",
+                    g.on_anomaly,
+                    &[Allow, Alert, Quarantine],
+                ),
+            ] {
+                if !allowed.contains(&action) {
+                    let names: Vec<String> = allowed
+                        .iter()
+                        .map(|a| format!("\"{}\"", a.name()))
+                        .collect();
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "\"{}\" does not apply here; use one of {}",
+                            action.name(),
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if !(1_000..=16_000_000).contains(&g.max_flows) {
+                return Err(invalid(
+                    "guard.max_flows",
+                    format!("must be 1000..=16000000, not {}", g.max_flows),
+                ));
+            }
+            if g.learning_secs > 30 * 24 * 3600 {
+                return Err(invalid(
+                    "guard.learning_secs",
+                    format!("must be at most 2592000 (30 days), not {}", g.learning_secs),
+                ));
+            }
+            let actions = Actions {
+                scan: g.on_scan,
+                flood: g.on_flood,
+                burst: g.on_burst,
+                beacon: g.on_beacon,
+                upload: g.on_upload,
+                anomaly: g.on_anomaly,
+            };
             let mut models = Vec::new();
             for name in &self.guard.models {
                 let (kind, threshold, key) = match name.as_str() {
@@ -554,7 +683,9 @@ impl Config {
                 blocklists: self.guard.blocklists.iter().map(|p| in_data(p)).collect(),
                 upstreams,
                 block_response: self.guard.block_response,
-                on_scan: self.guard.on_scan,
+                actions,
+                learning: std::time::Duration::from_secs(self.guard.learning_secs),
+                max_flows: self.guard.max_flows,
                 quarantine: std::time::Duration::from_secs(self.guard.quarantine_secs),
             })
         } else {
@@ -641,10 +772,29 @@ blocklists = []
 upstreams = []
 # What a blocked name gets: "zero" (0.0.0.0 / ::) or "nxdomain".
 block_response = "zero"
-# A peer whose connection attempts fail to many ports or hosts is scanning: "alert" records a
-# finding, "quarantine" also drops its traffic for quarantine_secs.
+# What each detector in the exit's packet path does when it fires: "allow" (nothing: the
+# detector is off), "alert" (a finding and a log warning), "rate-limit" (holds the peer to a
+# rate), "block-flow" (drops the flows concerned for quarantine_secs) or "quarantine" (drops all
+# of the peer's traffic for quarantine_secs). on_scan: failed connection attempts to many ports
+# or hosts (allow, alert, quarantine). on_flood: SYN, UDP or ICMP echo above fixed rates (allow,
+# alert, rate-limit, quarantine). on_burst: many new connections at once (allow, alert,
+# rate-limit, quarantine). on_beacon: connections to one destination at a regular period (allow,
+# alert, block-flow, quarantine). on_upload: upload far above the peer's baseline (any).
+# on_anomaly: traffic unlike the peer's own, by the online anomaly score (allow, alert,
+# quarantine).
 on_scan = "alert"
+on_flood = "rate-limit"
+on_burst = "alert"
+on_beacon = "alert"
+on_upload = "alert"
+on_anomaly = "alert"
 quarantine_secs = 300
+# Seconds of a peer's traffic learned before its upload baseline and anomaly score are used.
+learning_secs = 600
+# Flows (connections) the exit tracks at most: the flow table's memory cap (about 100 bytes
+# each). When nearly full, idle flows expire sooner and a peer beyond its fair share gets no
+# new entries (its packets pass untracked).
+max_flows = 65536
 # Learned models that judge names no list knows: "dga" (algorithmically generated domains),
 # "phishing" (look-alikes of popular brands). A score at or above the threshold blocks the name;
 # 0 uses the model's own threshold, chosen for 0.1% false positives on its benign test set.
@@ -837,13 +987,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("guard.dga_threshold"), "{msg}");
+        let msg = parse("[guard]\non_anomaly = \"rate-limit\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("guard.on_anomaly") && msg.contains("\"quarantine\""),
+            "{msg}"
+        );
+        let msg = parse("[guard]\nmax_flows = 5\n").unwrap_err().to_string();
+        assert!(msg.contains("guard.max_flows"), "{msg}");
         let msg = parse("[guard]\non_scan = \"shout\"\n")
             .unwrap_err()
             .to_string();
         assert!(msg.contains("shout"), "{msg}");
         let ok =
             parse("[guard]\nupstreams = [\"198.18.2.2:53\"]\non_scan = \"quarantine\"\n").unwrap();
-        assert_eq!(ok.guard.unwrap().on_scan, ScanAction::Quarantine);
+        assert_eq!(ok.guard.unwrap().actions.scan, Action::Quarantine);
         assert!(
             parse("[vpn]\nenabled = false\n").unwrap().guard.is_none(),
             "Guard needs the VPN"

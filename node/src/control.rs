@@ -286,6 +286,21 @@ pub struct GuardStatus {
     pub findings: usize,
     /// Peers whose traffic is dropped for now after a scan.
     pub quarantined_peers: usize,
+    /// Findings since the start, by list or detector ("port scan detection", "dga model", …).
+    #[serde(default)]
+    pub findings_by_list: std::collections::BTreeMap<String, u64>,
+    /// Flows the exit tracks now.
+    #[serde(default)]
+    pub flows: usize,
+    /// The most it tracks.
+    #[serde(default)]
+    pub flow_capacity: usize,
+    /// Whether the flow table is in emergency mode (nearly full).
+    #[serde(default)]
+    pub flow_emergency: bool,
+    /// New flows not tracked for lack of room, since the start.
+    #[serde(default)]
+    pub flows_untracked: u64,
 }
 
 /// The client-mode tunnel.

@@ -419,6 +419,7 @@ impl Node {
     }
 
     async fn status(&self) -> anyhow::Result<StatusReport> {
+        let table = self.flows.as_ref().map(|f| f.table());
         Ok(StatusReport {
             protocol: control::PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -454,6 +455,11 @@ impl Node {
                     .load(std::sync::atomic::Ordering::Relaxed),
                 findings: g.findings(None).len(),
                 quarantined_peers: self.flows.as_ref().map_or(0, |f| f.quarantined()),
+                findings_by_list: g.finding_counts(),
+                flows: table.map_or(0, |t| t.flows),
+                flow_capacity: table.map_or(0, |t| t.capacity),
+                flow_emergency: table.is_some_and(|t| t.emergency),
+                flows_untracked: table.map_or(0, |t| t.counters.untracked),
             }),
         })
     }
@@ -569,7 +575,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let http_listen = http_listener.local_addr()?;
 
     let node = Arc::new(Node {
-        metrics: Metrics::new(&node_id, vpn.clone(), guard.clone()),
+        metrics: Metrics::new(&node_id, vpn.clone(), guard.clone(), flows.clone()),
         vpn,
         client: tokio::sync::Mutex::new(None),
         guard,

@@ -422,6 +422,8 @@ pub struct GuardService {
     upstreams: Vec<SocketAddr>,
     block_response: BlockResponse,
     findings: Mutex<VecDeque<Finding>>,
+    /// Findings since the start, by list or detector.
+    finding_counts: Mutex<std::collections::BTreeMap<String, u64>>,
     models: Vec<nx1_guard::model::Model>,
     /// Counters.
     pub counters: GuardCounters,
@@ -464,6 +466,7 @@ impl GuardService {
             upstreams,
             block_response: config.block_response,
             findings: Mutex::new(VecDeque::new()),
+            finding_counts: Mutex::new(Default::default()),
             models,
             counters: GuardCounters::default(),
             listen: sockets.iter().filter_map(|s| s.local_addr().ok()).collect(),
@@ -577,7 +580,17 @@ impl GuardService {
             .collect()
     }
 
+    /// Findings since the start, by list or detector.
+    pub fn finding_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.finding_counts.lock().clone()
+    }
+
     pub(crate) fn record(&self, finding: Finding) {
+        *self
+            .finding_counts
+            .lock()
+            .entry(finding.list.clone())
+            .or_default() += 1;
         let mut findings = self.findings.lock();
         if findings.len() == FINDINGS_KEPT {
             findings.pop_front();
@@ -780,32 +793,117 @@ fn own_reply(query: &Message) -> Message {
 
 /// How often [`FlowGuard::tick`] runs.
 pub const TICK: Duration = Duration::from_millis(250);
+/// How long a rate limit set by a detector lasts.
+const RATE_LIMIT_FOR: Duration = Duration::from_secs(60);
+/// New connections per second a burst-limited peer may open.
+const BURST_LIMIT: f64 = 20.0;
 
-/// Guard in the exit's packet path: watches each peer's connection attempts (guard's
-/// `scan::Attempts`), reports scans as findings and, when configured, quarantines the peer.
+/// Guard in the exit's packet path: a flow table over every peer's connections, and per
+/// peer the scan, flood, burst, beacon, upload and anomaly detectors of the `guard` crate.
+/// Each detector's finding is recorded with its evidence and acted on as configured.
 pub struct FlowGuard {
     dns: Arc<GuardService>,
-    action: crate::config::ScanAction,
+    actions: crate::config::Actions,
     quarantine: Duration,
-    peers: Mutex<std::collections::HashMap<nx1_vpn::keys::PublicKey, PeerWatch>>,
+    thresholds: nx1_guard::traffic::Thresholds,
+    state: Mutex<FlowState>,
     /// Peers quarantined so far.
     pub quarantines: AtomicU64,
 }
 
-#[derive(Default)]
+/// Everything the packet path changes, under one lock.
+struct FlowState {
+    peers: std::collections::HashMap<nx1_vpn::keys::PublicKey, PeerWatch>,
+    flows: nx1_guard::flows::FlowTable,
+    next_id: u32,
+}
+
+/// A token bucket set by a detector for a while.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+    until: std::time::Instant,
+}
+
+impl Limit {
+    fn new(rate: f64, now: std::time::Instant) -> Self {
+        Self {
+            rate,
+            tokens: rate,
+            last: now,
+            until: now + RATE_LIMIT_FOR,
+        }
+    }
+
+    /// Whether `cost` may pass at `now`.
+    fn take(&mut self, cost: f64, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct PeerWatch {
+    id: u32,
     attempts: nx1_guard::scan::Attempts,
     flood: nx1_guard::flood::FloodLimiter,
+    traffic: nx1_guard::traffic::PeerTraffic,
+    /// A beacon seen on a new flow, reported at the next tick.
+    beacon: Option<nx1_guard::traffic::Detection>,
     flood_reported: Option<std::time::Instant>,
     client: Option<IpAddr>,
     reported: Option<std::time::Instant>,
     quarantined_until: Option<std::time::Instant>,
+    /// New connections, while a burst is rate-limited.
+    burst_limit: Option<Limit>,
+    /// Upload bytes, while an upload is rate-limited.
+    upload_limit: Option<Limit>,
+    /// A beacon's destination blocked until then.
+    blocked: Option<(IpAddr, u16, std::time::Instant)>,
 }
 
 impl PeerWatch {
+    fn new(id: u32) -> Self {
+        Self {
+            id,
+            attempts: Default::default(),
+            flood: Default::default(),
+            traffic: Default::default(),
+            beacon: None,
+            flood_reported: None,
+            client: None,
+            reported: None,
+            quarantined_until: None,
+            burst_limit: None,
+            upload_limit: None,
+            blocked: None,
+        }
+    }
+
     fn quarantined(&self, now: std::time::Instant) -> bool {
         self.quarantined_until.is_some_and(|t| now < t)
     }
+}
+
+/// The flow table's state, for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTableStatus {
+    /// Flows tracked now.
+    pub flows: usize,
+    /// The most it tracks.
+    pub capacity: usize,
+    /// In emergency mode now.
+    pub emergency: bool,
+    /// Its counters.
+    pub counters: nx1_guard::flows::FlowCounters,
 }
 
 impl FlowGuard {
@@ -813,106 +911,248 @@ impl FlowGuard {
     pub fn new(dns: Arc<GuardService>, config: &Guard) -> Arc<Self> {
         Arc::new(Self {
             dns,
-            action: config.on_scan,
+            actions: config.actions,
             quarantine: config.quarantine,
-            peers: Mutex::new(Default::default()),
+            thresholds: nx1_guard::traffic::Thresholds {
+                learning: config.learning,
+                ..Default::default()
+            },
+            state: Mutex::new(FlowState {
+                peers: Default::default(),
+                flows: nx1_guard::flows::FlowTable::new(config.max_flows),
+                next_id: 0,
+            }),
             quarantines: AtomicU64::new(0),
         })
     }
 
-    /// Expires attempts and looks for scans; run a few times a second.
+    /// Records a packet-path finding.
+    fn report(&self, client: Option<IpAddr>, kind: &str, list: &str, rule: String) {
+        let client = client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        tracing::warn!(%client, detector = list, "guard: {rule}");
+        self.dns.record(Finding {
+            at: unix_now(),
+            client,
+            name: String::new(),
+            query_type: kind.into(),
+            list: list.into(),
+            rule,
+        });
+    }
+
+    /// Expires flows and attempts, runs the detectors and acts on what they find; run every
+    /// [`TICK`].
     pub fn tick(&self) {
+        use crate::config::Action;
+        use nx1_guard::traffic::Detection;
         let now = std::time::Instant::now();
-        let mut peers = self.peers.lock();
+        let mut state = self.state.lock();
+        let FlowState { peers, flows, .. } = &mut *state;
+        flows.expire(now);
         for watch in peers.values_mut() {
             watch.attempts.expire(now);
+            if watch.burst_limit.is_some_and(|l| now >= l.until) {
+                watch.burst_limit = None;
+            }
+            if watch.upload_limit.is_some_and(|l| now >= l.until) {
+                watch.upload_limit = None;
+            }
+            if watch.blocked.is_some_and(|(_, _, until)| now >= until) {
+                watch.blocked = None;
+            }
             if let Some((kind, dropped)) = watch.flood.take_dropped()
                 && watch
                     .flood_reported
                     .is_none_or(|t| now.duration_since(t) >= nx1_guard::scan::WINDOW)
             {
                 watch.flood_reported = Some(now);
-                let client = watch.client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
                 let (rate, _) = kind.rate();
-                tracing::warn!(%client, kind = kind.name(), dropped, "guard: flood rate-limited");
-                self.dns.record(Finding {
-                    at: unix_now(),
-                    client,
-                    name: String::new(),
-                    query_type: kind.name().into(),
-                    list: "flood detection".into(),
-                    rule: format!(
+                let rule = match self.actions.flood {
+                    Action::Alert => format!(
+                        "{} flood: {dropped} packets over {rate:.0}/s in {} ms (alert only)",
+                        kind.name(),
+                        TICK.as_millis()
+                    ),
+                    _ => format!(
                         "{} flood: {dropped} packets over {rate:.0}/s dropped in {} ms",
                         kind.name(),
                         TICK.as_millis()
                     ),
-                });
+                };
+                self.act(watch, self.actions.flood, now);
+                self.report(watch.client, kind.name(), "flood detection", rule);
             }
             let recently = watch
                 .reported
                 .is_some_and(|t| now.duration_since(t) < nx1_guard::scan::WINDOW);
-            if recently {
-                continue;
-            }
-            if let Some(scan) = watch.attempts.scan() {
+            if !recently
+                && self.actions.scan != Action::Allow
+                && let Some(scan) = watch.attempts.scan()
+            {
                 watch.reported = Some(now);
-                let client = watch.client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                tracing::warn!(%client, %scan, action = ?self.action, "guard: port scan");
-                if self.action == crate::config::ScanAction::Quarantine {
-                    watch.quarantined_until = Some(now + self.quarantine);
-                    self.quarantines.fetch_add(1, Relaxed);
-                }
-                self.dns.record(Finding {
-                    at: unix_now(),
-                    client,
-                    name: String::new(),
-                    query_type: "TCP".into(),
-                    list: "port scan detection".into(),
-                    rule: scan.to_string(),
-                });
+                self.act(watch, self.actions.scan, now);
+                self.report(watch.client, "TCP", "port scan detection", scan.to_string());
             }
+            let mut found = watch.traffic.tick(now, &self.thresholds);
+            found.extend(watch.beacon.take());
+            for detection in found {
+                let (action, list) = match &detection {
+                    Detection::Burst { .. } => (self.actions.burst, "connection burst detection"),
+                    Detection::Beacon { .. } => (self.actions.beacon, "beaconing detection"),
+                    Detection::Upload { .. } => (self.actions.upload, "upload volume detection"),
+                    Detection::Anomaly { .. } => (self.actions.anomaly, "anomaly detection"),
+                };
+                if action == Action::Allow {
+                    continue;
+                }
+                match (&detection, action) {
+                    (Detection::Burst { .. }, Action::RateLimit) => {
+                        watch.burst_limit = Some(Limit::new(BURST_LIMIT, now));
+                    }
+                    (Detection::Upload { .. }, Action::RateLimit) => {
+                        let rate = self.thresholds.upload_rate;
+                        watch.upload_limit = Some(Limit::new(rate, now));
+                    }
+                    (Detection::Upload { .. }, Action::BlockFlow) => {
+                        if let Some((key, _)) = flows.take_top_uploader(watch.id) {
+                            flows.block(&key);
+                        }
+                    }
+                    (Detection::Beacon { remote, port, .. }, Action::BlockFlow) => {
+                        flows.block_remote(watch.id, *remote, *port);
+                        watch.blocked = Some((*remote, *port, now + self.quarantine));
+                    }
+                    _ => self.act(watch, action, now),
+                }
+                let kind = match &detection {
+                    Detection::Beacon { protocol: 17, .. } => "UDP",
+                    Detection::Beacon { protocol: 6, .. } => "TCP",
+                    _ => "IP",
+                };
+                let rule = match action {
+                    Action::Alert => detection.to_string(),
+                    other => format!("{detection} ({})", other.name()),
+                };
+                self.report(watch.client, kind, list, rule);
+            }
+        }
+    }
+
+    /// Quarantines the peer if `action` says so.
+    fn act(&self, watch: &mut PeerWatch, action: crate::config::Action, now: std::time::Instant) {
+        if action == crate::config::Action::Quarantine && !watch.quarantined(now) {
+            watch.quarantined_until = Some(now + self.quarantine);
+            self.quarantines.fetch_add(1, Relaxed);
         }
     }
 
     /// Peers in quarantine now.
     pub fn quarantined(&self) -> usize {
         let now = std::time::Instant::now();
-        self.peers
+        self.state
             .lock()
+            .peers
             .values()
             .filter(|w| w.quarantined(now))
             .count()
+    }
+
+    /// The flow table's state.
+    pub fn table(&self) -> FlowTableStatus {
+        let state = self.state.lock();
+        FlowTableStatus {
+            flows: state.flows.len(),
+            capacity: state.flows.capacity(),
+            emergency: state.flows.emergency(),
+            counters: state.flows.counters,
+        }
     }
 }
 
 impl nx1_vpn::device::Inspector for FlowGuard {
     fn packet_from_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
+        use crate::config::Action;
+        use nx1_guard::flows::Seen;
         let now = std::time::Instant::now();
-        let mut peers = self.peers.lock();
-        let watch = peers.entry(*peer).or_default();
+        let mut state = self.state.lock();
+        let FlowState {
+            peers,
+            flows,
+            next_id,
+        } = &mut *state;
+        // The first packet of a peer allocates its state; no later packet allocates.
+        let watch = peers.entry(*peer).or_insert_with(|| {
+            *next_id = next_id.wrapping_add(1);
+            PeerWatch::new(*next_id)
+        });
         if watch.quarantined(now) {
             return false;
         }
         if watch.client.is_none() {
             watch.client = nx1_guard::scan::source(packet);
         }
-        if let Some(kind) = nx1_guard::flood::kind(packet)
+        if self.actions.flood != Action::Allow
+            && let Some(kind) = nx1_guard::flood::kind(packet)
             && !watch.flood.allow(kind, now)
+            && self.actions.flood != Action::Alert
         {
             return false;
         }
+        let Some(parsed) = nx1_guard::flows::parse(packet) else {
+            return true;
+        };
+        if let Some(limit) = watch.upload_limit.as_mut()
+            && !limit.take(parsed.len as f64, now)
+        {
+            return false;
+        }
+        if let Some((remote, port, _)) = watch.blocked
+            && parsed.key.remote == remote
+            && (port == 0 || parsed.key.remote_port == port)
+        {
+            return false;
+        }
+        let new = !flows.contains(&parsed.key);
+        if new
+            && let Some(limit) = watch.burst_limit.as_mut()
+            && !limit.take(1.0, now)
+        {
+            return false;
+        }
+        match flows.outbound(watch.id, &parsed, now) {
+            Seen::Blocked => return false,
+            // Queries to this node's own DNS are not beacons, however regular.
+            Seen::New | Seen::Untracked if new => {
+                let own_dns = self.dns.listen.iter().any(|a| a.ip() == parsed.key.remote);
+                if !own_dns
+                    && let Some(beacon) = watch.traffic.new_flow(&parsed.key, now, &self.thresholds)
+                    && self.actions.beacon != Action::Allow
+                {
+                    watch.beacon = Some(beacon);
+                }
+            }
+            _ => {}
+        }
         watch.attempts.outbound(packet, now);
+        watch.traffic.outbound(parsed.len);
         true
     }
 
     fn packet_to_peer(&self, peer: &nx1_vpn::keys::PublicKey, packet: &[u8]) -> bool {
         let now = std::time::Instant::now();
-        let mut peers = self.peers.lock();
+        let mut state = self.state.lock();
+        let FlowState { peers, flows, .. } = &mut *state;
         let Some(watch) = peers.get_mut(peer) else {
             return true;
         };
         if watch.quarantined(now) {
             return false;
+        }
+        if let Some(parsed) = nx1_guard::flows::parse(packet) {
+            if flows.inbound(&parsed, now) == nx1_guard::flows::Seen::Blocked {
+                return false;
+            }
+            watch.traffic.inbound(parsed.len);
         }
         watch.attempts.inbound(packet, now);
         true
@@ -967,7 +1207,16 @@ mod tests {
                 blocklists: Vec::new(),
                 upstreams: Vec::new(),
                 block_response: response,
-                on_scan: crate::config::ScanAction::Alert,
+                actions: crate::config::Actions {
+                    scan: crate::config::Action::Alert,
+                    flood: crate::config::Action::RateLimit,
+                    burst: crate::config::Action::Alert,
+                    beacon: crate::config::Action::Alert,
+                    upload: crate::config::Action::Alert,
+                    anomaly: crate::config::Action::Alert,
+                },
+                learning: Duration::from_secs(600),
+                max_flows: 65_536,
                 quarantine: Duration::from_secs(1),
                 models: Vec::new(),
             },
@@ -980,6 +1229,7 @@ mod tests {
             upstreams: vec!["127.0.0.1:9".parse().unwrap()],
             block_response: response,
             findings: Mutex::new(VecDeque::new()),
+            finding_counts: Mutex::new(Default::default()),
             models: [
                 nx1_guard::model::Kind::Dga,
                 nx1_guard::model::Kind::Phishing,

@@ -583,6 +583,25 @@ fn print_status(r: &control::StatusReport) {
             g.findings,
             g.quarantined_peers
         );
+        println!(
+            "  flows      {} of {} tracked{}, {} untracked",
+            g.flows,
+            g.flow_capacity,
+            if g.flow_emergency {
+                " (emergency mode)"
+            } else {
+                ""
+            },
+            g.flows_untracked
+        );
+        if !g.findings_by_list.is_empty() {
+            let by: Vec<String> = g
+                .findings_by_list
+                .iter()
+                .map(|(list, n)| format!("{n} {list}"))
+                .collect();
+            println!("  findings   {}", by.join(", "));
+        }
     }
     if let Some(c) = &r.client {
         println!(

@@ -8,7 +8,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -47,6 +47,7 @@ impl Metrics {
         node_id: &str,
         vpn: Option<Arc<VpnService>>,
         guard: Option<Arc<crate::guard::GuardService>>,
+        flows: Option<Arc<crate::guard::FlowGuard>>,
     ) -> Self {
         let mut registry = Registry::with_prefix("nx1");
         registry.register(
@@ -85,7 +86,7 @@ impl Metrics {
             registry.register_collector(Box::new(VpnCollector(vpn)));
         }
         if let Some(guard) = guard {
-            registry.register_collector(Box::new(GuardCollector(guard)));
+            registry.register_collector(Box::new(GuardCollector(guard, flows)));
         }
         Self {
             registry,
@@ -195,8 +196,16 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabel {
+    list: String,
+}
+
 /// Reads Guard's DNS counters at each scrape.
-struct GuardCollector(Arc<crate::guard::GuardService>);
+struct GuardCollector(
+    Arc<crate::guard::GuardService>,
+    Option<Arc<crate::guard::FlowGuard>>,
+);
 
 impl std::fmt::Debug for GuardCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +234,46 @@ impl Collector for GuardCollector {
         ] {
             ConstCounter::new(value).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "guard_findings",
+            "Guard findings since the start, by the list or detector that made them",
+            None,
+            MetricType::Counter,
+        )?;
+        for (list, n) in self.0.finding_counts() {
+            ConstCounter::new(n).encode(family.encode_family(&ListLabel { list })?)?;
+        }
+        if let Some(flows) = &self.1 {
+            let t = flows.table();
+            for (name, help, value) in [
+                ("guard_flows", "Flows the exit tracks now", t.flows as i64),
+                (
+                    "guard_flow_capacity",
+                    "Flows the exit tracks at most ([guard] max_flows)",
+                    t.capacity as i64,
+                ),
+                (
+                    "guard_flow_emergency",
+                    "1 while the flow table is nearly full (idle flows expire sooner, no peer gets more than its share)",
+                    i64::from(t.emergency),
+                ),
+                (
+                    "guard_quarantined_peers",
+                    "Peers whose traffic Guard drops for now",
+                    flows.quarantined() as i64,
+                ),
+            ] {
+                let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(value).encode(metric)?;
+            }
+            let metric = encoder.encode_descriptor(
+                "guard_flows_untracked",
+                "New flows not tracked for lack of room in the flow table",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(t.counters.untracked).encode(metric)?;
+        }
         Ok(())
     }
 }
@@ -235,7 +284,7 @@ mod tests {
 
     #[test]
     fn exposition_carries_counters_and_build_info() {
-        let m = Metrics::new("abc=", None, None);
+        let m = Metrics::new("abc=", None, None, None);
         m.control_requests
             .get_or_create(&CommandLabel { command: "status" })
             .inc();
