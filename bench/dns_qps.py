@@ -25,6 +25,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -251,6 +252,12 @@ def dnsperf_version() -> str:
     p = subprocess.run(["dnsperf", "-h"], capture_output=True, text=True, timeout=10)
     m = re.search(r"Version\s+(\S+)", p.stdout + p.stderr)
     return m.group(1) if m else "?"
+
+
+def word(text: str | None, index: int) -> str:
+    """Word `index` of a version line ("Version 1.17.1" -> 1: "1.17.1"), or "?"."""
+    parts = (text or "").split()
+    return parts[index] if len(parts) > index else "?"
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -591,6 +598,7 @@ def dnsperf(lab: Lab, target: Target, datafile: str, out_path: str, *, seconds: 
     if once:
         cmd += ["-n", "1"]
     limit = (seconds or 60) + QUERY_TIMEOUT + 30
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     with open(out_path, "w") as out:
         try:
@@ -599,9 +607,12 @@ def dnsperf(lab: Lab, target: Target, datafile: str, out_path: str, *, seconds: 
         except subprocess.TimeoutExpired:
             raise BenchError(f"dnsperf timed out after {limit:g}s: {shlex.join(cmd)}") from None
     wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise BenchError(f"dnsperf exited {p.returncode}: {p.stderr.strip()[:300]}")
     stats = parse_dnsperf(out_path)
+    # `ip netns exec` execs dnsperf: the child reaped here is dnsperf itself.
+    stats["dnsperf_cpu_s"] = round((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), 3)
     stats["command"] = shlex.join(cmd)
     stats["stderr"] = p.stderr.strip()[:500] or None
     if "qps" not in stats:
@@ -651,8 +662,9 @@ def measure(lab: Lab, target: Target, mix: str, kind: str, rnd: int) -> dict:
     os.unlink(out)
     if mix == "uncached":
         os.unlink(datafile)
-    server_cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
-    side_cpu = {k: side1[k] - side0[k] for k in side0}
+    server_cpu = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu0}
+    side_cpu = {k: round(side1[k] - side0[k], 3) for k in side0}
+    side_cpu["dnsperf"] = stats["dnsperf_cpu_s"]
     total_cpu = sum(server_cpu.values())
     completed = stats.get("completed") or 0
     busy, total = host1[0] - host0[0], max(host1[1] - host0[1], 1)
@@ -907,6 +919,8 @@ def main(argv: list[str]) -> int:
     extra: dict = {}
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
         signal.signal(sig, _on_signal)
+    # Ctrl-C raises KeyboardInterrupt even when started in the background of a script.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     budget = time_budget(args)
     signal.alarm(budget)
     interrupted = None
@@ -1071,8 +1085,9 @@ def main(argv: list[str]) -> int:
     notes = []
     if "git" in meta:
         notes.append(f"repo {meta['git']}" + (f", {meta['nx1_version']}" if "nx1_version" in meta else "")
-                     + f"; {meta.get('unbound_version', 'unbound ?')}; "
-                     f"{meta.get('dnsmasq_version', 'dnsmasq ?').split('  ')[0]}")
+                     + f"; unbound {word(meta.get('unbound_version'), 1)}; dnsmasq "
+                     f"{word(meta.get('dnsmasq_version'), 2)}; wireguard-go "
+                     f"{word(meta.get('wireguard_go_version'), 1)}")
     notes += [f"{f['target'] or 'lab'} {f['mix'] or ''} {f['kind'] or ''} round {f['round']} "
               f"failed: {f['error']}" for f in failures]
     for r in results:
@@ -1085,7 +1100,9 @@ def main(argv: list[str]) -> int:
                  f"per-query latencies `dnsperf -v` prints (answered queries only); server CPU: "
                  f"utime+stime of the server side (Guard: the nx1 process, tunnel included; "
                  f"unbound behind WireGuard: unbound + the wireguard-go server) per answered "
-                 f"query; light load: the same mix at dnsperf -Q {args.light_qps}.")
+                 f"query"
+                 + (f"; light load: the same mix at dnsperf -Q {args.light_qps}." if args.light_qps
+                    else "."))
     if memory.get("list_file_bytes"):
         notes.append(f"block list: {args.list_names:,} generated names, hosts format, "
                      f"{memory['list_file_bytes'] / 1e6:.1f} MB; memory from /proc/PID/status "

@@ -24,7 +24,16 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
         "! an AdBlock-style list\n||blocked.test^\n@@||ok.blocked.test^\n0.0.0.0 hosts-blocked.test\n",
     )
     .unwrap();
-    set_config(&lab.config, "guard", "blocklists", "[\"lists/test.txt\"]");
+    // A second list served over HTTP by `web`.
+    lab.start_web_server("page\n");
+    let remote = lab.dir.path().join("www/remote.txt");
+    std::fs::write(&remote, "0.0.0.0 remote-listed.test\n").unwrap();
+    set_config(
+        &lab.config,
+        "guard",
+        "blocklists",
+        "[\"lists/test.txt\", \"http://198.18.2.2:8080/remote.txt\"]",
+    );
     set_config(&lab.config, "guard", "upstreams", "[\"198.18.2.2:53\"]");
 
     // The upstream: dnsmasq answering three names of its own.
@@ -211,6 +220,15 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
     let reload = lab.nx1(&["guard", "reload"]);
     assert!(reload.status.success(), "{}", text(&reload.stderr));
     assert_eq!(dig(&lab, "10.87.0.1", "www.later.test", "A"), "0.0.0.0");
+    // The list at a URL was downloaded at start, and again on reload.
+    assert_eq!(dig(&lab, "10.87.0.1", "remote-listed.test", "A"), "0.0.0.0");
+    std::fs::write(&remote, "0.0.0.0 remote-later.test\n").unwrap();
+    let reload = lab.nx1(&["guard", "reload"]);
+    assert!(reload.status.success(), "{}", text(&reload.stderr));
+    assert_eq!(dig(&lab, "10.87.0.1", "remote-later.test", "A"), "0.0.0.0");
+    let why = lab.nx1(&["guard", "check", "remote-later.test", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&why.stdout).unwrap();
+    assert_eq!(v["list"], "http://198.18.2.2:8080/remote.txt");
 
     // The owner's own rules: allow wins over the lists, deny blocks what no list has.
     assert!(
@@ -265,7 +283,8 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
     assert_eq!(dig(&lab, "10.87.0.1", "allowed.test", "A"), "198.18.2.80");
 
     let status = lab.status().unwrap();
-    assert_eq!(status["guard"]["blocked_names"], 3);
+    // blocked.test, hosts-blocked.test and later.test on the file, remote-later.test at the URL.
+    assert_eq!(status["guard"]["blocked_names"], 4);
     assert!(status["guard"]["queries_forwarded"].as_u64().unwrap() >= 1);
     let http = status["http_listen"].as_str().unwrap().to_owned();
     assert_eq!(dig(&lab, "10.87.0.1", "again.blocked.test", "A"), "0.0.0.0");

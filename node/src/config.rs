@@ -341,7 +341,7 @@ pub struct GuardSection {
     pub enabled: bool,
     /// Block-list files: hosts files, plain domain lists, AdBlock `||domain^` / `@@||domain^`
     /// (relative to data_dir).
-    pub blocklists: Vec<PathBuf>,
+    pub blocklists: Vec<String>,
     /// Upstream resolvers, `ip:port`; empty: the nameservers of /etc/resolv.conf.
     pub upstreams: Vec<String>,
     /// `zero` or `nxdomain`.
@@ -399,8 +399,11 @@ impl Default for GuardSection {
 /// The `[guard]` section, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Guard {
-    /// Absolute block-list paths.
-    pub blocklists: Vec<PathBuf>,
+    /// Block lists: files and URLs.
+    pub blocklists: Vec<ListSource>,
+    /// Where downloaded lists are kept (so a node starts with them when their server is
+    /// down).
+    pub list_cache: PathBuf,
     /// Upstream resolvers.
     pub upstreams: Vec<SocketAddr>,
     /// Answer for blocked names.
@@ -415,6 +418,25 @@ pub struct Guard {
     pub quarantine: std::time::Duration,
     /// Learned models in use, each with the threshold configured (`None`: the model's own).
     pub models: Vec<(nx1_guard::model::Kind, Option<f32>)>,
+}
+
+/// Where a block list comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListSource {
+    /// A file (absolute path).
+    File(PathBuf),
+    /// An `http://` or `https://` URL, downloaded at start and at every reload.
+    Url(String),
+}
+
+impl ListSource {
+    /// The name the list goes by in verdicts and findings: its path or URL.
+    pub fn name(&self) -> String {
+        match self {
+            ListSource::File(p) => p.display().to_string(),
+            ListSource::Url(u) => u.clone(),
+        }
+    }
 }
 
 /// The nameservers of a resolv.conf text, port 53.
@@ -640,6 +662,30 @@ impl Config {
                     format!("must be at most 2592000 (30 days), not {}", g.learning_secs),
                 ));
             }
+            let mut blocklists = Vec::new();
+            for entry in &g.blocklists {
+                let lower = entry.to_ascii_lowercase();
+                if lower.starts_with("http://") || lower.starts_with("https://") {
+                    let host = entry.split_once("://").map_or("", |(_, rest)| rest);
+                    if host.is_empty()
+                        || host.starts_with('/')
+                        || entry.contains(char::is_whitespace)
+                    {
+                        return Err(invalid(
+                            "guard.blocklists",
+                            format!("{entry:?} is not a URL with a host"),
+                        ));
+                    }
+                    blocklists.push(ListSource::Url(entry.clone()));
+                } else if entry.contains("://") {
+                    return Err(invalid(
+                        "guard.blocklists",
+                        format!("{entry:?}: only http:// and https:// URLs are fetched"),
+                    ));
+                } else {
+                    blocklists.push(ListSource::File(in_data(Path::new(entry))));
+                }
+            }
             let actions = Actions {
                 scan: g.on_scan,
                 flood: g.on_flood,
@@ -680,7 +726,8 @@ impl Config {
             }
             Some(Guard {
                 models,
-                blocklists: self.guard.blocklists.iter().map(|p| in_data(p)).collect(),
+                blocklists,
+                list_cache: data_dir.join("lists-cache"),
                 upstreams,
                 block_response: self.guard.block_response,
                 actions,
@@ -765,8 +812,9 @@ persistent_keepalive = {keepalive}
 # Serve DNS on the tunnel addresses (port 53), filtered by the block lists below. Client
 # configs then use it as their DNS (unless [vpn] dns is set). Needs [vpn] enabled.
 enabled = true
-# Block-list files (relative to data_dir): hosts files, plain domain lists, AdBlock-style
-# ||domain^ rules with @@||domain^ exceptions.
+# Block lists: files (relative to data_dir) or http(s) URLs (downloaded at start and at every
+# `nx1 guard reload`; the last good copy is kept in data_dir/lists-cache). Formats: hosts
+# files, plain domain lists, AdBlock-style ||domain^ rules with @@||domain^ exceptions.
 blocklists = []
 # Upstream resolvers, "ip:port". Empty: the nameservers in /etc/resolv.conf.
 upstreams = []
@@ -994,6 +1042,21 @@ mod tests {
             msg.contains("guard.on_anomaly") && msg.contains("\"quarantine\""),
             "{msg}"
         );
+        let ok =
+            parse("[guard]\nblocklists = [\"lists/a.txt\", \"https://lists.example/hosts\"]\n")
+                .unwrap();
+        let lists = ok.guard.unwrap().blocklists;
+        assert!(matches!(&lists[0], ListSource::File(p) if p.is_absolute()));
+        assert_eq!(
+            lists[1],
+            ListSource::Url("https://lists.example/hosts".into())
+        );
+        for bad in ["ftp://lists.example/a", "https:///nohost"] {
+            let msg = parse(&format!("[guard]\nblocklists = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("guard.blocklists"), "{msg}");
+        }
         let msg = parse("[guard]\nmax_flows = 5\n").unwrap_err().to_string();
         assert!(msg.contains("guard.max_flows"), "{msg}");
         let msg = parse("[guard]\non_scan = \"shout\"\n")

@@ -3,7 +3,7 @@
 //! everything else to the upstream resolvers. The verdicts come from the `guard` crate; this
 //! module is the sockets around it.
 
-use crate::config::{BlockResponse, Guard};
+use crate::config::{BlockResponse, Guard, ListSource};
 use crate::store::Store;
 use anyhow::Context as _;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -158,7 +158,7 @@ struct Compiled {
 }
 
 /// Reads the list files and the local rules and compiles them.
-async fn compile(config: &Guard, store: &Store) -> anyhow::Result<Compiled> {
+async fn compile(config: &Guard, store: &Store, starting: bool) -> anyhow::Result<Compiled> {
     let mut local = List {
         name: LOCAL_RULES.to_owned(),
         block: Vec::new(),
@@ -173,11 +173,25 @@ async fn compile(config: &Guard, store: &Store) -> anyhow::Result<Compiled> {
     }
     // The owner's own rules come first, so their blocks are the ones reported.
     let mut lists = vec![local];
-    for path in &config.blocklists {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading block list {}", path.display()))?;
-        let list = List::parse(&path.display().to_string(), &text);
-        tracing::info!(list = %path.display(), blocked = list.block.len(), excepted = list.allow.len(), skipped = list.skipped, "block list loaded");
+    for source in &config.blocklists {
+        let text = match source {
+            ListSource::File(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading block list {}", path.display()))?,
+            ListSource::Url(url) => match fetch_list(url, &config.list_cache).await {
+                Ok(text) => text,
+                // At start a list server that is down must not keep the node (and its VPN)
+                // down: the list starts empty and the next reload tries again. On reload the
+                // error keeps the lists in use.
+                Err(e) if starting => {
+                    tracing::warn!(list = %url, "{e:#}; starting without this list");
+                    String::new()
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let name = source.name();
+        let list = List::parse(&name, &text);
+        tracing::info!(list = %name, blocked = list.block.len(), excepted = list.allow.len(), skipped = list.skipped, "block list loaded");
         lists.push(list);
     }
     Ok(Compiled {
@@ -186,6 +200,77 @@ async fn compile(config: &Guard, store: &Store) -> anyhow::Result<Compiled> {
         per_peer: compile_peer_rules(store).await?,
         disabled: disabled_categories(store).await?,
     })
+}
+
+/// Largest block list downloaded.
+const MAX_LIST_BYTES: u64 = 256 << 20;
+/// How long one download may take.
+const LIST_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The cache file of a list URL: its readable part, and a hash so that different URLs never
+/// share a file.
+fn cache_file(cache: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let readable: String = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(80)
+        .collect();
+    // FNV-1a: stable across releases, unlike std's DefaultHasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in url.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    cache.join(format!("{readable}-{h:016x}.txt"))
+}
+
+/// Downloads a block list, keeping the copy in `cache`; when the download fails, the cached
+/// copy from the last success is used.
+async fn fetch_list(url: &str, cache: &std::path::Path) -> anyhow::Result<String> {
+    let file = cache_file(cache, url);
+    let owned = url.to_owned();
+    let downloaded = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(LIST_DOWNLOAD_TIMEOUT))
+            .user_agent(concat!("nx1/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let mut response = agent.get(&owned).call()?;
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_LIST_BYTES)
+            .read_to_string()?;
+        Ok(text)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    match downloaded {
+        Ok(text) => {
+            std::fs::create_dir_all(cache)
+                .with_context(|| format!("creating {}", cache.display()))?;
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, &text)
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .with_context(|| format!("keeping a copy of {url} in {}", file.display()))?;
+            Ok(text)
+        }
+        Err(e) => match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                tracing::warn!(list = %url, "downloading block list: {e:#}; using the copy from the last download");
+                Ok(text)
+            }
+            Err(_) => Err(e.context(format!("downloading block list {url} (no earlier copy)"))),
+        },
+    }
 }
 
 /// The categories each peer turned off, by its tunnel addresses.
@@ -439,7 +524,7 @@ impl GuardService {
         addresses: &[IpAddr],
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
-        let compiled = compile(config, store).await?;
+        let compiled = compile(config, store, true).await?;
         let models = load_models(config)?;
         let upstreams = if config.upstreams.is_empty() {
             let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -565,7 +650,7 @@ impl GuardService {
 
     /// Re-reads the list files and local rules; on any error the lists in use stay.
     pub async fn reload(&self, store: &Store) -> anyhow::Result<()> {
-        let compiled = compile(&self.config, store).await?;
+        let compiled = compile(&self.config, store, false).await?;
         *self.compiled.write() = Arc::new(compiled);
         Ok(())
     }
@@ -1205,6 +1290,7 @@ mod tests {
             cache: Mutex::new(Cache::default()),
             config: Guard {
                 blocklists: Vec::new(),
+                list_cache: std::path::PathBuf::from("/nonexistent"),
                 upstreams: Vec::new(),
                 block_response: response,
                 actions: crate::config::Actions {
@@ -1379,7 +1465,7 @@ mod tests {
         let ads = dir.path().join("ads.txt");
         std::fs::write(&ads, "||ads.example^\n").unwrap();
         let mut g = service(&[], BlockResponse::Zero);
-        g.config.blocklists = vec![ads.clone()];
+        g.config.blocklists = vec![ListSource::File(ads.clone())];
         g.reload(&store).await.unwrap();
         let ads = ads.display().to_string();
         let (a4, b6) = (IpAddr::V4(a.ipv4), IpAddr::V6(b.ipv6));
@@ -1428,6 +1514,59 @@ mod tests {
         let m = ask(&g, "yaochykossjcyjla.su.", RecordType::A).await;
         assert_eq!(m.answers[0].data, RData::A(A(Ipv4Addr::UNSPECIFIED)));
         assert_eq!(g.counters.model_blocks.load(Relaxed), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn lists_are_downloaded_kept_and_used_when_their_server_is_down() {
+        // A list server whose answer the test changes, and can make fail.
+        let body = Arc::new(Mutex::new(Some("||remote.example^\n".to_owned())));
+        let served = body.clone();
+        let app = axum::Router::new().route(
+            "/list.txt",
+            axum::routing::get(move || {
+                let served = served.clone();
+                async move {
+                    match served.lock().clone() {
+                        Some(text) => (axum::http::StatusCode::OK, text),
+                        None => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{addr}/list.txt");
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::testing::TestDb::sqlite();
+        let store = Store::open(&db.database, 1).await.unwrap();
+        let mut g = service(&[], BlockResponse::Zero);
+        g.config.blocklists = vec![ListSource::Url(url.clone())];
+        g.config.list_cache = dir.path().join("lists-cache");
+        g.reload(&store).await.unwrap();
+        assert_eq!(g.list_names()[1], url);
+        let blocked = |g: &GuardService, name: &str| {
+            matches!(g.lists_verdict(name, None), Verdict::Blocked { .. })
+        };
+        assert!(blocked(&g, "x.remote.example"));
+        // A changed list is fetched again on reload.
+        *body.lock() = Some("||other.example^\n".to_owned());
+        g.reload(&store).await.unwrap();
+        assert!(blocked(&g, "other.example") && !blocked(&g, "remote.example"));
+        // The server fails: the copy of the last download is used.
+        *body.lock() = None;
+        g.reload(&store).await.unwrap();
+        assert!(blocked(&g, "other.example"));
+        // No copy and no server: a reload fails (the lists in use stay), a start goes on
+        // without the list.
+        std::fs::remove_dir_all(dir.path().join("lists-cache")).unwrap();
+        let e = g.reload(&store).await.unwrap_err();
+        assert!(format!("{e:#}").contains("no earlier copy"), "{e:#}");
+        assert!(blocked(&g, "other.example"));
+        let started = compile(&g.config, &store, true).await.unwrap();
+        assert_eq!(started.lists.blocked_len(), 0);
         store.close().await;
     }
 
