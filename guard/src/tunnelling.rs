@@ -1,6 +1,106 @@
 //! DNS tunnelling: data smuggled out in query names shows up as long labels of encoded bytes
 //! (base32, hex, base64): long, varied, and with few vowels (about 16% in random base32, 12%
 //! in hex). Ordinary names, even long ones made of words, have well over 32% vowels.
+//!
+//! A tunnel that keeps its labels short shows up by volume instead: many *distinct* names
+//! under one domain from one client ([`QueryVolume`]).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Queries are counted over windows this long.
+pub const VOLUME_WINDOW: Duration = Duration::from_secs(60);
+/// Distinct names under one domain from one client, within a window, that make a tunnel
+/// (5 a second; a busy browser page asks for a few dozen names under one domain at most).
+pub const VOLUME_THRESHOLD: usize = 300;
+/// (client, domain) pairs counted at most per window; beyond it new pairs are not counted.
+pub const VOLUME_PAIRS: usize = 10_000;
+/// How long a client's queries under a domain it tunnelled through are blocked.
+pub const VOLUME_BLOCK: Duration = Duration::from_secs(600);
+
+/// A tunnel found by volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeFinding {
+    /// The registrable domain the names were under.
+    pub domain: String,
+    /// Distinct names seen.
+    pub names: usize,
+}
+
+impl std::fmt::Display for VolumeFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} distinct names under {} within {} s",
+            self.names,
+            self.domain,
+            VOLUME_WINDOW.as_secs()
+        )
+    }
+}
+
+/// Per-client query volume under each registrable domain.
+#[derive(Debug, Default)]
+pub struct QueryVolume {
+    window_start: Option<Instant>,
+    /// Hashes of the distinct names seen, per (client, domain), up to the threshold.
+    names: HashMap<(IpAddr, String), HashSet<u64>>,
+    /// (client, domain) pairs blocked, until when.
+    blocked: HashMap<(IpAddr, String), Instant>,
+}
+
+impl QueryVolume {
+    /// Counts a query for `name` from `client`; a finding when it makes the client's distinct
+    /// names under that domain reach [`VOLUME_THRESHOLD`] (reported once per window).
+    pub fn count(&mut self, client: IpAddr, name: &str, now: Instant) -> Option<VolumeFinding> {
+        if self
+            .window_start
+            .is_none_or(|s| now.saturating_duration_since(s) >= VOLUME_WINDOW)
+        {
+            self.window_start = Some(now);
+            self.names.clear();
+            self.blocked.retain(|_, until| *until > now);
+        }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let domain = psl::domain_str(&name)?.to_owned();
+        if name == domain {
+            return None;
+        }
+        let key = (client, domain);
+        if !self.names.contains_key(&key) && self.names.len() >= VOLUME_PAIRS {
+            return None;
+        }
+        let seen = self.names.entry(key.clone()).or_default();
+        if seen.len() >= VOLUME_THRESHOLD {
+            return None;
+        }
+        seen.insert(fnv(&name));
+        if seen.len() < VOLUME_THRESHOLD {
+            return None;
+        }
+        let names = seen.len();
+        self.blocked.insert(key.clone(), now + VOLUME_BLOCK);
+        Some(VolumeFinding {
+            domain: key.1,
+            names,
+        })
+    }
+
+    /// Whether `client`'s queries for `name` are blocked for tunnelling through its domain.
+    pub fn blocked(&self, client: IpAddr, name: &str, now: Instant) -> Option<&str> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let domain = psl::domain_str(&name)?;
+        let (key, until) = self.blocked.get_key_value(&(client, domain.to_owned()))?;
+        (now < *until).then_some(key.1.as_str())
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// A label this long or longer is examined.
 pub const MIN_LABEL: usize = 40;
@@ -113,5 +213,45 @@ mod tests {
     fn entropy_is_measured_in_bits() {
         assert_eq!(entropy("aaaa"), 0.0);
         assert!((entropy("abcd") - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn many_distinct_names_under_one_domain_are_a_tunnel() {
+        let mut v = QueryVolume::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.87.0.2".parse().unwrap(), "10.87.0.3".parse().unwrap());
+        let t0 = Instant::now();
+        // The same names again and again are no tunnel.
+        for i in 0..2000 {
+            assert_eq!(
+                v.count(a, &format!("w{}.news.example.com", i % 40), t0),
+                None
+            );
+        }
+        let mut found = None;
+        for i in 0..VOLUME_THRESHOLD {
+            found = v
+                .count(a, &format!("q{i}x.t.exfil.example.org."), t0)
+                .or(found);
+            assert!(
+                v.count(b, &format!("p{i}.exfil.example.org"), t0).is_none()
+                    || i + 1 == VOLUME_THRESHOLD
+            );
+        }
+        let f = found.expect("a finding");
+        assert_eq!(f.domain, "example.org");
+        assert_eq!(
+            f.to_string(),
+            "300 distinct names under example.org within 60 s"
+        );
+        assert_eq!(
+            v.blocked(a, "anything.example.org", t0),
+            Some("example.org")
+        );
+        assert_eq!(v.blocked(a, "news.example.com", t0), None);
+        // Reported once; the block outlasts the window and then ends.
+        assert_eq!(v.count(a, "more.example.org", t0), None);
+        let later = t0 + VOLUME_WINDOW;
+        assert!(v.blocked(a, "x.example.org", later).is_some());
+        assert_eq!(v.blocked(a, "x.example.org", t0 + VOLUME_BLOCK), None);
     }
 }

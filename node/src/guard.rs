@@ -509,6 +509,8 @@ pub struct GuardService {
     findings: Mutex<VecDeque<Finding>>,
     /// Findings since the start, by list or detector.
     finding_counts: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Distinct names per client and domain, for tunnels that keep their labels short.
+    volume: Mutex<nx1_guard::tunnelling::QueryVolume>,
     models: Vec<nx1_guard::model::Model>,
     /// Counters.
     pub counters: GuardCounters,
@@ -552,6 +554,7 @@ impl GuardService {
             block_response: config.block_response,
             findings: Mutex::new(VecDeque::new()),
             finding_counts: Mutex::new(Default::default()),
+            volume: Mutex::new(Default::default()),
             models,
             counters: GuardCounters::default(),
             listen: sockets.iter().filter_map(|s| s.local_addr().ok()).collect(),
@@ -588,6 +591,26 @@ impl GuardService {
             client.map(|c| c.to_canonical()),
             category,
         )
+    }
+
+    /// DNS tunnelling by volume: counts the query, and blocks it when the client has asked
+    /// for too many distinct names under its domain.
+    fn volume_verdict(&self, name: &str, client: IpAddr) -> Verdict {
+        let now = std::time::Instant::now();
+        let mut volume = self.volume.lock();
+        if let Some(domain) = volume.blocked(client, name, now) {
+            return Verdict::Blocked {
+                list: TUNNELLING.into(),
+                rule: format!("{domain} blocked for this client after a tunnel by query volume"),
+            };
+        }
+        match volume.count(client, name, now) {
+            Some(found) => Verdict::Blocked {
+                list: TUNNELLING.into(),
+                rule: format!("query volume: {found}"),
+            },
+            None => Verdict::Unlisted,
+        }
     }
 
     /// Guard's whole verdict on a name, as `client` (or, without one, everyone) gets it: the
@@ -705,7 +728,12 @@ impl GuardService {
         }
         let question = &message.queries[0];
         let name = question.name().to_ascii();
-        let verdict = self.judge(&name, Some(client)).verdict;
+        let verdict = match self.judge(&name, Some(client)).verdict {
+            Verdict::Unlisted if !self.is_disabled(Some(client), "tunnelling") => {
+                self.volume_verdict(&name, client)
+            }
+            verdict => verdict,
+        };
         let allowed = matches!(verdict, Verdict::Allowed { .. });
         if let Verdict::Blocked { list, rule } = verdict {
             self.counters.blocked.fetch_add(1, Relaxed);
@@ -1316,6 +1344,7 @@ mod tests {
             block_response: response,
             findings: Mutex::new(VecDeque::new()),
             finding_counts: Mutex::new(Default::default()),
+            volume: Mutex::new(Default::default()),
             models: [
                 nx1_guard::model::Kind::Dga,
                 nx1_guard::model::Kind::Phishing,
