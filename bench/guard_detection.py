@@ -857,8 +857,8 @@ def episode(lab: Lab, attack: Attack, rnd: int) -> tuple[list[dict], dict]:
         started = lab.start_node(learning)
         lab.connect_client()
         ready = lab.wait_ready()
-        log(f"{attack.name} run {rnd}: node up after {started:.1f}s, tunnel ready after "
-            f"{ready:.1f}s")
+        log(f"{attack.name} run {rnd}: node up after {started:.2f}s, tunnel ready after "
+            f"{ready:.2f}s")
         rows, extra = run_attack(lab, attack, rnd)
         extra.update(node_start_s=round(started, 2), ready_s=round(ready, 2),
                      learning_secs=learning)

@@ -56,6 +56,9 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
             "--address=/rebind.test/10.0.0.5",
             "--address=/printer.lan/192.168.1.9",
             "--address=/yaochykossjcyjla.su/198.18.2.83",
+            &format!("--txt-record=big.test,{}", "a".repeat(250)),
+            &format!("--txt-record=big.test,{}", "b".repeat(250)),
+            &format!("--txt-record=big.test,{}", "c".repeat(250)),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,6 +85,20 @@ fn listed_names_are_blocked_with_their_reason_and_the_rest_resolves_upstream() {
         dig(&lab, "10.87.0.1", "ok.blocked.test", "A"),
         "198.18.2.81"
     );
+
+    // DNS over TCP: the same verdicts, and answers too large for UDP arrive whole.
+    assert_eq!(
+        dig(&lab, "10.87.0.1", "+tcp x.blocked.test", "A"),
+        "0.0.0.0"
+    );
+    assert_eq!(
+        dig(&lab, "10.87.0.1", "+tcp allowed.test", "A"),
+        "198.18.2.80"
+    );
+    let udp = lab.in_cli("dig @10.87.0.1 +noedns +ignore +time=2 big.test TXT");
+    assert!(text(&udp.stdout).contains(" tc"), "{}", text(&udp.stdout));
+    let tcp = dig(&lab, "10.87.0.1", "+tcp +noedns big.test", "TXT");
+    assert_eq!(tcp.lines().count(), 3, "{tcp}");
 
     // DNS rebinding: a public name answered with a private address is refused and recorded;
     // a local-only name may resolve privately.

@@ -447,6 +447,8 @@ pub async fn set_rule(store: &Store, domain: &str, action: Option<&str>) -> anyh
 const CACHE_ENTRIES: usize = 20_000;
 /// Longest an answer is kept, whatever its TTL says.
 const CACHE_MAX_TTL: u32 = 3600;
+/// Largest answer kept (the DNS flag day's safe UDP size).
+const CACHE_MAX_ANSWER: usize = 1232;
 /// How long an answer with no records (NXDOMAIN, NODATA) is kept.
 const CACHE_NEGATIVE_TTL: u32 = 30;
 
@@ -484,7 +486,8 @@ impl Cache {
             .min()
             .unwrap_or(CACHE_NEGATIVE_TTL)
             .min(CACHE_MAX_TTL);
-        if ttl == 0 {
+        // Answers only TCP can carry are not kept: a UDP client could not take them.
+        if ttl == 0 || answer.len() > CACHE_MAX_ANSWER {
             return;
         }
         if self.entries.len() >= CACHE_ENTRIES {
@@ -541,10 +544,15 @@ impl GuardService {
             );
         }
         let mut sockets = Vec::new();
+        let mut listeners = Vec::new();
         for ip in addresses {
             let addr = SocketAddr::new(*ip, 53);
             sockets
                 .push(bind_dns(addr).with_context(|| format!("binding the DNS server on {addr}"))?);
+            listeners.push(
+                bind_dns_tcp(addr)
+                    .with_context(|| format!("binding the DNS server on {addr} (TCP)"))?,
+            );
         }
         let service = Arc::new(Self {
             cache: Mutex::new(Cache::default()),
@@ -561,6 +569,15 @@ impl GuardService {
         });
         for socket in sockets {
             tokio::spawn(serve(Arc::new(socket), service.clone(), stop.clone()));
+        }
+        let connections = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
+        for listener in listeners {
+            tokio::spawn(serve_tcp(
+                listener,
+                service.clone(),
+                connections.clone(),
+                stop.clone(),
+            ));
         }
         Ok(service)
     }
@@ -708,6 +725,13 @@ impl GuardService {
 
     /// The answer to one query datagram from `client`, if any is due.
     async fn answer(&self, query: &[u8], client: IpAddr) -> Option<Vec<u8>> {
+        self.answer_over(query, client, false).await
+    }
+
+    /// The answer to one query from `client`, which asked over TCP if `tcp` (then an answer
+    /// too large for UDP is fetched whole; over UDP the client gets it truncated and retries
+    /// over TCP).
+    async fn answer_over(&self, query: &[u8], client: IpAddr, tcp: bool) -> Option<Vec<u8>> {
         let message = match Message::from_vec(query) {
             Ok(m) => m,
             Err(_) => {
@@ -784,7 +808,7 @@ impl GuardService {
             return Some(answer);
         }
         self.counters.forwarded.fetch_add(1, Relaxed);
-        let Some((answer, parsed)) = self.forward(query, question).await else {
+        let Some((answer, parsed)) = self.forward(query, question, tcp).await else {
             self.counters.upstream_failures.fetch_add(1, Relaxed);
             return Message::error_msg(id, message.metadata.op_code, ResponseCode::ServFail)
                 .to_vec()
@@ -828,6 +852,7 @@ impl GuardService {
         &self,
         query: &[u8],
         question: &hickory_proto::op::Query,
+        tcp: bool,
     ) -> Option<(Vec<u8>, Message)> {
         let client_id = [query[0], query[1]];
         let mut id = [0u8; 2];
@@ -862,6 +887,16 @@ impl GuardService {
                     && answer.metadata.message_type == MessageType::Response
                     && same_question
                 {
+                    // Too large for UDP: ask the same upstream over TCP.
+                    if tcp
+                        && answer.metadata.truncation
+                        && let Some(mut full) = ask_tcp(*upstream, &ours).await
+                        && let Ok(parsed) = Message::from_vec(&full)
+                        && parsed.metadata.id == u16::from_be_bytes(id)
+                    {
+                        full[..2].copy_from_slice(&client_id);
+                        return Some((full, parsed));
+                    }
                     buf.truncate(n);
                     buf[..2].copy_from_slice(&client_id);
                     return Some((buf, answer));
@@ -1286,6 +1321,103 @@ fn bind_dns(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// A listening TCP socket on a tunnel address (free-bind, as for UDP).
+fn bind_dns_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// TCP connections served at once (beyond, new ones wait in the backlog).
+const TCP_CONNECTIONS: usize = 256;
+/// A TCP connection idle this long is closed (RFC 7766 suggests seconds).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Answers DNS over TCP (RFC 7766: two-byte length, then the message; several queries per
+/// connection, answered in order) until told to stop.
+async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    guard: Arc<GuardService>,
+    connections: Arc<tokio::sync::Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            () = crate::daemon::stopped(&mut stop) => return,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            () = crate::daemon::stopped(&mut stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((mut stream, from)) = accepted else {
+            continue;
+        };
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let _permit = permit;
+            loop {
+                let mut len = [0u8; 2];
+                let read = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                let read = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let Some(answer) = guard.answer_over(&query, from.ip(), true).await else {
+                    return;
+                };
+                let Ok(n) = u16::try_from(answer.len()) else {
+                    return;
+                };
+                let mut framed = Vec::with_capacity(answer.len() + 2);
+                framed.extend_from_slice(&n.to_be_bytes());
+                framed.extend_from_slice(&answer);
+                if stream.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Asks `upstream` over TCP (for answers too large for UDP).
+async fn ask_tcp(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(upstream).await.ok()?;
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&u16::try_from(query.len()).ok()?.to_be_bytes());
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await.ok()?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.ok()?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await.ok()?;
+        Some(answer)
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
+        .await
+        .ok()?
 }
 
 /// Answers queries on one socket until told to stop.
