@@ -144,8 +144,21 @@ pub struct Flow {
     pub bytes_down: u64,
     /// Bytes the peer sent, at the last [`FlowTable::take_top_uploader`].
     bytes_up_mark: u64,
-    /// Guard blocked it: its packets are dropped both ways until it expires.
-    pub blocked: bool,
+    /// Guard blocked it: its packets are dropped both ways until then.
+    pub blocked_until: Option<Instant>,
+}
+
+impl Flow {
+    fn seen(&mut self, now: Instant) -> Seen {
+        match self.blocked_until {
+            Some(until) if now < until => Seen::Blocked,
+            Some(_) => {
+                self.blocked_until = None;
+                Seen::Known
+            }
+            None => Seen::Known,
+        }
+    }
 }
 
 /// What the table made of a packet.
@@ -168,7 +181,7 @@ pub struct FlowCounters {
     pub created: u64,
     /// Flows forgotten after going idle.
     pub expired: u64,
-    /// New flows not tracked for lack of room.
+    /// Packets of flows not tracked for lack of room.
     pub untracked: u64,
     /// Times emergency mode was entered.
     pub emergencies: u64,
@@ -233,11 +246,7 @@ impl FlowTable {
         if let Some(flow) = self.flows.get_mut(&packet.key) {
             flow.last = now;
             flow.bytes_up += packet.len as u64;
-            return if flow.blocked {
-                Seen::Blocked
-            } else {
-                Seen::Known
-            };
+            return flow.seen(now);
         }
         let held = self.flows_of(peer);
         let fair_share = self.capacity / self.per_peer.len().max(1);
@@ -255,7 +264,7 @@ impl FlowTable {
                 bytes_up: packet.len as u64,
                 bytes_down: 0,
                 bytes_up_mark: 0,
-                blocked: false,
+                blocked_until: None,
             },
         );
         // A peer number is only inserted with its first flow; the map was sized for it.
@@ -274,30 +283,38 @@ impl FlowTable {
             Some(flow) => {
                 flow.last = now;
                 flow.bytes_down += packet.len as u64;
-                if flow.blocked {
-                    Seen::Blocked
-                } else {
-                    Seen::Known
-                }
+                flow.seen(now)
             }
             None => Seen::Untracked,
         }
     }
 
-    /// Blocks the flow `key` (seen from the peer), if tracked.
-    pub fn block(&mut self, key: &FlowKey) -> bool {
-        self.flows.get_mut(key).map(|f| f.blocked = true).is_some()
+    /// Blocks the flow `key` (seen from the peer) until `until`, if tracked.
+    pub fn block(&mut self, key: &FlowKey, until: Instant) -> bool {
+        self.flows
+            .get_mut(key)
+            .map(|f| f.blocked_until = Some(until))
+            .is_some()
     }
 
-    /// Blocks every tracked flow of `peer` to `remote` (and `remote_port`, unless 0).
-    pub fn block_remote(&mut self, peer: u32, remote: IpAddr, remote_port: u16) -> usize {
+    /// Blocks every tracked flow of `peer` to `remote` over `protocol` (and to `remote_port`,
+    /// unless 0) until `until`.
+    pub fn block_remote(
+        &mut self,
+        peer: u32,
+        protocol: u8,
+        remote: IpAddr,
+        remote_port: u16,
+        until: Instant,
+    ) -> usize {
         let mut n = 0;
         for (key, flow) in self.flows.iter_mut() {
             if flow.peer == peer
+                && key.protocol == protocol
                 && key.remote == remote
                 && (remote_port == 0 || key.remote_port == remote_port)
             {
-                flow.blocked = true;
+                flow.blocked_until = Some(until);
                 n += 1;
             }
         }
@@ -338,12 +355,6 @@ impl FlowTable {
         if self.emergency && (self.flows.len() as f64) < self.capacity as f64 * EMERGENCY_EXIT {
             self.emergency = false;
         }
-    }
-
-    /// Forgets every flow of `peer` (it was removed).
-    pub fn forget_peer(&mut self, peer: u32) {
-        self.flows.retain(|_, f| f.peer != peer);
-        self.per_peer.remove(&peer);
     }
 }
 
@@ -407,10 +418,13 @@ mod tests {
         assert_eq!(t.flows_of(1), 1);
         let flow = t.flows[&out.key];
         assert_eq!((flow.bytes_up, flow.bytes_down), (80, 40));
-        assert!(t.block(&out.key));
+        assert!(t.block(&out.key, now + Duration::from_secs(5)));
         assert_eq!(t.outbound(1, &out, now), Seen::Blocked);
         assert_eq!(t.inbound(&back, now), Seen::Blocked);
-        t.expire(now + IDLE);
+        // The block ends at its time, whatever traffic the flow keeps sending.
+        let later = now + Duration::from_secs(5);
+        assert_eq!(t.outbound(1, &out, later), Seen::Known);
+        t.expire(later + IDLE);
         assert!(t.is_empty());
         assert_eq!(t.flows_of(1), 0);
         assert_eq!(t.counters.expired, 1);
@@ -462,7 +476,13 @@ mod tests {
         t.outbound(1, &small, now);
         assert_eq!(t.take_top_uploader(1), Some((small.key, 40)));
         assert_eq!(t.take_top_uploader(7), None);
-        assert_eq!(t.block_remote(1, big.key.remote, 443), 1);
+        let until = now + Duration::from_secs(60);
+        assert_eq!(
+            t.block_remote(1, 17, big.key.remote, 443, until),
+            0,
+            "not UDP"
+        );
+        assert_eq!(t.block_remote(1, 6, big.key.remote, 443, until), 1);
         assert_eq!(t.outbound(1, &big, now), Seen::Blocked);
     }
 }

@@ -1,6 +1,8 @@
-//! Guard: the detection logic of NX1's exit — block lists for DNS, and (to come) learned
-//! domain scoring and per-peer traffic anomalies. Pure code over plain data: no sockets, no
-//! files, no clocks it does not take as input; the `nx1` binary feeds it.
+//! Guard: the detection logic of NX1's exit — block lists, learned domain scoring and DNS
+//! tunnelling detection for its DNS server; a flow table, flood limits, scan detection and
+//! per-peer traffic detectors (bursts, beaconing, upload volume, an online anomaly score) for
+//! its packet path. Pure code over plain data: no sockets, no files, no clocks it does not
+//! take as input; the `nx1` binary feeds it.
 //!
 //! ```
 //! use nx1_guard::blocklist::{Blocklist, List, Verdict};

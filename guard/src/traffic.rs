@@ -15,8 +15,12 @@ use crate::flows::FlowKey;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Decay rates (per second) of the damped statistics: half-lives of 0.2 s, 1 s, 10 s, 100 s.
-pub const LAMBDAS: [f64; 4] = [5.0, 1.0, 0.1, 0.01];
+/// Decay rates (per second) of the damped statistics: half-lives of 1 s, 10 s and 100 s.
+pub const LAMBDAS: [f64; 3] = [1.0, 0.1, 0.01];
+/// Indexes into [`LAMBDAS`].
+const SHORT: usize = 0;
+const MEDIUM: usize = 1;
+const LONG: usize = 2;
 /// Destinations watched for beaconing per peer.
 const BEACON_SLOTS: usize = 32;
 /// Connection starts kept per destination.
@@ -451,14 +455,14 @@ impl PeerTraffic {
         let active = b.up_packets + b.down_packets > 0;
 
         // Bursts: new connections over ~1 s against the last ~100 s.
-        let burst = Self::rate(self.flows.0[1].w, 1, dt);
-        let usual = Self::rate(self.flows.0[3].w, 3, dt);
+        let burst = Self::rate(self.flows.0[SHORT].w, SHORT, dt);
+        let usual = Self::rate(self.flows.0[LONG].w, LONG, dt);
         if burst >= thresholds.burst_rate && burst >= thresholds.burst_factor * usual {
             report(0, &mut found, Detection::Burst { rate: burst, usual });
         }
 
         // Upload volume: bytes up over ~10 s against the learned baseline.
-        let upload = self.up.0[2].ls * (1.0 - decays[2]) / dt;
+        let upload = self.up.0[MEDIUM].ls * (1.0 - decays[MEDIUM]) / dt;
         if learned
             && upload >= thresholds.upload_rate
             && upload >= thresholds.upload_factor * self.upload_baseline
@@ -495,7 +499,7 @@ impl PeerTraffic {
             let flagged = learned && score >= thresholds.anomaly_score;
             if flagged {
                 self.anomalous_ticks += 1;
-                if self.anomalous_ticks == thresholds.anomaly_ticks.max(1) {
+                if self.anomalous_ticks >= thresholds.anomaly_ticks.max(1) {
                     let i = worst.0;
                     report(
                         2,
@@ -528,21 +532,21 @@ impl PeerTraffic {
     /// The feature vector, each on a log scale.
     fn features(&self, dt: f64) -> [f64; DIMS] {
         let mut x = [0.0; DIMS];
-        for (k, i) in [1usize, 2].into_iter().enumerate() {
+        for (k, i) in [SHORT, MEDIUM].into_iter().enumerate() {
             let decay = 1.0 - (-LAMBDAS[i] * dt).exp2();
             x[k * 4] = Self::rate(self.up.0[i].w, i, dt);
             x[k * 4 + 1] = self.up.0[i].ls * decay / dt;
             x[k * 4 + 2] = self.down.0[i].ls * decay / dt;
             x[k * 4 + 3] = Self::rate(self.flows.0[i].w, i, dt);
         }
-        x[8] = self.up.0[2].mean();
-        x[9] = self.up.0[2].std();
+        x[8] = self.up.0[MEDIUM].mean();
+        x[9] = self.up.0[MEDIUM].std();
         x.map(f64::ln_1p)
     }
 
     /// Bytes per second the peer sent over ~1 s.
     pub fn upload_rate(&self, dt: f64) -> f64 {
-        self.up.0[1].ls * (1.0 - (-LAMBDAS[1] * dt).exp2()) / dt
+        self.up.0[SHORT].ls * (1.0 - (-LAMBDAS[SHORT] * dt).exp2()) / dt
     }
 
     /// The peer's learned upload baseline, bytes/s.

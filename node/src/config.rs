@@ -839,13 +839,13 @@ on_anomaly = "alert"
 quarantine_secs = 300
 # Seconds of a peer's traffic learned before its upload baseline and anomaly score are used.
 learning_secs = 600
-# Flows (connections) the exit tracks at most: the flow table's memory cap (about 100 bytes
-# each). When nearly full, idle flows expire sooner and a peer beyond its fair share gets no
+# Flows (connections) the exit tracks at most: the flow table's memory cap (about 14 MB for
+# the default, allocated at start). When nearly full, idle flows expire sooner and a peer beyond its fair share gets no
 # new entries (its packets pass untracked).
 max_flows = 65536
 # Learned models that judge names no list knows: "dga" (algorithmically generated domains),
 # "phishing" (look-alikes of popular brands). A score at or above the threshold blocks the name;
-# 0 uses the model's own threshold, chosen for 0.1% false positives on its benign test set.
+# 0 uses the model's own threshold, chosen for 0.1% false positives on held-out benign names.
 models = ["dga", "phishing"]
 dga_threshold = 0.0
 phishing_threshold = 0.0

@@ -298,7 +298,7 @@ pub struct GuardStatus {
     /// Whether the flow table is in emergency mode (nearly full).
     #[serde(default)]
     pub flow_emergency: bool,
-    /// New flows not tracked for lack of room, since the start.
+    /// Packets of flows not tracked for lack of room, since the start.
     #[serde(default)]
     pub flows_untracked: u64,
 }

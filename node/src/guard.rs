@@ -1004,8 +1004,8 @@ struct PeerWatch {
     attempts: nx1_guard::scan::Attempts,
     flood: nx1_guard::flood::FloodLimiter,
     traffic: nx1_guard::traffic::PeerTraffic,
-    /// A beacon seen on a new flow, reported at the next tick.
-    beacon: Option<nx1_guard::traffic::Detection>,
+    /// Beacons seen on new flows, reported at the next tick.
+    beacons: [Option<nx1_guard::traffic::Detection>; 4],
     flood_reported: Option<std::time::Instant>,
     client: Option<IpAddr>,
     reported: Option<std::time::Instant>,
@@ -1014,8 +1014,8 @@ struct PeerWatch {
     burst_limit: Option<Limit>,
     /// Upload bytes, while an upload is rate-limited.
     upload_limit: Option<Limit>,
-    /// A beacon's destination blocked until then.
-    blocked: Option<(IpAddr, u16, std::time::Instant)>,
+    /// Beacon destinations blocked (protocol, address, port), each until its time.
+    blocked: [Option<(u8, IpAddr, u16, std::time::Instant)>; 4],
 }
 
 impl PeerWatch {
@@ -1025,14 +1025,14 @@ impl PeerWatch {
             attempts: Default::default(),
             flood: Default::default(),
             traffic: Default::default(),
-            beacon: None,
+            beacons: Default::default(),
             flood_reported: None,
             client: None,
             reported: None,
             quarantined_until: None,
             burst_limit: None,
             upload_limit: None,
-            blocked: None,
+            blocked: [None; 4],
         }
     }
 
@@ -1105,8 +1105,10 @@ impl FlowGuard {
             if watch.upload_limit.is_some_and(|l| now >= l.until) {
                 watch.upload_limit = None;
             }
-            if watch.blocked.is_some_and(|(_, _, until)| now >= until) {
-                watch.blocked = None;
+            for slot in &mut watch.blocked {
+                if slot.is_some_and(|(_, _, _, until)| now >= until) {
+                    *slot = None;
+                }
             }
             if let Some((kind, dropped)) = watch.flood.take_dropped()
                 && watch
@@ -1142,7 +1144,7 @@ impl FlowGuard {
                 self.report(watch.client, "TCP", "port scan detection", scan.to_string());
             }
             let mut found = watch.traffic.tick(now, &self.thresholds);
-            found.extend(watch.beacon.take());
+            found.extend(watch.beacons.iter_mut().filter_map(Option::take));
             for detection in found {
                 let (action, list) = match &detection {
                     Detection::Burst { .. } => (self.actions.burst, "connection burst detection"),
@@ -1163,12 +1165,25 @@ impl FlowGuard {
                     }
                     (Detection::Upload { .. }, Action::BlockFlow) => {
                         if let Some((key, _)) = flows.take_top_uploader(watch.id) {
-                            flows.block(&key);
+                            flows.block(&key, now + self.quarantine);
                         }
                     }
-                    (Detection::Beacon { remote, port, .. }, Action::BlockFlow) => {
-                        flows.block_remote(watch.id, *remote, *port);
-                        watch.blocked = Some((*remote, *port, now + self.quarantine));
+                    (
+                        Detection::Beacon {
+                            remote,
+                            port,
+                            protocol,
+                            ..
+                        },
+                        Action::BlockFlow,
+                    ) => {
+                        let until = now + self.quarantine;
+                        flows.block_remote(watch.id, *protocol, *remote, *port, until);
+                        // A free slot, or the one ending soonest.
+                        let slot = (0..watch.blocked.len())
+                            .min_by_key(|&i| watch.blocked[i].map(|b| b.3))
+                            .unwrap_or(0);
+                        watch.blocked[slot] = Some((*protocol, *remote, *port, until));
                     }
                     _ => self.act(watch, action, now),
                 }
@@ -1254,32 +1269,41 @@ impl nx1_vpn::device::Inspector for FlowGuard {
         {
             return false;
         }
-        if let Some((remote, port, _)) = watch.blocked
-            && parsed.key.remote == remote
-            && (port == 0 || parsed.key.remote_port == port)
-        {
+        let to_blocked = watch
+            .blocked
+            .iter()
+            .flatten()
+            .any(|(protocol, remote, port, _)| {
+                parsed.key.protocol == *protocol
+                    && parsed.key.remote == *remote
+                    && parsed.key.remote_port == *port
+            });
+        if to_blocked {
             return false;
         }
-        let new = !flows.contains(&parsed.key);
-        if new
-            && let Some(limit) = watch.burst_limit.as_mut()
+        if let Some(limit) = watch.burst_limit.as_mut()
+            && !flows.contains(&parsed.key)
             && !limit.take(1.0, now)
         {
             return false;
         }
-        match flows.outbound(watch.id, &parsed, now) {
+        let new = match flows.outbound(watch.id, &parsed, now) {
             Seen::Blocked => return false,
-            // Queries to this node's own DNS are not beacons, however regular.
-            Seen::New | Seen::Untracked if new => {
-                let own_dns = self.dns.listen.iter().any(|a| a.ip() == parsed.key.remote);
-                if !own_dns
-                    && let Some(beacon) = watch.traffic.new_flow(&parsed.key, now, &self.thresholds)
-                    && self.actions.beacon != Action::Allow
-                {
-                    watch.beacon = Some(beacon);
-                }
-            }
-            _ => {}
+            Seen::New => true,
+            // Not in the table (it is full): only a SYN is surely a new connection.
+            Seen::Untracked => parsed.syn,
+            Seen::Known => false,
+        };
+        // Queries to this node's own DNS are not beacons, however regular.
+        let own_dns = parsed.key.remote_port == 53
+            && self.dns.listen.iter().any(|a| a.ip() == parsed.key.remote);
+        if new
+            && !own_dns
+            && let Some(beacon) = watch.traffic.new_flow(&parsed.key, now, &self.thresholds)
+            && self.actions.beacon != Action::Allow
+            && let Some(slot) = watch.beacons.iter_mut().find(|b| b.is_none())
+        {
+            *slot = Some(beacon);
         }
         watch.attempts.outbound(packet, now);
         watch.traffic.outbound(parsed.len);

@@ -584,7 +584,7 @@ fn print_status(r: &control::StatusReport) {
             g.quarantined_peers
         );
         println!(
-            "  flows      {} of {} tracked{}, {} untracked",
+            "  flows      {} of {} tracked{}, {} packets untracked",
             g.flows,
             g.flow_capacity,
             if g.flow_emergency {

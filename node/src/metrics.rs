@@ -268,7 +268,7 @@ impl Collector for GuardCollector {
             }
             let metric = encoder.encode_descriptor(
                 "guard_flows_untracked",
-                "New flows not tracked for lack of room in the flow table",
+                "Packets of flows not tracked for lack of room in the flow table",
                 None,
                 MetricType::Counter,
             )?;
