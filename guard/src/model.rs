@@ -580,39 +580,40 @@ fn fold<'b>(label: &[u8], out: &'b mut [u8; 64]) -> &'b [u8] {
     &out[..n]
 }
 
-/// Decodes an internationalised label and folds the Cyrillic and Greek letters that look like
-/// Latin ones; `None` if it is not valid punycode or keeps other non-ASCII letters.
+/// Decodes an internationalised label and folds it to ASCII: accents dropped (compatibility
+/// decomposition without the combining marks: `blóckchäin` → `blockchain`), then the Cyrillic
+/// and Greek letters that look like Latin ones; `None` if it is not valid punycode or keeps
+/// other non-ASCII letters.
 fn fold_idn<'b>(label: &[u8], out: &'b mut [u8; 64]) -> Option<&'b [u8]> {
+    use unicode_normalization::{UnicodeNormalization as _, char::is_combining_mark};
     let encoded = std::str::from_utf8(label.strip_prefix(b"xn--")?).ok()?;
     let decoded = idna::punycode::decode_to_string(encoded)?;
     let mut ascii = [0u8; 64];
     let mut n = 0;
-    for c in decoded.chars() {
+    for c in decoded.nfkd().filter(|c| !is_combining_mark(*c)) {
         let a = match c {
             'a'..='z' | '0'..='9' | '-' => c as u8,
-            'а' | 'α' => b'a',
+            'а' | 'α' | 'ɑ' => b'a',
             'с' | 'ϲ' => b'c',
             'ԁ' => b'd',
             'е' | 'ε' => b'e',
             'һ' => b'h',
-            'і' | 'ı' | 'ι' | 'í' | 'ì' | 'ï' => b'i',
+            'і' | 'ı' | 'ι' => b'i',
             'ј' => b'j',
             'к' | 'κ' => b'k',
             'ӏ' | 'ł' => b'l',
             'м' => b'm',
             'ո' | 'η' => b'n',
-            'о' | 'ο' | 'ö' | 'ó' | 'ò' | 'ø' => b'o',
+            'о' | 'ο' | 'ø' => b'o',
             'р' | 'ρ' => b'p',
             'ԛ' => b'q',
             'ѕ' => b's',
             'т' | 'τ' => b't',
-            'υ' | 'ü' | 'ú' | 'ù' => b'u',
+            'υ' => b'u',
             'ν' => b'v',
             'ԝ' | 'ω' => b'w',
             'х' | 'χ' => b'x',
             'у' | 'ү' => b'y',
-            'á' | 'à' | 'ä' | 'â' | 'ã' | 'å' => b'a',
-            'é' | 'è' | 'ë' | 'ê' => b'e',
             _ => return None,
         };
         *ascii.get_mut(n)? = a;
@@ -899,6 +900,9 @@ mod tests {
         assert!(relation(&b, "paypal.com.account-check.example").in_sub);
         // "раураl" in Cyrillic, as punycode.
         let idn = relation(&b, "xn--l-7sba6dbr.com");
+        assert!(idn.idn && idn.homoglyph, "{idn:?}");
+        // "pаypàl" (Cyrillic а, accented à).
+        let idn = relation(&b, "xn--pypl-2na991c.com");
         assert!(idn.idn && idn.homoglyph, "{idn:?}");
         assert_eq!(relation(&b, "weather.com"), Relation::default());
     }
