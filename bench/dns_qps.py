@@ -3,7 +3,8 @@
 
 A client namespace sends DNS queries with dnsperf to Guard, NX1's filtering DNS server on the
 node's tunnel address 10.87.0.1, through a WireGuard tunnel (wireguard-go on the client, NX1 on
-the node), and to unbound, configured as a pure caching forwarder in the node namespace. Both
+the node), and to unbound, configured as a pure caching forwarder in the node namespace and
+reached through the same NX1 tunnel, through a wireguard-go tunnel, and over plain veth. All
 forward to the same upstream, dnsmasq in a third namespace. Guard carries a generated block
 list of 1,000,000 names. Mixes: names in the cache, names on the block list, names never asked
 before. Also records the node's memory and start time with and without the list.
@@ -72,6 +73,8 @@ ANSWER_TTL = 86400
 # NX1: its tunnel (default pool 10.87.0.0/16) and Guard on the node's tunnel address.
 NX1_IF, NX1_PORT = "nx1dx", 51820
 GUARD_ADDR, NX1_POOL = "10.87.0.1", "10.87.0.0/16"
+# unbound behind NX1's WireGuard: an address on the node's loopback, routed into the tunnel.
+UB_NX1_ADDR = "198.18.3.1"
 # unbound behind wireguard-go, in the node namespace as well.
 UB_WG_IF, UB_WG_PORT = "wgdu", 51821
 UB_WG_ADDR, UB_WG_SERVER_CIDR, UB_WG_CLIENT, UB_POOL = (
@@ -98,15 +101,18 @@ class Target:
     path: str  # how the client reaches it
     addr: str
     mixes: tuple[str, ...]
+    tag: str  # in the names of its uncached queries
 
 
 TARGETS = {
     "guard": Target("guard", "Guard (nx1)", "WireGuard: wireguard-go → nx1", GUARD_ADDR,
-                    ("cached", "blocked", "uncached")),
+                    ("cached", "blocked", "uncached"), "g"),
+    "unbound-nx1": Target("unbound-nx1", "unbound", "WireGuard: wireguard-go → nx1",
+                          UB_NX1_ADDR, ("cached", "uncached"), "n"),
     "unbound-wg": Target("unbound-wg", "unbound", "WireGuard: wireguard-go → wireguard-go",
-                         UB_WG_ADDR, ("cached", "uncached")),
+                         UB_WG_ADDR, ("cached", "uncached"), "w"),
     "unbound-veth": Target("unbound-veth", "unbound", "veth, no tunnel", NODE_CLI_ADDR,
-                           ("cached", "uncached")),
+                           ("cached", "uncached"), "v"),
 }
 ALL_MIXES = ("cached", "blocked", "uncached")
 KINDS = ("load", "light")  # closed-loop saturation, and a fixed low rate
@@ -540,7 +546,7 @@ class Lab:
             '  module-config: "iterator"',  # no validator: no DNSSEC validation
             "  qname-minimisation: no",
             "  prefetch: no",
-            '  local-zone: "test." nodefault',  # unbound refuses .test by default (RFC 6761)
+            '  local-zone: "test." nodefault',  # by default unbound answers .test NXDOMAIN itself
             "  do-not-query-localhost: no",
             "remote-control:",
             "  control-enable: no",
@@ -571,6 +577,8 @@ def target_procs(lab: Lab, target: str) -> dict[str, Daemon]:
     WireGuard server in front of it (for Guard both are the nx1 process)."""
     if target == "guard":
         return {"nx1": lab.nx1}
+    if target == "unbound-nx1":
+        return {"unbound": lab.unbound, "nx1": lab.nx1}
     if target == "unbound-wg":
         return {"unbound": lab.unbound, "wireguard-go-server": lab.tunnel_servers["unbound-wg"]}
     return {"unbound": lab.unbound}
@@ -645,7 +653,7 @@ def measure(lab: Lab, target: Target, mix: str, kind: str, rnd: int) -> dict:
         # for the whole run at --uncached-rate queries/s (light runs: their fixed rate).
         count = (a.uncached_rate if kind == "load" else a.light_qps) * seconds
         count = int(count * 1.2) + 1000
-        tag = f"{rnd}{'gwv'[list(TARGETS).index(target.name)]}{kind[0]}"
+        tag = f"{rnd}{target.tag}{kind}"
         datafile = lab.uncached_file(tag, count)
     procs = target_procs(lab, target.name)
     side = {"client-wireguard-go": lab.clients.get(target.name), "dnsmasq": lab.upstream}
@@ -755,6 +763,10 @@ def summarise(results: list[dict]) -> dict:
             "lost_total": sum(vals("lost")),
             "server_cpu_us_per_query_median": med(vals("server_cpu_us_per_query")),
             "server_core_pct_median": med(vals("server_core_pct")),
+            "server_cpu_us_per_query_by_process": {
+                proc: med([1e6 * r["server_cpu_s"][proc] / r["completed"]
+                           for r in rows if r["completed"]])
+                for proc in rows[0]["server_cpu_s"]},
         }
     return out
 
@@ -902,6 +914,9 @@ def main(argv: list[str]) -> int:
         "cached_names": args.cached_names, "blocked_names": args.blocked_names,
         "unbound_threads": args.unbound_threads, "seed": args.seed, "nx1": args.nx1_path,
         "zone": ZONE, "answer": f"{ANSWER_ADDR} TTL {ANSWER_TTL}",
+        # The repository revision below is the tree's at run time; this is when nx1 was built.
+        "nx1_mtime": datetime.datetime.fromtimestamp(
+            os.path.getmtime(args.nx1_path), datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     with contextlib.suppress(Exception):
         meta["dnsperf_version"] = dnsperf_version()
@@ -982,6 +997,13 @@ def main(argv: list[str]) -> int:
         # The clients and unbound.
         lab.clients["guard"] = lab.nx1_client()
         ub_ifaces = []
+        if "unbound-nx1" in args.targets:
+            # Delivered locally in the node namespace after NX1 decrypts it, like Guard's.
+            run(["ip", "-n", NS_NODE, "addr", "add", f"{UB_NX1_ADDR}/32", "dev", "lo"])
+            run(["ip", "-n", NS_CLI, "-4", "route", "replace", f"{UB_NX1_ADDR}/32", "dev",
+                 CLI_NX1_IF])
+            lab.clients["unbound-nx1"] = lab.clients["guard"]
+            ub_ifaces.append(UB_NX1_ADDR)
         if "unbound-wg" in args.targets:
             server, client = lab.unbound_tunnel()
             lab.tunnel_servers["unbound-wg"] = server
@@ -1001,7 +1023,8 @@ def main(argv: list[str]) -> int:
             if got != "0.0.0.0":
                 raise BenchError(f"Guard answered the listed {blocked_probe} with {got!r}")
             extra["guard_check"] = {n: lab.guard_check(n)
-                                    for n in (f"c0.{ZONE}", f"u1gl-0.{ZONE}", blocked_probe)}
+                                    for n in (f"c0.{ZONE}", f"u1g{KINDS[0]}-0.{ZONE}",
+                                              blocked_probe)}
             for n, v in extra["guard_check"].items():
                 log(f"nx1 guard check {n}: {v.get('verdict')} "
                     f"{[(s['model'], round(s['score'], 3), s['flagged']) for s in v.get('scores', [])]}")
@@ -1085,11 +1108,12 @@ def main(argv: list[str]) -> int:
     notes = []
     if "git" in meta:
         notes.append(f"repo {meta['git']}" + (f", {meta['nx1_version']}" if "nx1_version" in meta else "")
+                     + f" (binary built {meta['nx1_mtime']})"
                      + f"; unbound {word(meta.get('unbound_version'), 1)}; dnsmasq "
                      f"{word(meta.get('dnsmasq_version'), 2)}; wireguard-go "
                      f"{word(meta.get('wireguard_go_version'), 1)}")
-    notes += [f"{f['target'] or 'lab'} {f['mix'] or ''} {f['kind'] or ''} round {f['round']} "
-              f"failed: {f['error']}" for f in failures]
+    notes += [f"{f['target']} {f['mix']} {f['kind']} round {f['round']} failed: {f['error']}"
+              if f["target"] else f"lab failed: {f['error']}" for f in failures]
     for r in results:
         for c in r["checks"]:
             notes.append(f"{r['target']} {r['mix']} {r['kind']} round {r['round']}: {c}")
@@ -1098,9 +1122,9 @@ def main(argv: list[str]) -> int:
     notes.append(f"queries/s: dnsperf's completed queries over its run time (median over rounds, "
                  f"min–max); avg: dnsperf's average; p99: nearest-rank 99th percentile of the "
                  f"per-query latencies `dnsperf -v` prints (answered queries only); server CPU: "
-                 f"utime+stime of the server side (Guard: the nx1 process, tunnel included; "
-                 f"unbound behind WireGuard: unbound + the wireguard-go server) per answered "
-                 f"query"
+                 f"utime+stime of the server-side processes, tunnel server included, per "
+                 f"answered query (Guard: nx1; unbound behind nx1: unbound + nx1; behind "
+                 f"wireguard-go: unbound + wireguard-go; veth: unbound)"
                  + (f"; light load: the same mix at dnsperf -Q {args.light_qps}." if args.light_qps
                     else "."))
     if memory.get("list_file_bytes"):
@@ -1110,6 +1134,14 @@ def main(argv: list[str]) -> int:
     if "unbound_memory_after" in extra:
         notes.append(f"unbound VmRSS: {extra['unbound_memory_at_start']['VmRSS'] / 1024:.1f} MB at "
                      f"start, {extra['unbound_memory_after']['VmRSS'] / 1024:.1f} MB after the runs.")
+    split = []
+    for key, s in summary.items():
+        by = s["server_cpu_us_per_query_by_process"]
+        if key.endswith("/load") and len(by) > 1:
+            split.append(f"{key.rsplit('/', 1)[0]}: "
+                         + " + ".join(f"{p} {fmt_num(v, 1)}" for p, v in by.items()))
+    if split:
+        notes.append("server CPU µs/query by process (load runs, median): " + "; ".join(split))
     busy = [r["host_busy_pct_all_cores"] for r in results if r["kind"] == "load"]
     if busy:
         notes.append(f"host busy during the load runs: {min(busy):.0f}–{max(busy):.0f}% of all "

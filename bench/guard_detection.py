@@ -163,10 +163,14 @@ while True:
 '''
 
 # An HTTP fetch (one TCP connection, HTTP/1.0 GET) every PERIOD seconds on an absolute
-# schedule, COUNT times; prints "k start_monotonic_ns ok" for each.
+# schedule, COUNT times; prints "k start_monotonic_ns ok" for each. The address lookup and
+# socket setup run once before the schedule starts, so the first connection does not leave
+# later than the others.
 BEACON = r'''
 import socket, sys, time
 host, port, period, count = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
 start = time.monotonic()
 for k in range(count):
     target = start + k * period
@@ -722,7 +726,7 @@ class Lab:
         self.stop(sniffer.daemon)
         extra["host_busy_pct_all_cores"] = round(
             100 * (host1[0] - host0[0]) / max(host1[1] - host0[1], 1), 1)
-        extra["attack_output"] = attacker.output()[-2000:]
+        extra["attack_output"] = attacker.output()  # shortened by episode()
         if first:
             t0, t0_source = first["mono_ns"] / 1e9, "sniffed"
             extra["first_packet_len"] = first.get("len")
@@ -860,6 +864,7 @@ def episode(lab: Lab, attack: Attack, rnd: int) -> tuple[list[dict], dict]:
         log(f"{attack.name} run {rnd}: node up after {started:.2f}s, tunnel ready after "
             f"{ready:.2f}s")
         rows, extra = run_attack(lab, attack, rnd)
+        extra["attack_output"] = extra.get("attack_output", "")[-2000:]
         extra.update(node_start_s=round(started, 2), ready_s=round(ready, 2),
                      learning_secs=learning)
         return rows, extra
@@ -890,10 +895,11 @@ def row_notes(row: Row, results: list[dict]) -> list[str]:
     key = row.key
     extras = [r["extra"] for r in rs]
     if key in FLOOD_RATES:
-        rates = [e.get("peer_rx_packets_per_s") for e in extras if e.get("peer_rx_packets_per_s")]
-        if rates:
-            notes.append(f"packets/s reaching nx1 from the peer: "
-                         f"{join_values([f'{r / 1000:.0f}k' for r in rates])} "
+        sent = [e.get("client_tx_packets_per_s") for e in extras]
+        rates = [e.get("peer_rx_packets_per_s") for e in extras]
+        if any(rates):
+            k = lambda xs: join_values([f"{x / 1000:.0f}k" if x else "?" for x in xs])
+            notes.append(f"packets/s into the tunnel {k(sent)}, reaching nx1 {k(rates)} "
                          f"(bucket {FLOOD_RATES[key]:,}/s, burst {2 * FLOOD_RATES[key]:,})")
     if key.startswith("beacon-"):
         period = extras[0].get("period_s") if extras else None
@@ -1143,6 +1149,14 @@ def main(argv: list[str]) -> int:
     notes += [f"{f['attack'] or 'lab'} run {f['run']} failed: {f['error']}" for f in failures]
     if interrupted:
         notes.append(f"run interrupted: {interrupted}")
+    detected = [r for r in results if r["detected"]]
+    if detected:
+        ok = sum(1 for r in detected if r.get("at_consistent"))
+        spread_at = [r["at_minus_t0_s"] for r in detected if r.get("at_minus_t0_s") is not None]
+        notes.append(f"cross-check: the finding's `at` (whole seconds) lies between the first "
+                     f"packet and the poll in {ok} of {len(detected)} detections"
+                     + (f"; `at` − first packet: {min(spread_at):.2f} to {max(spread_at):.2f} s"
+                        if spread_at else ""))
     pc = meta.get("poll_call_ms")
     notes.append(
         "delay: from the first packet of the attack the client sends into the tunnel (kernel "

@@ -184,7 +184,7 @@ impl Node {
                 vpn.remove_live(&record.public_key);
                 // Its own Guard rules went with it (ON DELETE CASCADE).
                 if let Some(guard) = &self.guard
-                    && let Err(e) = guard.reload(&self.store).await
+                    && let Err(e) = guard.reload_rules(&self.store).await
                 {
                     tracing::warn!(error = %e, "reloading Guard after a peer removal failed");
                 }
@@ -287,7 +287,7 @@ impl Node {
             );
         }
         crate::guard::set_peer_category(&self.store, peer, category, enabled).await?;
-        guard.reload(&self.store).await?;
+        guard.reload_rules(&self.store).await?;
         Ok(Response::GuardCategories {
             peer: peer.into(),
             disabled: crate::guard::peer_categories(&self.store, peer).await?,
@@ -330,7 +330,7 @@ impl Node {
             }
             None => crate::guard::set_rule(&self.store, &domain, action_text).await?,
         }
-        guard.reload(&self.store).await?;
+        guard.reload_rules(&self.store).await?;
         self.guard_check(&domain, peer).await
     }
 

@@ -149,7 +149,11 @@ pub struct Judgement {
 
 /// The compiled lists, swapped whole on reload.
 struct Compiled {
+    /// The owner's `nx1 guard allow|deny` rules: checked before every list, so no list's
+    /// exception undoes the owner's deny.
+    local: Blocklist,
     lists: Blocklist,
+    /// Names of the local rules and of every list, in order.
     names: Vec<String>,
     /// Each peer's own allow/deny rules, by its tunnel addresses.
     per_peer: std::collections::HashMap<IpAddr, Arc<Blocklist>>,
@@ -157,12 +161,24 @@ struct Compiled {
     disabled: std::collections::HashMap<IpAddr, Arc<std::collections::HashSet<String>>>,
 }
 
+/// Why lists are being compiled, which decides how lists at URLs are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// The node starts: download; if that fails, the last copy; if none, start without it.
+    Start,
+    /// `nx1 guard reload`: download; if that fails, the last copy; if none, fail.
+    Reload,
+    /// Rules changed (allow/deny, categories, a peer removed): the last copy, downloading
+    /// only a list never downloaded before — a rule change does not wait on list servers.
+    Rules,
+}
+
 /// Reads the list files and the local rules and compiles them.
-async fn compile(config: &Guard, store: &Store, starting: bool) -> anyhow::Result<Compiled> {
+async fn compile(config: &Guard, store: &Store, load: Load) -> anyhow::Result<Compiled> {
     let mut local = List {
         name: LOCAL_RULES.to_owned(),
-        block: Vec::new(),
-        allow: Vec::new(),
+        block: Default::default(),
+        allow: Default::default(),
         skipped: 0,
     };
     for (domain, action) in rules(store).await? {
@@ -171,18 +187,18 @@ async fn compile(config: &Guard, store: &Store, starting: bool) -> anyhow::Resul
             _ => local.block.push(domain),
         }
     }
-    // The owner's own rules come first, so their blocks are the ones reported.
-    let mut lists = vec![local];
+    let local = Blocklist::compile(std::slice::from_ref(&local))?;
+    let mut lists = Vec::new();
     for source in &config.blocklists {
         let text = match source {
             ListSource::File(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading block list {}", path.display()))?,
-            ListSource::Url(url) => match fetch_list(url, &config.list_cache).await {
+            ListSource::Url(url) => match cached_or_fetched(url, &config.list_cache, load).await {
                 Ok(text) => text,
                 // At start a list server that is down must not keep the node (and its VPN)
                 // down: the list starts empty and the next reload tries again. On reload the
                 // error keeps the lists in use.
-                Err(e) if starting => {
+                Err(e) if load == Load::Start => {
                     tracing::warn!(list = %url, "{e:#}; starting without this list");
                     String::new()
                 }
@@ -195,8 +211,11 @@ async fn compile(config: &Guard, store: &Store, starting: bool) -> anyhow::Resul
         lists.push(list);
     }
     Ok(Compiled {
+        local,
         lists: Blocklist::compile(&lists)?,
-        names: lists.iter().map(|l| l.name.clone()).collect(),
+        names: std::iter::once(LOCAL_RULES.to_owned())
+            .chain(lists.iter().map(|l| l.name.clone()))
+            .collect(),
         per_peer: compile_peer_rules(store).await?,
         disabled: disabled_categories(store).await?,
     })
@@ -231,6 +250,21 @@ fn cache_file(cache: &std::path::Path, url: &str) -> std::path::PathBuf {
     cache.join(format!("{readable}-{h:016x}.txt"))
 }
 
+/// A list at a URL for `load`: for a rule change its last copy when there is one, otherwise
+/// downloaded.
+async fn cached_or_fetched(
+    url: &str,
+    cache: &std::path::Path,
+    load: Load,
+) -> anyhow::Result<String> {
+    if load == Load::Rules
+        && let Ok(text) = std::fs::read_to_string(cache_file(cache, url))
+    {
+        return Ok(text);
+    }
+    fetch_list(url, cache).await
+}
+
 /// Downloads a block list, keeping the copy in `cache`; when the download fails, the cached
 /// copy from the last success is used.
 async fn fetch_list(url: &str, cache: &std::path::Path) -> anyhow::Result<String> {
@@ -255,12 +289,14 @@ async fn fetch_list(url: &str, cache: &std::path::Path) -> anyhow::Result<String
     .and_then(|r| r);
     match downloaded {
         Ok(text) => {
-            std::fs::create_dir_all(cache)
-                .with_context(|| format!("creating {}", cache.display()))?;
+            // A copy that cannot be kept costs only the fallback, not the list.
             let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, &text)
-                .and_then(|()| std::fs::rename(&tmp, &file))
-                .with_context(|| format!("keeping a copy of {url} in {}", file.display()))?;
+            let kept = std::fs::create_dir_all(cache)
+                .and_then(|()| std::fs::write(&tmp, &text))
+                .and_then(|()| std::fs::rename(&tmp, &file));
+            if let Err(e) = kept {
+                tracing::warn!(list = %url, "cannot keep a copy in {}: {e}", file.display());
+            }
             Ok(text)
         }
         Err(e) => match std::fs::read_to_string(&file) {
@@ -361,8 +397,8 @@ async fn compile_peer_rules(
             (
                 List {
                     name: format!("{LOCAL_RULES} --peer {peer}"),
-                    block: Vec::new(),
-                    allow: Vec::new(),
+                    block: Default::default(),
+                    allow: Default::default(),
                     skipped: 0,
                 },
                 ips,
@@ -529,7 +565,7 @@ impl GuardService {
         addresses: &[IpAddr],
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
-        let compiled = compile(config, store, true).await?;
+        let compiled = compile(config, store, Load::Start).await?;
         let models = load_models(config)?;
         let upstreams = if config.upstreams.is_empty() {
             let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -592,6 +628,10 @@ impl GuardService {
             if verdict != Verdict::Unlisted {
                 return verdict;
             }
+        }
+        let local = compiled.local.check(name);
+        if local != Verdict::Unlisted {
+            return local;
         }
         match compiled.lists.check(name) {
             Verdict::Blocked { list, .. } if disabled(&compiled, client, &list) => {
@@ -685,12 +725,20 @@ impl GuardService {
 
     /// Names on the block lists.
     pub fn blocked_names(&self) -> usize {
-        self.compiled.read().lists.blocked_len()
+        let compiled = self.compiled.read();
+        compiled.local.blocked_len() + compiled.lists.blocked_len()
     }
 
     /// Re-reads the list files and local rules; on any error the lists in use stay.
     pub async fn reload(&self, store: &Store) -> anyhow::Result<()> {
-        let compiled = compile(&self.config, store, false).await?;
+        let compiled = compile(&self.config, store, Load::Reload).await?;
+        *self.compiled.write() = Arc::new(compiled);
+        Ok(())
+    }
+
+    /// Recompiles after a rule change: lists at URLs come from their last copies.
+    pub async fn reload_rules(&self, store: &Store) -> anyhow::Result<()> {
+        let compiled = compile(&self.config, store, Load::Rules).await?;
         *self.compiled.write() = Arc::new(compiled);
         Ok(())
     }
@@ -803,7 +851,12 @@ impl GuardService {
             u16::from(question.query_type()),
             u16::from(question.query_class()),
         );
-        if let Some(answer) = self.cache.lock().get(&key, id) {
+        let room = if tcp {
+            usize::MAX
+        } else {
+            usize::from(message.max_payload())
+        };
+        if let Some(answer) = self.cache.lock().get(&key, id).filter(|a| a.len() <= room) {
             self.counters.cache_hits.fetch_add(1, Relaxed);
             return Some(answer);
         }
@@ -871,7 +924,7 @@ impl GuardService {
             if socket.connect(upstream).await.is_err() || socket.send(&ours).await.is_err() {
                 continue;
             }
-            let mut buf = vec![0u8; 4096];
+            let mut buf = vec![0u8; 65_535];
             let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
             while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
                 let Ok(answer) = Message::from_vec(&buf[..n]) else {
@@ -893,6 +946,7 @@ impl GuardService {
                         && let Some(mut full) = ask_tcp(*upstream, &ours).await
                         && let Ok(parsed) = Message::from_vec(&full)
                         && parsed.metadata.id == u16::from_be_bytes(id)
+                        && parsed.queries == answer.queries
                     {
                         full[..2].copy_from_slice(&client_id);
                         return Some((full, parsed));
@@ -1005,7 +1059,7 @@ struct PeerWatch {
     flood: nx1_guard::flood::FloodLimiter,
     traffic: nx1_guard::traffic::PeerTraffic,
     /// Beacons seen on new flows, reported at the next tick.
-    beacons: [Option<nx1_guard::traffic::Detection>; 4],
+    beacons: [Option<nx1_guard::traffic::Detection>; 8],
     flood_reported: Option<std::time::Instant>,
     client: Option<IpAddr>,
     reported: Option<std::time::Instant>,
@@ -1281,8 +1335,14 @@ impl nx1_vpn::device::Inspector for FlowGuard {
         if to_blocked {
             return false;
         }
-        if let Some(limit) = watch.burst_limit.as_mut()
-            && !flows.contains(&parsed.key)
+        // A new connection: a TCP SYN, or the first packet of another protocol's flow.
+        let opens = if parsed.key.protocol == 6 {
+            parsed.syn
+        } else {
+            !flows.contains(&parsed.key)
+        };
+        if opens
+            && let Some(limit) = watch.burst_limit.as_mut()
             && !limit.take(1.0, now)
         {
             return false;
@@ -1493,6 +1553,7 @@ mod tests {
             compiled: parking_lot::RwLock::new(Arc::new(Compiled {
                 per_peer: Default::default(),
                 disabled: Default::default(),
+                local: Blocklist::compile(&[]).unwrap(),
                 names: parsed.iter().map(|l| l.name.clone()).collect(),
                 lists: Blocklist::compile(&parsed).unwrap(),
             })),
@@ -1740,6 +1801,14 @@ mod tests {
         *body.lock() = Some("||other.example^\n".to_owned());
         g.reload(&store).await.unwrap();
         assert!(blocked(&g, "other.example") && !blocked(&g, "remote.example"));
+        // A rule change does not wait on list servers: it uses the last copy.
+        *body.lock() = Some("||third.example^\n".to_owned());
+        g.reload_rules(&store).await.unwrap();
+        assert!(blocked(&g, "other.example") && !blocked(&g, "third.example"));
+        g.reload(&store).await.unwrap();
+        assert!(blocked(&g, "third.example"));
+        *body.lock() = Some("||other.example^\n".to_owned());
+        g.reload(&store).await.unwrap();
         // The server fails: the copy of the last download is used.
         *body.lock() = None;
         g.reload(&store).await.unwrap();
@@ -1750,8 +1819,29 @@ mod tests {
         let e = g.reload(&store).await.unwrap_err();
         assert!(format!("{e:#}").contains("no earlier copy"), "{e:#}");
         assert!(blocked(&g, "other.example"));
-        let started = compile(&g.config, &store, true).await.unwrap();
+        let started = compile(&g.config, &store, Load::Start).await.unwrap();
         assert_eq!(started.lists.blocked_len(), 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_owners_deny_beats_a_lists_exception() {
+        let db = crate::store::testing::TestDb::sqlite();
+        let store = Store::open(&db.database, 1).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("third-party.txt");
+        std::fs::write(&file, "@@||tracker.example^\n").unwrap();
+        let mut g = service(&[], BlockResponse::Zero);
+        g.config.blocklists = vec![ListSource::File(file)];
+        set_rule(&store, "tracker.example", Some("deny"))
+            .await
+            .unwrap();
+        g.reload(&store).await.unwrap();
+        let Verdict::Blocked { list, .. } = g.lists_verdict("x.tracker.example", None) else {
+            panic!("not blocked")
+        };
+        assert_eq!(list, LOCAL_RULES);
+        assert_eq!(g.blocked_names(), 1);
         store.close().await;
     }
 

@@ -267,6 +267,13 @@ impl Collector for GuardCollector {
                 ConstGauge::new(value).encode(metric)?;
             }
             let metric = encoder.encode_descriptor(
+                "guard_quarantines",
+                "Times Guard quarantined a peer",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(flows.quarantines.load(Relaxed)).encode(metric)?;
+            let metric = encoder.encode_descriptor(
                 "guard_flows_untracked",
                 "Packets of flows not tracked for lack of room in the flow table",
                 None,
