@@ -12,6 +12,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+
+/// The table's hasher: foldhash, seeded at random per table — several times faster than
+/// SipHash on a five-tuple, and a peer cannot predict it to aim collisions.
+type Hasher = foldhash::fast::RandomState;
 use std::time::{Duration, Instant};
 
 /// A flow with no packet for this long is forgotten.
@@ -189,10 +193,10 @@ pub struct FlowCounters {
 
 /// The flow table.
 pub struct FlowTable {
-    flows: HashMap<FlowKey, Flow>,
+    flows: HashMap<FlowKey, Flow, Hasher>,
     capacity: usize,
     /// Flows held per peer (indexed by the caller's peer number).
-    per_peer: HashMap<u32, usize>,
+    per_peer: HashMap<u32, usize, Hasher>,
     emergency: bool,
     /// Counters.
     pub counters: FlowCounters,
@@ -203,9 +207,9 @@ impl FlowTable {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            flows: HashMap::with_capacity(capacity),
+            flows: HashMap::with_capacity_and_hasher(capacity, Hasher::default()),
             capacity,
-            per_peer: HashMap::with_capacity(1024),
+            per_peer: HashMap::with_capacity_and_hasher(1024, Hasher::default()),
             emergency: false,
             counters: FlowCounters::default(),
         }

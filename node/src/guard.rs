@@ -1015,7 +1015,9 @@ pub struct FlowGuard {
 
 /// Everything the packet path changes, under one lock.
 struct FlowState {
-    peers: std::collections::HashMap<nx1_vpn::keys::PublicKey, PeerWatch>,
+    /// By public key; foldhash, as the flow table (looked up for every packet).
+    peers:
+        std::collections::HashMap<nx1_vpn::keys::PublicKey, PeerWatch, foldhash::fast::RandomState>,
     flows: nx1_guard::flows::FlowTable,
     next_id: u32,
 }
