@@ -17,6 +17,14 @@
 #![warn(missing_docs)]
 
 pub mod blocklist;
+
+/// FNV-1a, 64 bits: a hash that is the same on every platform and in every release, for what
+/// is stored (model files, cache file names) or must not change between runs.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 pub mod flood;
 pub mod flows;
 pub mod model;

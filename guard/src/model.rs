@@ -282,11 +282,7 @@ impl<'a> Parts<'a> {
 /// FNV-1a over a namespace and a token: stable across platforms and releases, which the
 /// model file depends on.
 fn hash(namespace: &[u8], token: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in namespace.iter().chain(b"\x1f").chain(token) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::fnv1a(namespace.iter().chain(b"\x1f").chain(token).copied());
     h ^ (h >> 32)
 }
 
@@ -627,14 +623,12 @@ fn fold_idn<'b>(label: &[u8], out: &'b mut [u8; 64]) -> Option<&'b [u8]> {
 /// its bytes.
 fn each_deletion(s: &[u8], max: usize, f: &mut impl FnMut(u64)) {
     let skip_hash = |a: usize, b: usize| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (i, &c) in s.iter().enumerate() {
-            if i != a && i != b {
-                h ^= u64::from(c);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        h
+        crate::fnv1a(
+            s.iter()
+                .enumerate()
+                .filter(|&(i, _)| i != a && i != b)
+                .map(|(_, &c)| c),
+        )
     };
     let none = usize::MAX;
     f(skip_hash(none, none));

@@ -75,7 +75,7 @@ impl QueryVolume {
         if seen.len() >= VOLUME_THRESHOLD {
             return None;
         }
-        seen.insert(fnv(&name));
+        seen.insert(crate::fnv1a(name.bytes()));
         if seen.len() < VOLUME_THRESHOLD {
             return None;
         }
@@ -94,12 +94,6 @@ impl QueryVolume {
         let (key, until) = self.blocked.get_key_value(&(client, domain.to_owned()))?;
         (now < *until).then_some(key.1.as_str())
     }
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// A label this long or longer is examined.

@@ -242,11 +242,8 @@ fn cache_file(cache: &std::path::Path, url: &str) -> std::path::PathBuf {
         })
         .take(80)
         .collect();
-    // FNV-1a: stable across releases, unlike std's DefaultHasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in url.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    // Stable across releases, unlike std's DefaultHasher.
+    let h = nx1_guard::fnv1a(url.bytes());
     cache.join(format!("{readable}-{h:016x}.txt"))
 }
 
