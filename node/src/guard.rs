@@ -615,36 +615,15 @@ impl GuardService {
         Ok(service)
     }
 
-    /// The lists' verdict for a name asked by `client`: the peer's own rules first, then
-    /// everyone's (a list the peer turned off does not block it).
+    /// The lists' verdict for a name asked by `client` (see [`Compiled::verdict`]).
+    #[cfg(test)]
     fn lists_verdict(&self, name: &str, client: Option<IpAddr>) -> Verdict {
-        let compiled = self.compiled.read();
-        let client = client.map(|c| c.to_canonical());
-        if let Some(own) = client.and_then(|c| compiled.per_peer.get(&c)) {
-            let verdict = own.check(name);
-            if verdict != Verdict::Unlisted {
-                return verdict;
-            }
-        }
-        let local = compiled.local.check(name);
-        if local != Verdict::Unlisted {
-            return local;
-        }
-        match compiled.lists.check(name) {
-            Verdict::Blocked { list, .. } if disabled(&compiled, client, &list) => {
-                Verdict::Unlisted
-            }
-            verdict => verdict,
-        }
+        self.compiled.read().verdict(name, client)
     }
 
     /// Whether `client` turned `category` off.
     fn is_disabled(&self, client: Option<IpAddr>, category: &str) -> bool {
-        disabled(
-            &self.compiled.read(),
-            client.map(|c| c.to_canonical()),
-            category,
-        )
+        self.compiled.read().off(client, category)
     }
 
     /// DNS tunnelling by volume: counts the query, and blocks it when the client has asked
@@ -671,14 +650,16 @@ impl GuardService {
     /// lists, then DNS-tunnelling detection, then the learned models — each unless the peer
     /// turned it off.
     pub fn judge(&self, name: &str, client: Option<IpAddr>) -> Judgement {
-        let verdict = self.lists_verdict(name, client);
+        // One snapshot of the lists and the peer's choices for the whole verdict.
+        let compiled = self.compiled.read().clone();
+        let verdict = compiled.verdict(name, client);
         if verdict != Verdict::Unlisted {
             return Judgement {
                 verdict,
                 scores: Vec::new(),
             };
         }
-        if !self.is_disabled(client, "tunnelling")
+        if !compiled.off(client, "tunnelling")
             && let Some(suspicion) = nx1_guard::tunnelling::suspicious_label(name)
         {
             return Judgement {
@@ -694,7 +675,7 @@ impl GuardService {
             scores: Vec::new(),
         };
         for model in &self.models {
-            if self.is_disabled(client, model.kind().name()) {
+            if compiled.off(client, model.kind().name()) {
                 continue;
             }
             let Some(score) = model.score(name) else {
@@ -959,10 +940,32 @@ impl GuardService {
 }
 
 /// Whether the peer at `client` turned `category` off.
-fn disabled(compiled: &Compiled, client: Option<IpAddr>, category: &str) -> bool {
-    client
-        .and_then(|c| compiled.disabled.get(&c))
-        .is_some_and(|set| set.contains(category))
+impl Compiled {
+    /// The lists' verdict for a name asked by `client`: the peer's own rules first, then the
+    /// owner's, then everyone's lists (a list the peer turned off does not block it).
+    fn verdict(&self, name: &str, client: Option<IpAddr>) -> Verdict {
+        if let Some(own) = client.and_then(|c| self.per_peer.get(&c.to_canonical())) {
+            let verdict = own.check(name);
+            if verdict != Verdict::Unlisted {
+                return verdict;
+            }
+        }
+        let local = self.local.check(name);
+        if local != Verdict::Unlisted {
+            return local;
+        }
+        match self.lists.check(name) {
+            Verdict::Blocked { list, .. } if self.off(client, &list) => Verdict::Unlisted,
+            verdict => verdict,
+        }
+    }
+
+    /// Whether the peer at `client` turned `category` off.
+    fn off(&self, client: Option<IpAddr>, category: &str) -> bool {
+        client
+            .and_then(|c| self.disabled.get(&c.to_canonical()))
+            .is_some_and(|set| set.contains(category))
+    }
 }
 
 /// The learned models `config` asks for, with their thresholds.
