@@ -464,6 +464,39 @@ pub struct Config {
     pub vpn: VpnSection,
     /// `[guard]`
     pub guard: GuardSection,
+    /// `[vault]`
+    pub vault: VaultSection,
+}
+
+/// `[vault]`: the password vault's server side (`/v1/vault/` on the HTTP API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultSection {
+    /// Serve `/v1/vault/`.
+    pub enabled: bool,
+    /// Items (not counting deleted ones) one account may hold.
+    pub max_items: u64,
+    /// Bytes of ciphertext one account may hold.
+    pub max_bytes: u64,
+    /// How long a login lasts, in seconds.
+    pub session_secs: u64,
+    /// Login attempts per account per minute (and three times as many per source address).
+    pub logins_per_minute: u32,
+    /// New accounts per source address per hour.
+    pub registrations_per_hour: u32,
+}
+
+impl Default for VaultSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_items: 50_000,
+            max_bytes: 256 << 20,
+            session_secs: 3600,
+            logins_per_minute: 10,
+            registrations_per_hour: 10,
+        }
+    }
 }
 
 /// Which database a resolved configuration points at.
@@ -588,6 +621,22 @@ impl Config {
             ));
         }
         let vpn = self.vpn.validate(&invalid)?;
+        let v = &self.vault;
+        if v.session_secs == 0 || v.session_secs > 30 * 24 * 3600 {
+            return Err(invalid(
+                "vault.session_secs",
+                format!("must be 1..=2592000 (30 days), not {}", v.session_secs),
+            ));
+        }
+        if v.logins_per_minute == 0 || v.registrations_per_hour == 0 {
+            return Err(invalid(
+                "vault.logins_per_minute",
+                "logins_per_minute and registrations_per_hour must be at least 1".into(),
+            ));
+        }
+        if v.max_bytes > i64::MAX as u64 || v.max_items > i64::MAX as u64 {
+            return Err(invalid("vault.max_bytes", "is too large".into()));
+        }
         if self.guard.quarantine_secs == 0 || self.guard.quarantine_secs > 7 * 24 * 3600 {
             return Err(invalid(
                 "guard.quarantine_secs",
@@ -849,6 +898,20 @@ max_flows = 65536
 models = ["dga", "phishing"]
 dga_threshold = 0.0
 phishing_threshold = 0.0
+
+[vault]
+# Serve the password vault's sync API under /v1/vault/ on the HTTP API. Devices encrypt
+# everything before it arrives: the node stores ciphertext, public keys and signed manifests.
+enabled = true
+# Per account: items (deleted ones not counted) and bytes of ciphertext.
+max_items = 50000
+max_bytes = 268435456
+# How long a login lasts, in seconds.
+session_secs = 3600
+# Login attempts per account per minute (three times as many per source address), and new
+# accounts per source address per hour.
+logins_per_minute = 10
+registrations_per_hour = 10
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

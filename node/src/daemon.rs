@@ -42,6 +42,8 @@ pub struct Node {
     pub guard: Option<Arc<crate::guard::GuardService>>,
     /// Guard in the packet path, when enabled.
     pub flows: Option<Arc<crate::guard::FlowGuard>>,
+    /// The vault's server side, when enabled.
+    pub vault: Option<Arc<crate::vault::VaultService>>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -569,6 +571,13 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let vault = if config.raw.vault.enabled {
+        Some(Arc::new(
+            crate::vault::VaultService::new(store.clone(), config.raw.vault.clone()).await?,
+        ))
+    } else {
+        None
+    };
     let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
@@ -580,6 +589,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         client: tokio::sync::Mutex::new(None),
         guard,
         flows,
+        vault,
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
@@ -601,9 +611,13 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     });
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(
-        axum::serve(http_listener, crate::http::router(node.clone()))
-            .with_graceful_shutdown(async move { stopped(&mut http_stop).await })
-            .into_future(),
+        axum::serve(
+            http_listener,
+            crate::http::router(node.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stopped(&mut http_stop).await })
+        .into_future(),
     );
     tracing::info!(
         node_id = %node.node_id,

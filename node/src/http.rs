@@ -12,10 +12,14 @@ use std::sync::Arc;
 
 /// The routes of the API.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(node)
+        .with_state(node.clone());
+    if let Some(vault) = &node.vault {
+        router = router.nest("/v1/vault", vault.clone().router());
+    }
+    router
 }
 
 /// 200 when the daemon can reach its database and its WireGuard I/O runs, 503 otherwise.

@@ -14,6 +14,8 @@ mod metrics;
 mod peers;
 mod store;
 mod uapi;
+mod vault;
+mod vault_cli;
 mod vpn;
 
 use clap::{Parser, Subcommand};
@@ -81,6 +83,13 @@ enum Command {
     /// Guard, the threat filter: DNS verdicts, rules, and what it found.
     #[command(subcommand)]
     Guard(GuardCommand),
+    /// The password vault: end-to-end encrypted, synced through nodes that see only ciphertext.
+    Vault {
+        #[command(flatten)]
+        opts: vault_cli::VaultOpts,
+        #[command(subcommand)]
+        command: Box<vault_cli::VaultCommand>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -274,6 +283,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Guard(command) => {
             let config = Config::load(&config_path(cli.config))?;
             guard_command(&config, command).await
+        }
+        Command::Vault { opts, command } => {
+            tokio::task::spawn_blocking(move || vault_cli::run(&opts, *command)).await?
         }
         Command::Peer(command) => {
             let config = Config::load(&config_path(cli.config))?;

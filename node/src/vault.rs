@@ -1,0 +1,701 @@
+//! The vault's server side: `/v1/vault/*` over the node's store. It holds ciphertext, public
+//! keys and the signed manifest chain; it can refuse or lose data but not read or forge it
+//! (devices check everything it sends, see `nx1_vault::client`).
+//!
+//! Writes are all-or-nothing: a push moves the account's head from `base` to `base + 1` with
+//! a compare-and-swap, then each item from its version to the next (`UPDATE … WHERE version`),
+//! in one transaction; any mismatch rolls everything back and answers 409 with the current
+//! records. Login is a signature over a one-time challenge by a key only the master password
+//! derives; attempts are rate-limited per account and per source address.
+
+use crate::config::VaultSection;
+use crate::store::{Backend, Store};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use nx1_vault::crypto::KdfParams;
+use nx1_vault::ids::{AccountId, ItemId};
+use nx1_vault::manifest::Manifest;
+use nx1_vault::record::ItemRecord;
+use nx1_vault::wire;
+use sha2::{Digest, Sha256};
+use sqlx::{Acquire as _, Row as _};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a login challenge stays valid.
+const CHALLENGE_TTL: Duration = Duration::from_secs(60);
+/// Most outstanding challenges kept (older ones are dropped first).
+const MAX_CHALLENGES: usize = 100_000;
+/// Largest request body (a push is sent in batches below this).
+pub const MAX_BODY: usize = 8 << 20;
+
+/// The vault service of a node.
+pub struct VaultService {
+    store: Store,
+    limits: VaultSection,
+    prelogin_secret: [u8; 32],
+    challenges: parking_lot::Mutex<HashMap<AccountId, ([u8; 32], Instant)>>,
+    login_by_account: DefaultKeyedRateLimiter<AccountId>,
+    login_by_source: DefaultKeyedRateLimiter<IpAddr>,
+    register_by_source: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// An error answer: a status and a sentence, as `{"error": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+    conflict: Option<wire::Conflict>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+            conflict: None,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::warn!(error = %e, "vault: database error");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self::new(
+            r.status(),
+            format!("invalid request body: {}", r.body_text()),
+        )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(r.status(), format!("invalid query: {}", r.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Some(c) = self.conflict {
+            return (self.status, Json(c)).into_response();
+        }
+        let mut resp = (
+            self.status,
+            Json(wire::ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n.max(1)).expect("at least 1"))
+}
+
+impl VaultService {
+    /// The service over `store`, with `limits` from `[vault]`.
+    pub async fn new(store: Store, limits: VaultSection) -> Result<Self, crate::store::StoreError> {
+        let secret = match store.meta("vault_prelogin_secret").await? {
+            Some(s) => s,
+            None => {
+                let fresh = hex::encode(nx1_vault::crypto::random::<32>());
+                store.set_meta("vault_prelogin_secret", &fresh).await?;
+                fresh
+            }
+        };
+        let mut prelogin_secret = [0u8; 32];
+        prelogin_secret.copy_from_slice(&Sha256::digest(secret.as_bytes()));
+        Ok(Self {
+            login_by_account: RateLimiter::keyed(per_minute(limits.logins_per_minute)),
+            login_by_source: RateLimiter::keyed(per_minute(limits.logins_per_minute * 3)),
+            register_by_source: RateLimiter::keyed(Quota::per_hour(
+                NonZeroU32::new(limits.registrations_per_hour.max(1)).expect("≥1"),
+            )),
+            store,
+            limits,
+            prelogin_secret,
+            challenges: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The routes, to be nested under `/v1/vault`.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/prelogin", get(prelogin))
+            .route("/register", post(register))
+            .route("/challenge", post(challenge))
+            .route("/login", post(login))
+            .route("/changes", get(changes))
+            .route("/push", post(push))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self)
+    }
+
+    fn limited<K: std::hash::Hash + Eq + Clone>(
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+        what: &str,
+    ) -> ApiResult<()> {
+        limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many {what}; try again in {} s", wait.as_secs().max(1)),
+            );
+            e.retry_after = Some(wait.as_secs().max(1));
+            e
+        })
+    }
+
+    async fn account_row(&self, account: &AccountId) -> ApiResult<Option<sqlx::any::AnyRow>> {
+        Ok(sqlx::query("SELECT salt, kdf_m_kib, kdf_t, kdf_p, auth_key, manifest_key, wrapped_key, head_seq, item_count, bytes_used FROM vault_accounts WHERE id = $1")
+            .bind(account.to_string())
+            .fetch_optional(self.store.pool())
+            .await?)
+    }
+}
+
+fn kdf_of(row: &sqlx::any::AnyRow) -> ApiResult<KdfParams> {
+    let get = |c: &str| -> ApiResult<u32> {
+        u32::try_from(row.try_get::<i64, _>(c)?)
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad KDF row"))
+    };
+    Ok(KdfParams {
+        m_kib: get("kdf_m_kib")?,
+        t: get("kdf_t")?,
+        p: get("kdf_p")?,
+    })
+}
+
+fn verifying_key(bytes: &[u8]) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(bytes.try_into().ok()?).ok()
+}
+
+#[derive(serde::Deserialize)]
+struct PreloginQuery {
+    account: AccountId,
+}
+
+/// The salt and KDF parameters of an account. An unknown account gets a stable made-up salt
+/// and the default parameters, so this does not tell who has an account.
+async fn prelogin(
+    State(svc): State<Arc<VaultService>>,
+    q: Result<Query<PreloginQuery>, QueryRejection>,
+) -> ApiResult<Json<wire::Prelogin>> {
+    let Query(q) = q?;
+    if let Some(row) = svc.account_row(&q.account).await? {
+        return Ok(Json(wire::Prelogin {
+            salt: row.try_get("salt")?,
+            kdf: kdf_of(&row)?,
+        }));
+    }
+    let mut h = Sha256::new();
+    h.update(svc.prelogin_secret);
+    h.update(q.account.as_bytes());
+    Ok(Json(wire::Prelogin {
+        salt: h.finalize()[..16].to_vec(),
+        kdf: KdfParams::DEFAULT,
+    }))
+}
+
+async fn register(
+    State(svc): State<Arc<VaultService>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<wire::Register>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    VaultService::limited(&svc.register_by_source, &peer.ip(), "registrations")?;
+    let Json(r) = body?;
+    if r.salt.len() != 16 {
+        return Err(ApiError::bad("salt must be 16 bytes"));
+    }
+    r.kdf.check().map_err(|e| ApiError::bad(e.to_string()))?;
+    if r.wrapped_key.is_empty() || r.wrapped_key.len() > 512 {
+        return Err(ApiError::bad("wrapped_key must be 1..=512 bytes"));
+    }
+    let auth = verifying_key(&r.auth_key)
+        .ok_or_else(|| ApiError::bad("auth_key is not an ed25519 public key"))?;
+    verifying_key(&r.manifest_key)
+        .ok_or_else(|| ApiError::bad("manifest_key is not an ed25519 public key"))?;
+    let proof =
+        Signature::from_slice(&r.proof).map_err(|_| ApiError::bad("proof is not a signature"))?;
+    auth.verify(&wire::register_message(&r), &proof)
+        .map_err(|_| ApiError::bad("proof does not verify under auth_key"))?;
+    let res = sqlx::query("INSERT INTO vault_accounts (id, salt, kdf_m_kib, kdf_t, kdf_p, auth_key, manifest_key, wrapped_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING")
+        .bind(r.account.to_string())
+        .bind(r.salt)
+        .bind(i64::from(r.kdf.m_kib))
+        .bind(i64::from(r.kdf.t))
+        .bind(i64::from(r.kdf.p))
+        .bind(r.auth_key)
+        .bind(r.manifest_key)
+        .bind(r.wrapped_key)
+        .bind(now_unix())
+        .execute(svc.store.pool())
+        .await?;
+    if res.rows_affected() == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "an account with this name exists",
+        ));
+    }
+    tracing::info!(account = %r.account, "vault: account registered");
+    Ok(StatusCode::CREATED)
+}
+
+async fn challenge(
+    State(svc): State<Arc<VaultService>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<wire::ChallengeRequest>, JsonRejection>,
+) -> ApiResult<Json<wire::Challenge>> {
+    VaultService::limited(
+        &svc.login_by_source,
+        &peer.ip(),
+        "login attempts from this address",
+    )?;
+    let Json(r) = body?;
+    let c: [u8; 32] = nx1_vault::crypto::random();
+    let mut map = svc.challenges.lock();
+    if map.len() >= MAX_CHALLENGES {
+        map.retain(|_, (_, t)| t.elapsed() < CHALLENGE_TTL);
+        if map.len() >= MAX_CHALLENGES {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many logins in progress",
+            ));
+        }
+    }
+    map.insert(r.account, (c, Instant::now()));
+    Ok(Json(wire::Challenge {
+        challenge: c.to_vec(),
+    }))
+}
+
+async fn login(
+    State(svc): State<Arc<VaultService>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<wire::Login>, JsonRejection>,
+) -> ApiResult<Json<wire::Session>> {
+    let Json(r) = body?;
+    VaultService::limited(
+        &svc.login_by_source,
+        &peer.ip(),
+        "login attempts from this address",
+    )?;
+    VaultService::limited(
+        &svc.login_by_account,
+        &r.account,
+        "login attempts for this account",
+    )?;
+    let failed = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "login failed: wrong password or expired challenge",
+        )
+    };
+    let issued = svc.challenges.lock().remove(&r.account);
+    let Some((c, at)) = issued else {
+        return Err(failed());
+    };
+    if at.elapsed() > CHALLENGE_TTL || c.as_slice() != r.challenge.as_slice() {
+        return Err(failed());
+    }
+    let Some(row) = svc.account_row(&r.account).await? else {
+        return Err(failed());
+    };
+    let auth_key: Vec<u8> = row.try_get("auth_key")?;
+    let key = verifying_key(&auth_key).ok_or_else(failed)?;
+    let sig = Signature::from_slice(&r.signature).map_err(|_| failed())?;
+    if key
+        .verify(&wire::login_message(&r.account, &c), &sig)
+        .is_err()
+    {
+        tracing::info!(account = %r.account, source = %peer.ip(), "vault: failed login");
+        return Err(failed());
+    }
+    let token: [u8; 32] = nx1_vault::crypto::random();
+    let token = URL_SAFE_NO_PAD.encode(token);
+    let now = now_unix();
+    sqlx::query("DELETE FROM vault_sessions WHERE expires_at < $1")
+        .bind(now)
+        .execute(svc.store.pool())
+        .await?;
+    sqlx::query("INSERT INTO vault_sessions (token_hash, account, expires_at) VALUES ($1, $2, $3)")
+        .bind(hex::encode(Sha256::digest(token.as_bytes())))
+        .bind(r.account.to_string())
+        .bind(now + svc.limits.session_secs as i64)
+        .execute(svc.store.pool())
+        .await?;
+    Ok(Json(wire::Session {
+        token,
+        expires_in: svc.limits.session_secs,
+        wrapped_key: row.try_get("wrapped_key")?,
+    }))
+}
+
+/// The account a request's bearer token belongs to.
+struct Authed(AccountId);
+
+impl FromRequestParts<Arc<VaultService>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        svc: &Arc<VaultService>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized =
+            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, format!("not logged in: {m}"));
+        let token = bearer(&parts.headers).ok_or_else(|| unauthorized("no bearer token"))?;
+        let row =
+            sqlx::query("SELECT account, expires_at FROM vault_sessions WHERE token_hash = $1")
+                .bind(hex::encode(Sha256::digest(token.as_bytes())))
+                .fetch_optional(svc.store.pool())
+                .await?
+                .ok_or_else(|| unauthorized("unknown token"))?;
+        if row.try_get::<i64, _>("expires_at")? < now_unix() {
+            return Err(unauthorized("session expired"));
+        }
+        let account: String = row.try_get("account")?;
+        Ok(Authed(
+            account.parse().map_err(|_| unauthorized("bad session"))?,
+        ))
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+#[derive(serde::Deserialize)]
+struct ChangesQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+fn record_of(row: &sqlx::any::AnyRow) -> ApiResult<ItemRecord> {
+    let id: String = row.try_get("id")?;
+    Ok(ItemRecord {
+        id: id.parse().map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad item id in store")
+        })?,
+        version: row.try_get::<i64, _>("version")? as u64,
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+        key: row.try_get("item_key")?,
+        body: row.try_get("body")?,
+    })
+}
+
+fn manifest_of(row: &sqlx::any::AnyRow) -> ApiResult<Manifest> {
+    let text: String = row.try_get("manifest")?;
+    serde_json::from_str(&text)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad manifest in store"))
+}
+
+/// Everything after the cursor `since`, read from one snapshot.
+async fn changes(
+    State(svc): State<Arc<VaultService>>,
+    Authed(account): Authed,
+    q: Result<Query<ChangesQuery>, QueryRejection>,
+) -> ApiResult<Json<wire::Changes>> {
+    let Query(q) = q?;
+    let since = i64::try_from(q.since).map_err(|_| ApiError::bad("since is too large"))?;
+    let mut conn = svc.store.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    if svc.store.backend() == Backend::Postgres {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let id = account.to_string();
+    let head_seq: i64 = sqlx::query("SELECT head_seq FROM vault_accounts WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("head_seq")?;
+    let mut out = wire::Changes::default();
+    if head_seq > 0 {
+        let row =
+            sqlx::query("SELECT manifest FROM vault_manifests WHERE account = $1 AND seq = $2")
+                .bind(&id)
+                .bind(head_seq)
+                .fetch_one(&mut *tx)
+                .await?;
+        out.head = Some(manifest_of(&row)?);
+    }
+    if since > 0 && since < head_seq {
+        for row in sqlx::query(
+            "SELECT manifest FROM vault_manifests WHERE account = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(&id)
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            out.chain.push(manifest_of(&row)?);
+        }
+    }
+    for row in sqlx::query("SELECT id, version, deleted, item_key, body FROM vault_items WHERE account = $1 AND seq > $2")
+        .bind(&id)
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        out.items.push(record_of(&row)?);
+    }
+    tx.commit().await?;
+    Ok(Json(out))
+}
+
+/// Applies a batch of changes, all or nothing.
+async fn push(
+    State(svc): State<Arc<VaultService>>,
+    Authed(account): Authed,
+    body: Result<Json<wire::Push>, JsonRejection>,
+) -> ApiResult<Json<wire::Pushed>> {
+    let Json(p) = body?;
+    if p.items.is_empty() {
+        return Err(ApiError::bad("a push carries at least one item"));
+    }
+    if p.items.len() > wire::MAX_PUSH_ITEMS {
+        return Err(ApiError::bad(format!(
+            "{} items in one push; at most {}",
+            p.items.len(),
+            wire::MAX_PUSH_ITEMS
+        )));
+    }
+    let mut ids = HashSet::new();
+    for r in &p.items {
+        r.check_shape().map_err(ApiError::bad)?;
+        if !ids.insert(r.id) {
+            return Err(ApiError::bad(format!("item {} appears twice", r.id)));
+        }
+    }
+    let m = &p.manifest;
+    if m.account != account {
+        return Err(ApiError::bad("the manifest is for another account"));
+    }
+    if Some(m.seq) != p.base.checked_add(1) {
+        return Err(ApiError::bad(format!(
+            "the manifest's change number {} is not base + 1 = {}",
+            m.seq,
+            p.base.saturating_add(1)
+        )));
+    }
+    let base = i64::try_from(p.base).map_err(|_| ApiError::bad("base is too large"))?;
+    let row = svc
+        .account_row(&account)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no such account"))?;
+    let mkey: Vec<u8> = row.try_get("manifest_key")?;
+    let mkey = verifying_key(&mkey)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad manifest key"))?;
+    m.verify(&mkey, &account)
+        .map_err(|e| ApiError::bad(format!("manifest refused: {e}")))?;
+
+    let id = account.to_string();
+    let seq = base + 1;
+    let mut conn = svc.store.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    // The compare-and-swap on the head: also takes the account's write lock.
+    let moved =
+        sqlx::query("UPDATE vault_accounts SET head_seq = $1 WHERE id = $2 AND head_seq = $3")
+            .bind(seq)
+            .bind(&id)
+            .bind(base)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    if moved != 1 {
+        tx.rollback().await?;
+        let head = svc
+            .account_row(&account)
+            .await?
+            .map_or(0, |r| r.try_get::<i64, _>("head_seq").unwrap_or(0));
+        return Err(conflict(
+            format!("the vault changed after change {base} (it is at {head}): pull first"),
+            head,
+            Vec::new(),
+        ));
+    }
+    let prev = if base == 0 {
+        [0u8; 32]
+    } else {
+        let row =
+            sqlx::query("SELECT manifest FROM vault_manifests WHERE account = $1 AND seq = $2")
+                .bind(&id)
+                .bind(base)
+                .fetch_one(&mut *tx)
+                .await?;
+        manifest_of(&row)?.hash()
+    };
+    if m.prev != prev {
+        tx.rollback().await?;
+        return Err(ApiError::bad(format!(
+            "the manifest does not link to change {base}"
+        )));
+    }
+
+    let totals = sqlx::query("SELECT item_count, bytes_used FROM vault_accounts WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut count: i64 = totals.try_get("item_count")?;
+    let mut bytes: i64 = totals.try_get("bytes_used")?;
+    let mut conflicts: Vec<ItemId> = Vec::new();
+    for r in &p.items {
+        let rid = r.id.to_string();
+        let size = (r.key.len() + r.body.len()) as i64;
+        let old = sqlx::query(
+            "SELECT version, deleted, size FROM vault_items WHERE account = $1 AND id = $2",
+        )
+        .bind(&id)
+        .bind(&rid)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (cur, was_live, old_size) = match &old {
+            Some(o) => (
+                o.try_get::<i64, _>("version")?,
+                o.try_get::<i64, _>("deleted")? == 0,
+                o.try_get::<i64, _>("size")?,
+            ),
+            None => (0, false, 0),
+        };
+        if r.version as i64 != cur + 1 {
+            conflicts.push(r.id);
+            continue;
+        }
+        let written = if old.is_some() {
+            sqlx::query("UPDATE vault_items SET version = $1, seq = $2, deleted = $3, item_key = $4, body = $5, size = $6 WHERE account = $7 AND id = $8 AND version = $9")
+                .bind(r.version as i64)
+                .bind(seq)
+                .bind(i64::from(r.deleted))
+                .bind(r.key.clone())
+                .bind(r.body.clone())
+                .bind(size)
+                .bind(&id)
+                .bind(&rid)
+                .bind(cur)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        } else {
+            sqlx::query("INSERT INTO vault_items (account, id, version, seq, deleted, item_key, body, size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account, id) DO NOTHING")
+                .bind(&id)
+                .bind(&rid)
+                .bind(r.version as i64)
+                .bind(seq)
+                .bind(i64::from(r.deleted))
+                .bind(r.key.clone())
+                .bind(r.body.clone())
+                .bind(size)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        };
+        if written != 1 {
+            conflicts.push(r.id);
+            continue;
+        }
+        count += i64::from(!r.deleted) - i64::from(was_live);
+        bytes += size - old_size;
+    }
+    if !conflicts.is_empty() {
+        tx.rollback().await?;
+        let mut current = Vec::new();
+        for cid in &conflicts {
+            if let Some(row) = sqlx::query("SELECT id, version, deleted, item_key, body FROM vault_items WHERE account = $1 AND id = $2")
+                .bind(&id)
+                .bind(cid.to_string())
+                .fetch_optional(svc.store.pool())
+                .await?
+            {
+                current.push(record_of(&row)?);
+            }
+        }
+        return Err(conflict(
+            format!(
+                "{} item(s) changed since the versions this push was based on",
+                conflicts.len()
+            ),
+            base,
+            current,
+        ));
+    }
+    if count > svc.limits.max_items as i64 || bytes > svc.limits.max_bytes as i64 {
+        tx.rollback().await?;
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "quota exceeded: this push would make {count} items and {bytes} bytes; the account may hold {} items and {} bytes",
+                svc.limits.max_items, svc.limits.max_bytes
+            ),
+        ));
+    }
+    sqlx::query("UPDATE vault_accounts SET item_count = $1, bytes_used = $2 WHERE id = $3")
+        .bind(count)
+        .bind(bytes)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO vault_manifests (account, seq, manifest) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(seq)
+        .bind(serde_json::to_string(m).expect("manifests serialize"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(wire::Pushed { seq: seq as u64 }))
+}
+
+fn conflict(error: String, head: i64, items: Vec<ItemRecord>) -> ApiError {
+    let mut e = ApiError::new(StatusCode::CONFLICT, error.clone());
+    e.conflict = Some(wire::Conflict {
+        error,
+        head: head as u64,
+        items,
+    });
+    e
+}

@@ -1,0 +1,979 @@
+//! `nx1 vault …`: the password vault's command line. A device keeps its vault in one file
+//! (clear header + sealed state) and syncs with the nodes it names; every change is saved on
+//! the device first, so commands work offline and sync when a node is reachable.
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand};
+use nx1_vault::client::{Header, Prepared, Vault, VaultError};
+use nx1_vault::crypto::{KdfParams, MasterKeys};
+use nx1_vault::ids::{AccountId, ItemId};
+use nx1_vault::item::Item;
+use nx1_vault::{generate, totp, wire};
+use serde::{Deserialize, Serialize};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// Options every vault command takes.
+#[derive(Args, Debug, Clone)]
+pub struct VaultOpts {
+    /// Where this device keeps its vaults [default: $XDG_DATA_HOME/nx1/vault].
+    #[arg(long, global = true, env = "NX1_VAULT_DIR", value_name = "DIR")]
+    pub vault_dir: Option<PathBuf>,
+    /// The account name [default: the only account on this device].
+    #[arg(long, global = true, env = "NX1_VAULT_ACCOUNT", value_name = "NAME")]
+    pub account: Option<String>,
+    /// Read the master password from this file descriptor (first line) instead of a prompt.
+    #[arg(long, global = true, value_name = "FD")]
+    pub password_fd: Option<u32>,
+    /// Do not contact any node: work on this device only (changes wait for the next sync).
+    #[arg(long, global = true)]
+    pub offline: bool,
+}
+
+/// `nx1 vault` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum VaultCommand {
+    /// Create an account on a node and this device.
+    Register {
+        /// The node's HTTP API, e.g. http://10.8.0.1:7870 (repeat for more nodes).
+        #[arg(long = "server", value_name = "URL", required = true)]
+        servers: Vec<String>,
+        /// Argon2id memory in KiB [default: 65536].
+        #[arg(long, value_name = "KIB")]
+        kdf_memory: Option<u32>,
+        /// Argon2id passes [default: 3].
+        #[arg(long, value_name = "N")]
+        kdf_passes: Option<u32>,
+        /// Argon2id lanes [default: 4].
+        #[arg(long, value_name = "N")]
+        kdf_lanes: Option<u32>,
+    },
+    /// Check the master password and sync; on a new device, set the account up from a node.
+    Unlock {
+        /// A node that holds the account (needed the first time on a device).
+        #[arg(long = "server", value_name = "URL")]
+        servers: Vec<String>,
+    },
+    /// Add an item.
+    Add {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        fields: ItemFields,
+    },
+    /// Show an item (the password masked unless --show).
+    Get {
+        /// Name or id (or an id prefix of at least 6 digits).
+        item: String,
+        /// Print only this field: name, username, password, url, notes, totp, folder, or a
+        /// custom field's name.
+        #[arg(long, value_name = "FIELD")]
+        field: Option<String>,
+        /// Show the password and hidden fields.
+        #[arg(long)]
+        show: bool,
+        /// Print the whole item as JSON (passwords included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List items, or those matching a search.
+    List {
+        /// Words to look for in names, usernames, URLs and folders.
+        query: Option<String>,
+        /// Print JSON (without passwords).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an item (the old password, notes and TOTP secret go to its history).
+    Edit {
+        /// Name or id.
+        item: String,
+        /// New name.
+        #[arg(long, value_name = "NAME")]
+        rename: Option<String>,
+        #[command(flatten)]
+        fields: ItemFields,
+    },
+    /// Delete an item.
+    Rm {
+        /// Name or id.
+        item: String,
+    },
+    /// Send this device's changes and fetch everyone else's.
+    Sync,
+    /// Make a random password or passphrase (no vault needed).
+    Generate {
+        /// Characters in a password.
+        #[arg(long, default_value_t = 20)]
+        length: usize,
+        /// Letters and digits only.
+        #[arg(long)]
+        no_symbols: bool,
+        /// Make a passphrase of this many words instead.
+        #[arg(long, value_name = "N")]
+        words: Option<usize>,
+        /// Between the words of a passphrase.
+        #[arg(long, default_value = "-")]
+        separator: String,
+    },
+    /// The current TOTP code of an item.
+    Totp {
+        /// Name or id.
+        item: String,
+    },
+}
+
+/// Fields of an item that `add` and `edit` set.
+#[derive(Args, Debug, Default)]
+pub struct ItemFields {
+    /// Login name.
+    #[arg(long)]
+    username: Option<String>,
+    /// A site (repeat for more; on edit, replaces the list).
+    #[arg(long = "url", value_name = "URL")]
+    urls: Vec<String>,
+    /// Notes.
+    #[arg(long)]
+    notes: Option<String>,
+    /// TOTP secret (base32 or otpauth:// URI).
+    #[arg(long, value_name = "SECRET")]
+    totp: Option<String>,
+    /// Folder ("Work/Cloud").
+    #[arg(long)]
+    folder: Option<String>,
+    /// A custom field NAME=VALUE (repeat for more).
+    #[arg(long = "field", value_name = "NAME=VALUE")]
+    custom: Vec<String>,
+    /// A hidden custom field NAME=VALUE.
+    #[arg(long = "hidden-field", value_name = "NAME=VALUE")]
+    hidden: Vec<String>,
+    /// Generate the password (this many characters).
+    #[arg(long, value_name = "LENGTH", num_args = 0..=1, default_missing_value = "20")]
+    generate: Option<usize>,
+    /// Read the item's password from this file descriptor (first line).
+    #[arg(long, value_name = "FD")]
+    item_password_fd: Option<u32>,
+    /// Ask for the item's password (no echo).
+    #[arg(long)]
+    ask_password: bool,
+}
+
+/// The file a device keeps an account in.
+#[derive(Serialize, Deserialize)]
+struct VaultFile {
+    header: Header,
+    servers: Vec<String>,
+    #[serde(with = "b64")]
+    sealed: Vec<u8>,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn vault_dir(opts: &VaultOpts) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &opts.vault_dir {
+        return Ok(d.clone());
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("nx1/vault"));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("set HOME or --vault-dir"))?;
+    Ok(PathBuf::from(home).join(".local/share/nx1/vault"))
+}
+
+/// Reads the first line of a file descriptor (through /proc, so no unsafe fd juggling).
+fn read_fd(fd: u32) -> anyhow::Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(format!("/proc/self/fd/{fd}"))
+            .with_context(|| format!("reading file descriptor {fd}"))?,
+    );
+    Ok(Zeroizing::new(
+        text.lines().next().unwrap_or_default().to_owned(),
+    ))
+}
+
+fn prompt(label: &str) -> anyhow::Result<Zeroizing<String>> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{label}: no terminal to ask on; pass it with a --…-fd option");
+    }
+    Ok(Zeroizing::new(rpassword::prompt_password(format!(
+        "{label}: "
+    ))?))
+}
+
+fn master_password(opts: &VaultOpts, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    let pw = match opts.password_fd {
+        Some(fd) => read_fd(fd)?,
+        None => {
+            let pw = prompt("Master password")?;
+            if confirm && *prompt("Again")? != *pw {
+                bail!("the passwords differ");
+            }
+            pw
+        }
+    };
+    if pw.is_empty() {
+        bail!("the master password is empty");
+    }
+    Ok(pw)
+}
+
+struct Device {
+    path: PathBuf,
+    file: VaultFile,
+}
+
+impl Device {
+    fn path_for(dir: &Path, account: &AccountId) -> PathBuf {
+        dir.join(format!("{account}.json"))
+    }
+
+    /// The account's file on this device, if it has one.
+    fn find(opts: &VaultOpts) -> anyhow::Result<Option<Device>> {
+        let dir = vault_dir(opts)?;
+        let path = match &opts.account {
+            Some(name) => Self::path_for(&dir, &AccountId::from_name(name)),
+            None => {
+                let mut found = Vec::new();
+                if let Ok(rd) = std::fs::read_dir(&dir) {
+                    for e in rd.flatten() {
+                        let p = e.path();
+                        if p.extension().is_some_and(|x| x == "json") {
+                            found.push(p);
+                        }
+                    }
+                }
+                match found.len() {
+                    0 => return Ok(None),
+                    1 => found.remove(0),
+                    _ => bail!(
+                        "{} accounts on this device ({}): say which with --account",
+                        found.len(),
+                        dir.display()
+                    ),
+                }
+            }
+        };
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let file: VaultFile = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a vault file", path.display()))?;
+        Ok(Some(Device { path, file }))
+    }
+
+    fn save(&mut self, vault: &Vault) -> anyhow::Result<()> {
+        let (header, sealed) = vault.save()?;
+        self.file.header = header;
+        self.file.sealed = sealed;
+        write_private(&self.path, &serde_json::to_vec_pretty(&self.file)?)
+    }
+}
+
+/// Writes a file only its owner can read, atomically (temporary file, fsync, rename).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// A node's vault API, over HTTP.
+struct Remote {
+    base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+/// What a call to a node came back with.
+enum Reply {
+    Ok(Vec<u8>),
+    Status(u16, Vec<u8>),
+}
+
+impl Remote {
+    fn new(base: &str) -> Remote {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        Remote {
+            base: base.trim_end_matches('/').to_owned(),
+            agent,
+            token: None,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Reply> {
+        let url = format!("{}/v1/vault{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let resp = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self
+                    .agent
+                    .post(&url)
+                    .header("content-type", "application/json");
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.send(body.unwrap_or_default())
+            }
+        };
+        let mut resp = resp.with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(512 << 20)
+            .read_to_vec()
+            .with_context(|| format!("reading the answer of {}", self.base))?;
+        Ok(if (200..300).contains(&status) {
+            Reply::Ok(bytes)
+        } else {
+            Reply::Status(status, bytes)
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<T> {
+        match self.call(method, path, body)? {
+            Reply::Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{} sent an invalid answer to {path}", self.base)),
+            Reply::Status(s, b) => bail!("{}: {}", self.base, error_text(s, &b)),
+        }
+    }
+
+    fn prelogin(&self, account: &AccountId) -> anyhow::Result<wire::Prelogin> {
+        self.json("GET", &format!("/prelogin?account={account}"), None)
+    }
+
+    /// Logs in: derives the login key for the node's KDF parameters (refusing weaker ones than
+    /// this device pinned; reusing `known` when they match) and answers a challenge.
+    fn login(
+        &mut self,
+        name: &str,
+        password: &str,
+        pinned: Option<(&[u8], &KdfParams)>,
+        known: Option<&MasterKeys>,
+    ) -> anyhow::Result<(wire::Session, wire::Prelogin, Option<MasterKeys>)> {
+        let account = AccountId::from_name(name);
+        let pre = self.prelogin(&account)?;
+        let fresh = match (pinned, known) {
+            (Some((salt, kdf)), Some(_)) if salt == pre.salt.as_slice() && *kdf == pre.kdf => None,
+            _ => Some(Vault::master_for_login(
+                name,
+                password.as_bytes(),
+                &pre,
+                pinned.map(|p| p.1),
+            )?),
+        };
+        let master = fresh.as_ref().or(known).expect("one of them is set");
+        let ch: wire::Challenge = self.json(
+            "POST",
+            "/challenge",
+            Some(serde_json::to_vec(&wire::ChallengeRequest { account })?),
+        )?;
+        let login = Vault::answer(master, &account, &ch.challenge);
+        let session: wire::Session =
+            self.json("POST", "/login", Some(serde_json::to_vec(&login)?))?;
+        self.token = Some(session.token.clone());
+        Ok((session, pre, fresh))
+    }
+}
+
+fn error_text(status: u16, body: &[u8]) -> String {
+    match serde_json::from_slice::<wire::ErrorBody>(body) {
+        Ok(e) => format!("{} ({status})", e.error),
+        Err(_) => format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
+    }
+}
+
+/// The most bytes of records one push carries (well under the node's body limit).
+const PUSH_BYTES: usize = 4 << 20;
+
+/// Pulls, merges and pushes with one node until nothing is pending. Saves after every step
+/// that landed, so an interruption loses nothing.
+fn sync_with(
+    remote: &Remote,
+    vault: &mut Vault,
+    device: &mut Device,
+    progress: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<nx1_vault::client::PullReport> {
+    let mut total = nx1_vault::client::PullReport::default();
+    let mut conflicts = 0;
+    loop {
+        let since = vault.seen().map_or(0, |s| s.seq);
+        let changes: wire::Changes =
+            remote.json("GET", &format!("/changes?since={since}"), None)?;
+        let report = vault
+            .apply_changes(changes, now())
+            .map_err(|e| anyhow!("refusing what {} sent: {e}", remote.base))?;
+        total.received += report.received;
+        total.merged += report.merged;
+        total.kept += report.kept;
+        total.seq = report.seq;
+        device.save(vault)?;
+        let mut max = 500;
+        let prepared: Prepared = loop {
+            match vault.prepare_push(max, now())? {
+                None => return Ok(total),
+                Some(p) => {
+                    let size: usize = p.push.items.iter().map(|r| r.body.len() * 4 / 3).sum();
+                    if size > PUSH_BYTES && max > 1 {
+                        max /= 2;
+                        continue;
+                    }
+                    break p;
+                }
+            }
+        };
+        let n = prepared.push.items.len();
+        match remote.call("POST", "/push", Some(serde_json::to_vec(&prepared.push)?))? {
+            Reply::Ok(_) => {
+                vault.pushed(prepared);
+                device.save(vault)?;
+                if let Some(pb) = progress {
+                    pb.inc(n as u64);
+                }
+            }
+            Reply::Status(409, _) => {
+                conflicts += 1;
+                if conflicts > 50 {
+                    bail!(
+                        "{}: the vault keeps changing under this device; try again",
+                        remote.base
+                    );
+                }
+            }
+            Reply::Status(s, b) => bail!("{}: {}", remote.base, error_text(s, &b)),
+        }
+    }
+}
+
+/// An unlocked vault with its file and password, ready for a command.
+struct Open {
+    vault: Vault,
+    device: Device,
+    password: Zeroizing<String>,
+    master: Option<MasterKeys>,
+}
+
+fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
+    let Some(device) = Device::find(opts)? else {
+        bail!(
+            "no vault on this device; create one with `nx1 vault register --server URL --account NAME`, or set this device up with `nx1 vault unlock --server URL --account NAME`"
+        );
+    };
+    let password = master_password(opts, false)?;
+    let h = &device.file.header;
+    let salt: [u8; 16] = h
+        .salt
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("the vault file's salt is corrupt"))?;
+    let master = nx1_vault::crypto::derive_master(password.as_bytes(), &salt, &h.kdf, &h.account)?;
+    let vault = Vault::unlock_with(device.file.header.clone(), &device.file.sealed, &master)
+        .map_err(|e| match e {
+            VaultError::Crypto(nx1_vault::crypto::CryptoError::Open) => {
+                anyhow!("wrong master password")
+            }
+            e => e.into(),
+        })?;
+    Ok(Open {
+        vault,
+        device,
+        password,
+        master: Some(master),
+    })
+}
+
+/// Syncs with the account's nodes (unless offline); a node that cannot be reached leaves the
+/// changes queued, which is not an error.
+fn sync(
+    opts: &VaultOpts,
+    o: &mut Open,
+    progress: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<()> {
+    if opts.offline {
+        report_pending(&o.vault, None);
+        return Ok(());
+    }
+    let servers = o.device.file.servers.clone();
+    if servers.is_empty() {
+        report_pending(&o.vault, Some("this device knows no node"));
+        return Ok(());
+    }
+    let mut last_err = None;
+    for url in &servers {
+        let mut remote = Remote::new(url);
+        let header = o.vault.header().clone();
+        let login = remote.login(
+            &header.name,
+            &o.password,
+            Some((&header.salt, &header.kdf)),
+            o.master.as_ref(),
+        );
+        let (_, pre, fresh) = match login {
+            Ok(l) => l,
+            Err(e) => {
+                last_err = Some(format!("{e:#}"));
+                continue;
+            }
+        };
+        if fresh.is_some() {
+            o.vault.pin_kdf(&pre);
+        }
+        match sync_with(&remote, &mut o.vault, &mut o.device, progress) {
+            Ok(r) => {
+                if r.merged > 0 {
+                    eprintln!(
+                        "merged {} item(s) edited on another device too (both edits kept; replaced values are in the item's history)",
+                        r.merged
+                    );
+                }
+                if r.kept > 0 {
+                    eprintln!(
+                        "kept {} item(s) deleted here but edited on another device",
+                        r.kept
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) if format!("{e}").contains("refusing what") => return Err(e),
+            Err(e) => last_err = Some(format!("{e:#}")),
+        }
+    }
+    report_pending(&o.vault, last_err.as_deref());
+    Ok(())
+}
+
+fn report_pending(vault: &Vault, why: Option<&str>) {
+    let n = vault.pending();
+    if n > 0 {
+        match why {
+            Some(w) => {
+                eprintln!("saved on this device; {n} change(s) wait for the next sync ({w})")
+            }
+            None => eprintln!("saved on this device; {n} change(s) wait for the next sync"),
+        }
+    }
+}
+
+fn pick(vault: &Vault, what: &str) -> anyhow::Result<(ItemId, Item)> {
+    let mut found = vault.find(what)?;
+    match found.len() {
+        0 => bail!("no item named {what:?} (see `nx1 vault list`)"),
+        1 => Ok(found.remove(0)),
+        n => bail!("{n} items are named {what:?}: give the id (see `nx1 vault list`)"),
+    }
+}
+
+fn split_field(s: &str) -> anyhow::Result<(&str, &str)> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| anyhow!("{s:?}: custom fields are NAME=VALUE"))
+}
+
+fn apply_fields(item: &mut Item, f: &ItemFields, replace_urls: bool) -> anyhow::Result<()> {
+    let t = now();
+    if let Some(u) = &f.username {
+        item.set_text("username", u, t);
+    }
+    if !f.urls.is_empty() || !replace_urls {
+        if replace_urls {
+            item.urls.clone_from(&f.urls);
+        } else {
+            item.urls.extend(f.urls.iter().cloned());
+        }
+    }
+    if let Some(n) = &f.notes {
+        item.set_text("notes", n, t);
+    }
+    if let Some(s) = &f.totp {
+        totp::check(s)?;
+        item.set_text("totp", s, t);
+    }
+    if let Some(d) = &f.folder {
+        item.set_text("folder", d, t);
+    }
+    for c in &f.custom {
+        let (k, v) = split_field(c)?;
+        item.set_field(k, v, false, t);
+    }
+    for c in &f.hidden {
+        let (k, v) = split_field(c)?;
+        item.set_field(k, v, true, t);
+    }
+    let password = if let Some(len) = f.generate {
+        Some(Zeroizing::new(generate::password(len, true)))
+    } else if let Some(fd) = f.item_password_fd {
+        Some(read_fd(fd)?)
+    } else if f.ask_password {
+        Some(prompt("Item password")?)
+    } else {
+        None
+    };
+    if let Some(p) = password {
+        item.set_text("password", &p, t);
+    }
+    item.modified = t;
+    Ok(())
+}
+
+fn print_item(id: &ItemId, item: &Item, show: bool) {
+    let mask = |s: &str| {
+        if show || s.is_empty() {
+            s.to_owned()
+        } else {
+            "••••••••".to_owned()
+        }
+    };
+    println!("id        {id}");
+    println!("name      {}", item.name);
+    if !item.username.is_empty() {
+        println!("username  {}", item.username);
+    }
+    if !item.password.is_empty() {
+        println!("password  {}", mask(&item.password));
+    }
+    for u in &item.urls {
+        println!("url       {u}");
+    }
+    if !item.folder.is_empty() {
+        println!("folder    {}", item.folder);
+    }
+    if !item.totp.is_empty() {
+        match totp::code(&item.totp, now() as u64) {
+            Ok(c) => println!("totp      {} ({} s left)", c.code, c.remaining),
+            Err(_) => println!("totp      (unreadable secret)"),
+        }
+    }
+    for f in &item.fields {
+        let v = if f.hidden {
+            mask(&f.value)
+        } else {
+            f.value.clone()
+        };
+        println!("{:<9} {v}", format!("{}:", f.name));
+    }
+    if !item.notes.is_empty() {
+        println!("notes     {}", item.notes.replace('\n', "\n          "));
+    }
+    if !item.history.is_empty() {
+        println!(
+            "history   {} earlier value(s) (--json shows them)",
+            item.history.len()
+        );
+    }
+}
+
+fn field_of(item: &Item, field: &str) -> anyhow::Result<String> {
+    Ok(match field {
+        "name" => item.name.clone(),
+        "username" => item.username.clone(),
+        "password" => item.password.clone(),
+        "url" => item.urls.first().cloned().unwrap_or_default(),
+        "notes" => item.notes.clone(),
+        "folder" => item.folder.clone(),
+        "totp" => totp::code(&item.totp, now() as u64)?.code,
+        other => item
+            .fields
+            .iter()
+            .find(|f| f.name == other)
+            .map(|f| f.value.clone())
+            .ok_or_else(|| anyhow!("the item has no field {other:?}"))?,
+    })
+}
+
+/// Runs a vault command (blocking: KDF, files and HTTP).
+pub fn run(opts: &VaultOpts, command: VaultCommand) -> anyhow::Result<()> {
+    match command {
+        VaultCommand::Generate {
+            length,
+            no_symbols,
+            words,
+            separator,
+        } => {
+            match words {
+                Some(n) => println!("{}", generate::passphrase(n, &separator)),
+                None => println!("{}", generate::password(length, !no_symbols)),
+            }
+            Ok(())
+        }
+        VaultCommand::Register {
+            servers,
+            kdf_memory,
+            kdf_passes,
+            kdf_lanes,
+        } => register(opts, servers, kdf_memory, kdf_passes, kdf_lanes),
+        VaultCommand::Unlock { servers } => unlock(opts, servers),
+        VaultCommand::Add { name, fields } => {
+            let mut o = open(opts)?;
+            let mut item = Item {
+                name: name.clone(),
+                ..Item::default()
+            };
+            apply_fields(&mut item, &fields, false)?;
+            let id = o.vault.add(item);
+            o.device.save(&o.vault)?;
+            println!("added {name} ({id})");
+            sync(opts, &mut o, None)
+        }
+        VaultCommand::Edit {
+            item,
+            rename,
+            fields,
+        } => {
+            let mut o = open(opts)?;
+            let (id, mut it) = pick(&o.vault, &item)?;
+            if let Some(n) = &rename {
+                it.set_text("name", n, now());
+            }
+            apply_fields(&mut it, &fields, true)?;
+            o.vault.put(&id, it)?;
+            o.device.save(&o.vault)?;
+            println!("changed {item} ({id})");
+            sync(opts, &mut o, None)
+        }
+        VaultCommand::Rm { item } => {
+            let mut o = open(opts)?;
+            let (id, it) = pick(&o.vault, &item)?;
+            o.vault.remove(&id)?;
+            o.device.save(&o.vault)?;
+            println!("deleted {} ({id})", it.name);
+            sync(opts, &mut o, None)
+        }
+        VaultCommand::Sync => {
+            let mut o = open(opts)?;
+            sync(opts, &mut o, None)?;
+            let seq = o.vault.seen().map_or(0, |s| s.seq);
+            println!(
+                "{} items, change #{seq}, {} waiting",
+                o.vault.items()?.len(),
+                o.vault.pending()
+            );
+            Ok(())
+        }
+        VaultCommand::Get {
+            item,
+            field,
+            show,
+            json,
+        } => {
+            let mut o = open(opts)?;
+            sync(opts, &mut o, None)?;
+            let (id, it) = pick(&o.vault, &item)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&it)?);
+            } else if let Some(f) = field {
+                println!("{}", field_of(&it, &f)?);
+            } else {
+                print_item(&id, &it, show);
+            }
+            Ok(())
+        }
+        VaultCommand::List { query, json } => {
+            let mut o = open(opts)?;
+            sync(opts, &mut o, None)?;
+            let items: Vec<(ItemId, Item)> = o
+                .vault
+                .items()?
+                .into_iter()
+                .filter(|(_, it)| query.as_deref().is_none_or(|q| it.matches(q)))
+                .collect();
+            if json {
+                let list: Vec<serde_json::Value> = items
+                    .iter()
+                    .map(|(id, it)| {
+                        serde_json::json!({
+                            "id": id.to_string(), "name": it.name, "username": it.username,
+                            "urls": it.urls, "folder": it.folder,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for (id, it) in &items {
+                    println!(
+                        "{}  {:<24} {:<24} {}",
+                        &id.to_string()[..8],
+                        it.name,
+                        it.username,
+                        it.urls.first().map_or("", String::as_str)
+                    );
+                }
+            }
+            Ok(())
+        }
+        VaultCommand::Totp { item } => {
+            let o = open(opts)?;
+            let (_, it) = pick(&o.vault, &item)?;
+            if it.totp.is_empty() {
+                bail!("{} has no TOTP secret", it.name);
+            }
+            let c = totp::code(&it.totp, now() as u64)?;
+            println!("{}", c.code);
+            eprintln!("valid for {} more second(s)", c.remaining);
+            Ok(())
+        }
+    }
+}
+
+fn register(
+    opts: &VaultOpts,
+    servers: Vec<String>,
+    m: Option<u32>,
+    t: Option<u32>,
+    p: Option<u32>,
+) -> anyhow::Result<()> {
+    let name = opts
+        .account
+        .clone()
+        .ok_or_else(|| anyhow!("name the account with --account NAME"))?;
+    if Device::find(opts)?.is_some() {
+        bail!("this device already has the account {name:?}");
+    }
+    let d = KdfParams::DEFAULT;
+    let kdf = KdfParams {
+        m_kib: m.unwrap_or(d.m_kib),
+        t: t.unwrap_or(d.t),
+        p: p.unwrap_or(d.p),
+    };
+    kdf.check()?;
+    let password = master_password(opts, true)?;
+    let (vault, reg) = Vault::create(&name, password.as_bytes(), kdf)?;
+    let remote = Remote::new(&servers[0]);
+    match remote.call("POST", "/register", Some(serde_json::to_vec(&reg)?))? {
+        Reply::Ok(_) => {}
+        Reply::Status(409, _) => bail!(
+            "{}: the account {name:?} exists; set this device up with `nx1 vault unlock --server {} --account {name}`",
+            servers[0],
+            servers[0]
+        ),
+        Reply::Status(s, b) => bail!("{}: {}", servers[0], error_text(s, &b)),
+    }
+    for other in &servers[1..] {
+        if let Reply::Status(s, b) =
+            Remote::new(other).call("POST", "/register", Some(serde_json::to_vec(&reg)?))?
+        {
+            eprintln!("warning: {other}: {}", error_text(s, &b));
+        }
+    }
+    let dir = vault_dir(opts)?;
+    let mut device = Device {
+        path: Device::path_for(&dir, &reg.account),
+        file: VaultFile {
+            header: vault.header().clone(),
+            servers,
+            sealed: Vec::new(),
+        },
+    };
+    device.save(&vault)?;
+    println!("registered {name} (account {})", reg.account);
+    println!("vault file: {}", device.path.display());
+    Ok(())
+}
+
+fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
+    if Device::find(opts)?.is_none() {
+        // A new device: everything comes from a node.
+        let name = opts
+            .account
+            .clone()
+            .ok_or_else(|| anyhow!("name the account with --account NAME"))?;
+        if servers.is_empty() || opts.offline {
+            bail!("this device has no copy of {name:?} yet: give a node with --server URL");
+        }
+        let password = master_password(opts, false)?;
+        let mut remote = Remote::new(&servers[0]);
+        let (session, pre, master) = remote.login(&name, &password, None, None)?;
+        let master = master.expect("a new device derives its keys");
+        let vault = Vault::join(&name, &master, &pre, &session).map_err(|e| match e {
+            VaultError::Crypto(_) => anyhow!("wrong master password"),
+            e => e.into(),
+        })?;
+        let dir = vault_dir(opts)?;
+        let mut device = Device {
+            path: Device::path_for(&dir, &vault.header().account),
+            file: VaultFile {
+                header: vault.header().clone(),
+                servers,
+                sealed: Vec::new(),
+            },
+        };
+        device.save(&vault)?;
+        let mut o = Open {
+            vault,
+            device,
+            password,
+            master: Some(master),
+        };
+        sync(opts, &mut o, None)?;
+        println!(
+            "unlocked {name} on this device: {} items",
+            o.vault.items()?.len()
+        );
+        return Ok(());
+    }
+    let mut o = open(opts)?;
+    for s in servers {
+        if !o.device.file.servers.contains(&s) {
+            o.device.file.servers.push(s);
+        }
+    }
+    sync(opts, &mut o, None)?;
+    o.device.save(&o.vault)?;
+    println!(
+        "unlocked {}: {} items, change #{}, {} waiting to sync",
+        o.vault.header().name,
+        o.vault.items()?.len(),
+        o.vault.seen().map_or(0, |s| s.seq),
+        o.vault.pending()
+    );
+    Ok(())
+}
