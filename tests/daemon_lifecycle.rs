@@ -230,70 +230,9 @@ fn version_and_help_are_there() {
     assert!(!bad.status.success());
 }
 
-/// A database on the PostgreSQL server the tests use, dropped again at the end.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl PgDatabase {
-    fn create() -> Self {
-        let admin_url = std::env::var("NX1_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("nx1_e2e_{}", std::process::id());
-        let db = Self { admin_url, name };
-        db.psql(&format!("DROP DATABASE IF EXISTS {}", db.name));
-        db.psql(&format!("CREATE DATABASE {}", db.name));
-        db
-    }
-
-    fn psql(&self, sql: &str) {
-        let out = std::process::Command::new("psql")
-            .args([&self.admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
-            .output()
-            .expect("psql (postgresql-client) is needed");
-        assert!(out.status.success(), "{sql}: {}", text(&out.stderr));
-    }
-
-    /// `nx1 init`s a node in `tmp/dir` that keeps its state in this database (no WireGuard
-    /// interface, HTTP API on a free port) and returns its config file.
-    fn node(&self, tmp: &Path, dir: &str) -> std::path::PathBuf {
-        let dir = tmp.join(dir);
-        let init = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp);
-        assert!(init.status.success(), "{}", text(&init.stderr));
-        let config = dir.join("nx1.toml");
-        set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
-        set_config(&config, "vpn", "enabled", "false");
-        set_config(
-            &config,
-            "store",
-            "database_url",
-            &format!("\"{}\"", self.url()),
-        );
-        config
-    }
-
-    fn url(&self) -> String {
-        let base = &self.admin_url[..self.admin_url.rfind('/').unwrap()];
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([
-                &self.admin_url,
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
-
 #[test]
 fn up_keeps_its_state_in_postgresql_when_database_url_says_so() {
-    let pg = PgDatabase::create();
+    let pg = PgDatabase::create("daemon");
     let tmp = tempfile::tempdir().unwrap();
     let config = pg.node(tmp.path(), "node");
 

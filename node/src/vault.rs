@@ -48,9 +48,57 @@ pub struct VaultService {
     limits: VaultSection,
     prelogin_secret: [u8; 32],
     challenges: parking_lot::Mutex<HashMap<AccountId, ([u8; 32], Instant)>>,
-    login_by_account: DefaultKeyedRateLimiter<AccountId>,
-    login_by_source: DefaultKeyedRateLimiter<IpAddr>,
+    failures_by_account: FailureLimit<AccountId>,
+    failures_by_source: FailureLimit<IpAddr>,
+    challenges_by_source: DefaultKeyedRateLimiter<IpAddr>,
     register_by_source: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// Limits failed logins: each failure takes a token; a key out of tokens is refused every
+/// attempt (successful or not) until the bucket refills enough for one more. Successful
+/// logins cost nothing, so a user with many devices is never locked out by using them.
+struct FailureLimit<K: std::hash::Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    blocked: parking_lot::Mutex<HashMap<K, Instant>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> FailureLimit<K> {
+    fn new(quota: Quota) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            blocked: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `key` must still wait, if it is blocked.
+    fn blocked(&self, key: &K) -> Option<Duration> {
+        let now = Instant::now();
+        let until = *self.blocked.lock().get(key)?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Records a failure; returns the wait when that used up the key's allowance.
+    fn failed(&self, key: &K) -> Option<Duration> {
+        let not_until = self.limiter.check_key(key).err()?;
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let mut blocked = self.blocked.lock();
+        if blocked.len() > 100_000 {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+        }
+        blocked.insert(key.clone(), Instant::now() + wait);
+        Some(wait)
+    }
+}
+
+fn too_many(what: &str, wait: Duration) -> ApiError {
+    let secs = wait.as_secs().max(1);
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many {what}; try again in {secs} s"),
+    );
+    e.retry_after = Some(secs);
+    e
 }
 
 /// An error answer: a status and a sentence, as `{"error": …}`.
@@ -145,8 +193,11 @@ impl VaultService {
         let mut prelogin_secret = [0u8; 32];
         prelogin_secret.copy_from_slice(&Sha256::digest(secret.as_bytes()));
         Ok(Self {
-            login_by_account: RateLimiter::keyed(per_minute(limits.logins_per_minute)),
-            login_by_source: RateLimiter::keyed(per_minute(limits.logins_per_minute * 3)),
+            failures_by_account: FailureLimit::new(per_minute(limits.logins_per_minute)),
+            failures_by_source: FailureLimit::new(per_minute(
+                limits.logins_per_minute.saturating_mul(3),
+            )),
+            challenges_by_source: RateLimiter::keyed(per_minute(600)),
             register_by_source: RateLimiter::keyed(Quota::per_hour(
                 NonZeroU32::new(limits.registrations_per_hour.max(1)).expect("≥1"),
             )),
@@ -176,13 +227,10 @@ impl VaultService {
         what: &str,
     ) -> ApiResult<()> {
         limiter.check_key(key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many {what}; try again in {} s", wait.as_secs().max(1)),
-            );
-            e.retry_after = Some(wait.as_secs().max(1));
-            e
+            too_many(
+                what,
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )
         })
     }
 
@@ -287,9 +335,9 @@ async fn challenge(
     body: Result<Json<wire::ChallengeRequest>, JsonRejection>,
 ) -> ApiResult<Json<wire::Challenge>> {
     VaultService::limited(
-        &svc.login_by_source,
+        &svc.challenges_by_source,
         &peer.ip(),
-        "login attempts from this address",
+        "logins from this address",
     )?;
     let Json(r) = body?;
     let c: [u8; 32] = nx1_vault::crypto::random();
@@ -315,17 +363,24 @@ async fn login(
     body: Result<Json<wire::Login>, JsonRejection>,
 ) -> ApiResult<Json<wire::Session>> {
     let Json(r) = body?;
-    VaultService::limited(
-        &svc.login_by_source,
-        &peer.ip(),
-        "login attempts from this address",
-    )?;
-    VaultService::limited(
-        &svc.login_by_account,
-        &r.account,
-        "login attempts for this account",
-    )?;
+    let (source, by_source, by_account) = (
+        peer.ip(),
+        "failed logins from this address",
+        "failed logins for this account",
+    );
+    if let Some(wait) = svc.failures_by_source.blocked(&source) {
+        return Err(too_many(by_source, wait));
+    }
+    if let Some(wait) = svc.failures_by_account.blocked(&r.account) {
+        return Err(too_many(by_account, wait));
+    }
     let failed = || {
+        if let Some(wait) = svc.failures_by_source.failed(&source) {
+            return too_many(by_source, wait);
+        }
+        if let Some(wait) = svc.failures_by_account.failed(&r.account) {
+            return too_many(by_account, wait);
+        }
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "login failed: wrong password or expired challenge",

@@ -360,7 +360,7 @@ impl Remote {
                 r.send(body.unwrap_or_default())
             }
         };
-        let mut resp = resp.with_context(|| format!("cannot reach {}", self.base))?;
+        let mut resp = resp.map_err(|e| Unreachable(format!("cannot reach {}: {e}", self.base)))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .body_mut()
@@ -425,6 +425,11 @@ impl Remote {
         Ok((session, pre, fresh))
     }
 }
+
+/// A node could not be reached: the change stays queued, which is not an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unreachable(String);
 
 fn error_text(status: u16, body: &[u8]) -> String {
     match serde_json::from_slice::<wire::ErrorBody>(body) {
@@ -560,10 +565,11 @@ fn sync(
         );
         let (_, pre, fresh) = match login {
             Ok(l) => l,
-            Err(e) => {
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
                 last_err = Some(format!("{e:#}"));
                 continue;
             }
+            Err(e) => return Err(e),
         };
         if fresh.is_some() {
             o.vault.pin_kdf(&pre);
@@ -584,11 +590,17 @@ fn sync(
                 }
                 return Ok(());
             }
-            Err(e) if format!("{e}").contains("refusing what") => return Err(e),
-            Err(e) => last_err = Some(format!("{e:#}")),
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+                last_err = Some(format!("{e:#}"));
+            }
+            Err(e) => return Err(e),
         }
     }
-    report_pending(&o.vault, last_err.as_deref());
+    let why = last_err.unwrap_or_default();
+    if o.vault.pending() == 0 {
+        eprintln!("not synced: {why}");
+    }
+    report_pending(&o.vault, Some(&why));
     Ok(())
 }
 

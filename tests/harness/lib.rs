@@ -194,6 +194,42 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// A plain HTTP/1.0 request with a body and extra headers; returns (status code, body).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    // The server may answer (413) before reading a large body; a failed write is not an error.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((code, body))
+}
+
 /// Replaces `key = …` inside `[section]` of a TOML file with `key = value`.
 pub fn set_config(path: &Path, section: &str, key: &str, value: &str) {
     let text = std::fs::read_to_string(path).expect("read config");
@@ -224,6 +260,92 @@ pub fn set_config(path: &Path, section: &str, key: &str, value: &str) {
         out.push_str(&format!("{key} = {value}\n"));
     }
     std::fs::write(path, out).expect("write config");
+}
+
+/// A database on the PostgreSQL server the tests use, dropped again at the end.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// A fresh database named after this process and `tag`.
+    pub fn create(tag: &str) -> Self {
+        let admin_url = std::env::var("NX1_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("nx1_e2e_{tag}_{}", std::process::id());
+        let db = Self { admin_url, name };
+        db.psql(&format!("DROP DATABASE IF EXISTS {}", db.name));
+        db.psql(&format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    /// Runs SQL as the admin user on the admin database.
+    pub fn psql(&self, sql: &str) {
+        let out = std::process::Command::new("psql")
+            .args([&self.admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+            .output()
+            .expect("psql (postgresql-client) is needed");
+        assert!(out.status.success(), "{sql}: {}", text(&out.stderr));
+    }
+
+    /// `nx1 init`s a node in `tmp/dir` that keeps its state in this database (no WireGuard
+    /// interface, HTTP API on a free port) and returns its config file.
+    pub fn node(&self, tmp: &Path, dir: &str) -> std::path::PathBuf {
+        let dir = tmp.join(dir);
+        let init = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp);
+        assert!(init.status.success(), "{}", text(&init.stderr));
+        let config = dir.join("nx1.toml");
+        set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
+        set_config(&config, "vpn", "enabled", "false");
+        set_config(
+            &config,
+            "store",
+            "database_url",
+            &format!("\"{}\"", self.url()),
+        );
+        config
+    }
+
+    /// The URL of this database.
+    pub fn url(&self) -> String {
+        let base = &self.admin_url[..self.admin_url.rfind('/').unwrap()];
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+impl PgDatabase {
+    /// Runs SQL on this database and returns what it printed (unaligned, tuples only).
+    pub fn query(&self, sql: &str) -> String {
+        let out = std::process::Command::new("psql")
+            .args([&self.url(), "-v", "ON_ERROR_STOP=1", "-Atqc", sql])
+            .output()
+            .expect("psql (postgresql-client) is needed");
+        assert!(out.status.success(), "{sql}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Every row of every table, as `pg_dump --data-only` prints them.
+    pub fn dump(&self) -> Vec<u8> {
+        let out = std::process::Command::new("pg_dump")
+            .args(["--data-only", &self.url()])
+            .output()
+            .expect("pg_dump (postgresql-client) is needed");
+        assert!(out.status.success(), "pg_dump: {}", text(&out.stderr));
+        out.stdout
+    }
 }
 
 /// The text of a process's output streams, for assertions.

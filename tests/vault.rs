@@ -1,0 +1,474 @@
+//! The password vault end to end: real `nx1 up` nodes (SQLite and PostgreSQL) and devices
+//! driven through `nx1 vault …`, plus hostile requests straight at `/v1/vault/`.
+
+use nx1_tests::*;
+use nx1_vault::client::Vault;
+use nx1_vault::crypto::KdfParams;
+use nx1_vault::wire;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// A running node with the vault API on a fixed loopback port (so devices find it again after
+/// a restart).
+struct Node {
+    daemon: Option<Daemon>,
+    config: PathBuf,
+    dir: PathBuf,
+    addr: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Node {
+    fn init(tmp: &Path, name: &str, pg: Option<&PgDatabase>) -> Node {
+        let config = match pg {
+            Some(pg) => pg.node(tmp, name),
+            None => {
+                let dir = tmp.join(name);
+                let out = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp);
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                let config = dir.join("nx1.toml");
+                set_config(&config, "vpn", "enabled", "false");
+                config
+            }
+        };
+        let addr = format!("127.0.0.1:{}", free_port());
+        set_config(&config, "api", "listen", &format!("\"{addr}\""));
+        Node {
+            daemon: None,
+            dir: config.parent().unwrap().to_owned(),
+            config,
+            addr,
+        }
+    }
+
+    fn start(&mut self) {
+        let log = self.dir.join("up.log");
+        let daemon = Daemon::start(Some(&self.config), self.dir.parent().unwrap(), &log);
+        eventually("the vault API to answer", Duration::from_secs(30), || {
+            http_get(&self.addr, "/healthz")
+                .ok()
+                .filter(|(c, _)| *c == 200)
+        });
+        self.daemon = Some(daemon);
+    }
+
+    fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            assert!(d.stop_with(libc::SIGTERM).success());
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            let _ = d.stop_with(libc::SIGKILL);
+        }
+    }
+}
+
+/// One device of an account: its own vault directory and a password file fed as fd 0.
+struct Device {
+    dir: PathBuf,
+    password: PathBuf,
+    account: String,
+}
+
+impl Device {
+    fn new(tmp: &Path, name: &str, account: &str, password: &str) -> Device {
+        let dir = tmp.join(name);
+        let pw = tmp.join(format!("{name}.pw"));
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        Device {
+            dir,
+            password: pw,
+            account: account.to_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let child = Command::new(nx1_bin())
+            .arg("vault")
+            .args(args)
+            .args(["--vault-dir", self.dir.to_str().unwrap()])
+            .args(["--account", &self.account, "--password-fd", "0"])
+            .env_remove("NX1_VAULT_DIR")
+            .env_remove("NX1_VAULT_ACCOUNT")
+            .stdin(Stdio::from(std::fs::File::open(&self.password).unwrap()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nx1 vault");
+        wait_output(child, Duration::from_secs(60))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "nx1 vault {args:?} failed: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "nx1 vault {args:?} should fail");
+        text(&out.stderr)
+    }
+
+    fn item(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["get", name, "--json"])).unwrap()
+    }
+}
+
+/// Values that must never reach a node in clear.
+const CANARIES: [&str; 6] = [
+    "Zurich-canary-name",
+    "canary-user-5521",
+    "canary-site-5521.example",
+    "canary-note-5521",
+    "canary-field-5521",
+    "alice-canary@example.org",
+];
+
+/// Everything a device does against one node; `dump` reads the node's database directly.
+fn devices_sync_through(node: &Node, tmp: &Path, dump: &dyn Fn() -> Vec<u8>) {
+    let account = "alice-canary@example.org";
+    let a = Device::new(tmp, "device-a", account, "correct horse battery staple");
+    let b = Device::new(tmp, "device-b", account, "correct horse battery staple");
+    let url = node.url();
+
+    a.ok(&["register", "--server", &url]);
+    a.ok(&[
+        "add",
+        "Zurich-canary-name",
+        "--username",
+        "canary-user-5521",
+        "--url",
+        "https://canary-site-5521.example/login",
+        "--notes",
+        "canary-note-5521",
+        "--hidden-field",
+        "recovery=canary-field-5521",
+        "--totp",
+        "JBSWY3DPEHPK3PXP",
+        "--generate",
+        "24",
+    ]);
+    a.ok(&["add", "Mail", "--username", "alice", "--generate"]);
+    let secret = a.ok(&["get", "Zurich-canary-name", "--field", "password"]);
+    assert_eq!(secret.trim().chars().count(), 24);
+
+    // A second device gets everything from the node with the password alone.
+    let out = b.ok(&["unlock", "--server", &url]);
+    assert!(out.contains("2 items"), "{out}");
+    assert_eq!(
+        b.ok(&["get", "Zurich-canary-name", "--field", "password"]),
+        secret
+    );
+    assert_eq!(
+        b.ok(&["get", "Zurich-canary-name", "--field", "recovery"])
+            .trim(),
+        "canary-field-5521"
+    );
+    let code = b.ok(&["totp", "Zurich-canary-name"]);
+    assert_eq!(code.trim().len(), 6);
+
+    // Concurrent edits: A works offline on Mail's username and folder while B changes its
+    // notes and folder online. When A syncs, every edit survives; the one field both changed
+    // takes A's value and keeps B's in the history.
+    a.ok(&[
+        "edit",
+        "Mail",
+        "--username",
+        "alice@mail.example",
+        "--folder",
+        "Work",
+        "--offline",
+    ]);
+    let list = a.ok(&["list", "--offline"]);
+    assert!(list.contains("alice@mail.example"), "{list}");
+    b.ok(&["edit", "Mail", "--notes", "from B", "--folder", "Home"]);
+    let out = a.run(&["sync"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("merged 1"),
+        "{}",
+        text(&out.stderr)
+    );
+    for dev in [&a, &b] {
+        let mail = dev.item("Mail");
+        assert_eq!(mail["username"], "alice@mail.example");
+        assert_eq!(mail["notes"], "from B");
+        assert_eq!(mail["folder"], "Work");
+        let history = mail["history"].as_array().unwrap();
+        assert!(
+            history
+                .iter()
+                .any(|h| h["field"] == "folder" && h["value"] == "Home"),
+            "{history:?}"
+        );
+    }
+
+    // Deletes propagate; a wrong password opens nothing.
+    b.ok(&["rm", "Mail"]);
+    let list = a.ok(&["list"]);
+    assert!(!list.contains("Mail"), "{list}");
+    let err = Device {
+        dir: a.dir.clone(),
+        ..Device::new(tmp, "wrong", account, "wrong password")
+    }
+    .fails(&["list"]);
+    assert!(err.contains("wrong master password"), "{err}");
+
+    // The node's database holds none of it in clear.
+    let bytes = dump();
+    for canary in CANARIES.iter().chain([secret.trim()].iter()) {
+        assert!(
+            !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+            "{canary} is in the node's database"
+        );
+    }
+}
+
+#[test]
+fn devices_sync_through_a_sqlite_node_and_it_sees_only_ciphertext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", None);
+    node.start();
+    let db = node.dir.join("nx1.db");
+    devices_sync_through(&node, tmp.path(), &|| {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal"] {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            all.extend(std::fs::read(&p).unwrap_or_default());
+        }
+        assert!(all.len() > 4096, "the database file is there");
+        all
+    });
+    node.stop();
+}
+
+#[test]
+fn devices_sync_through_a_postgresql_node_and_it_sees_only_ciphertext() {
+    let pg = PgDatabase::create("vault");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", Some(&pg));
+    node.start();
+    devices_sync_through(&node, tmp.path(), &|| {
+        let rows = pg.query("SELECT count(*) FROM vault_items");
+        assert!(rows.trim().parse::<u32>().unwrap() >= 2, "{rows}");
+        pg.dump()
+    });
+
+    // A node that lowers the KDF parameters is refused by devices that saw stronger ones.
+    let a = Device::new(
+        tmp.path(),
+        "device-a",
+        "alice-canary@example.org",
+        "correct horse battery staple",
+    );
+    pg.query("UPDATE vault_accounts SET kdf_m_kib = 19456, kdf_t = 2, kdf_p = 1");
+    let err = a.fails(&["sync"]);
+    assert!(err.contains("weaker"), "{err}");
+    node.stop();
+}
+
+/// Copies a stopped node's SQLite database (with its WAL, if any) from one directory to
+/// another, replacing what is there.
+fn copy_sqlite(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for suffix in ["nx1.db", "nx1.db-wal", "nx1.db-shm"] {
+        let _ = std::fs::remove_file(to.join(suffix));
+        if from.join(suffix).exists() {
+            std::fs::copy(from.join(suffix), to.join(suffix)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_node_restored_from_an_old_copy_is_caught_as_a_rollback_and_a_fork() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", None);
+    node.start();
+    let account = "bob@example.org";
+    let a = Device::new(tmp.path(), "a", account, "pw one two three");
+    let b = Device::new(tmp.path(), "b", account, "pw one two three");
+    a.ok(&["register", "--server", &node.url()]);
+    a.ok(&["add", "One", "--generate"]);
+    b.ok(&["unlock", "--server", &node.url()]);
+
+    // Snapshot the node's database, let A make a change, then put the snapshot back.
+    node.stop();
+    let snapshot = tmp.path().join("snapshot");
+    copy_sqlite(&node.dir, &snapshot);
+    node.start();
+    a.ok(&["add", "Two", "--generate"]);
+    node.stop();
+    copy_sqlite(&snapshot, &node.dir);
+    node.start();
+
+    let err = a.fails(&["sync"]);
+    assert!(err.contains("rollback"), "{err}");
+
+    // B, which never saw A's change, builds on the old state: the node now shows A and B
+    // different histories of the same length.
+    b.ok(&["add", "Three", "--generate"]);
+    let err = a.fails(&["sync"]);
+    assert!(err.contains("fork"), "{err}");
+    // A keeps its own data all along.
+    let list = a.ok(&["list", "--offline"]);
+    assert!(list.contains("One") && list.contains("Two"), "{list}");
+    node.stop();
+}
+
+#[test]
+fn offline_changes_wait_and_quotas_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", None);
+    set_config(&node.config, "vault", "max_items", "3");
+    node.start();
+    let a = Device::new(tmp.path(), "a", "carol", "carol's long password");
+    a.ok(&["register", "--server", &node.url()]);
+    for n in ["A", "B", "C"] {
+        a.ok(&["add", n, "--generate"]);
+    }
+    let out = a.run(&["add", "D", "--generate"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("quota exceeded"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // With the node down, changes stay on the device and go out when it is back.
+    a.ok(&["rm", "D", "--offline"]);
+    node.stop();
+    let out = a.run(&["rm", "C"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wait for the next sync"),
+        "{}",
+        text(&out.stderr)
+    );
+    node.start();
+    a.ok(&["sync"]);
+    let b = Device::new(tmp.path(), "b", "carol", "carol's long password");
+    let out = b.ok(&["unlock", "--server", &node.url()]);
+    assert!(out.contains("2 items"), "{out}");
+    node.stop();
+}
+
+/// A session on a node, made with the vault crate directly (so tests can send anything).
+fn session(addr: &str, name: &str) -> String {
+    let (_, reg) = Vault::create(name, b"pw", KdfParams::FLOOR).unwrap();
+    let body = serde_json::to_vec(&reg).unwrap();
+    let json = [("content-type", "application/json")];
+    let (code, text) = http_request(addr, "POST", "/v1/vault/register", &json, &body).unwrap();
+    assert_eq!(code, 201, "{text}");
+    let pre = wire::Prelogin {
+        salt: reg.salt.clone(),
+        kdf: reg.kdf,
+    };
+    let master = Vault::master_for_login(name, b"pw", &pre, None).unwrap();
+    let req = serde_json::to_vec(&wire::ChallengeRequest {
+        account: reg.account,
+    })
+    .unwrap();
+    let (_, ch) = http_request(addr, "POST", "/v1/vault/challenge", &json, &req).unwrap();
+    let ch: wire::Challenge = serde_json::from_str(&ch).unwrap();
+    let login = serde_json::to_vec(&Vault::answer(&master, &reg.account, &ch.challenge)).unwrap();
+    let (code, s) = http_request(addr, "POST", "/v1/vault/login", &json, &login).unwrap();
+    assert_eq!(code, 200, "{s}");
+    serde_json::from_str::<wire::Session>(&s).unwrap().token
+}
+
+#[test]
+fn hostile_requests_get_clear_4xx_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", None);
+    node.start();
+    let addr = node.addr.clone();
+    let token = session(&addr, "dave");
+    let auth = format!("Bearer {token}");
+    let json = ("content-type", "application/json");
+    let authed = [json, ("authorization", auth.as_str())];
+    let changes = || http_request(&addr, "GET", "/v1/vault/changes?since=0", &authed, b"").unwrap();
+    let before = changes();
+    assert_eq!(before.0, 200, "{}", before.1);
+
+    let big = vec![b'x'; 9 << 20];
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/v1/vault/register", vec![json], b"{}".to_vec(), 422, "missing field"),
+        ("POST", "/v1/vault/register", vec![json], b"{not json".to_vec(), 400, "invalid request body"),
+        ("POST", "/v1/vault/register", vec![], b"{}".to_vec(), 415, "Content-Type"),
+        ("POST", "/v1/vault/register", vec![json], br#"{"account":5,"salt":"","kdf":{"m_kib":1,"t":1,"p":1},"auth_key":"","manifest_key":"","wrapped_key":"","proof":""}"#.to_vec(), 422, "invalid type"),
+        ("POST", "/v1/vault/register", vec![json], br#"{"account":"00000000000000000000000000000000","salt":"AAAAAAAAAAAAAAAAAAAAAA==","kdf":{"m_kib":8,"t":1,"p":1},"auth_key":"","manifest_key":"","wrapped_key":"AA==","proof":""}"#.to_vec(), 400, "below the minimum"),
+        ("POST", "/v1/vault/register", vec![json], br#"{"account":"00000000000000000000000000000000","salt":"!!","kdf":{"m_kib":65536,"t":3,"p":4},"auth_key":"","manifest_key":"","wrapped_key":"","proof":""}"#.to_vec(), 422, "invalid"),
+        ("GET", "/v1/vault/prelogin?account=zz", vec![], Vec::new(), 400, "invalid query"),
+        ("GET", "/v1/vault/changes?since=0", vec![], Vec::new(), 401, "not logged in"),
+        ("GET", "/v1/vault/changes?since=0", vec![("authorization", "Bearer forged")], Vec::new(), 401, "unknown token"),
+        ("GET", "/v1/vault/changes?since=-1", authed.to_vec(), Vec::new(), 400, "invalid query"),
+        ("POST", "/v1/vault/push", authed.to_vec(), big, 413, ""),
+        ("POST", "/v1/vault/push", authed.to_vec(), br#"{"base":0,"items":[],"manifest":{}}"#.to_vec(), 422, "missing field"),
+        ("POST", "/v1/vault/login", vec![json], br#"{"account":"00000000000000000000000000000000","challenge":"AA==","signature":"AA=="}"#.to_vec(), 401, "login failed"),
+    ];
+    for (method, path, headers, body, want, says) in cases {
+        let (code, answer) = http_request(&addr, method, path, &headers, &body).unwrap();
+        assert_eq!(code, want, "{method} {path}: {answer}");
+        assert!(answer.contains(says), "{method} {path}: {answer}");
+    }
+
+    // Well-formed pushes that break the rules: refused with a reason, nothing applied.
+    let (mut v, _) = Vault::create("dave", b"pw", KdfParams::FLOOR).unwrap();
+    v.add(nx1_vault::item::Item::default());
+    let p = v.prepare_push(10, 1).unwrap().unwrap().push;
+    let forged = serde_json::to_vec(&p).unwrap();
+    let (code, answer) = http_request(&addr, "POST", "/v1/vault/push", &authed, &forged).unwrap();
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("manifest refused"), "{answer}");
+    let mut twice = p.clone();
+    twice.items.push(p.items[0].clone());
+    let (code, answer) = http_request(
+        &addr,
+        "POST",
+        "/v1/vault/push",
+        &authed,
+        &serde_json::to_vec(&twice).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("appears twice"), "{answer}");
+
+    assert_eq!(changes(), before);
+
+    // Guessing passwords: the account's login attempts run out.
+    let junk =
+        br#"{"account":"11111111111111111111111111111111","challenge":"AA==","signature":"AA=="}"#;
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        codes.push(
+            http_request(&addr, "POST", "/v1/vault/login", &[json], junk)
+                .unwrap()
+                .0,
+        );
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 10, "{codes:?}");
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+    node.stop();
+}
