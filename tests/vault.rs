@@ -398,6 +398,9 @@ fn session(addr: &str, name: &str) -> String {
     serde_json::from_str::<wire::Session>(&s).unwrap().token
 }
 
+/// A hostile request and the answer it must get.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
 #[test]
 fn hostile_requests_get_clear_4xx_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -413,7 +416,8 @@ fn hostile_requests_get_clear_4xx_and_change_nothing() {
     assert_eq!(before.0, 200, "{}", before.1);
 
     let big = vec![b'x'; 9 << 20];
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    // (method, path, headers, body, expected status, expected words in the answer)
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/vault/register", vec![json], b"{}".to_vec(), 422, "missing field"),
         ("POST", "/v1/vault/register", vec![json], b"{not json".to_vec(), 400, "invalid request body"),
         ("POST", "/v1/vault/register", vec![], b"{}".to_vec(), 415, "Content-Type"),
