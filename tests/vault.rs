@@ -399,7 +399,14 @@ fn session(addr: &str, name: &str) -> String {
 }
 
 /// A hostile request and the answer it must get.
-type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
 
 #[test]
 fn hostile_requests_get_clear_4xx_and_change_nothing() {
@@ -475,4 +482,84 @@ fn hostile_requests_get_clear_4xx_and_change_nothing() {
     assert_eq!(codes.iter().filter(|c| **c == 401).count(), 10, "{codes:?}");
     assert_eq!(codes.last(), Some(&429), "{codes:?}");
     node.stop();
+}
+
+#[test]
+fn three_replicas_lose_nothing_when_nodes_die_mid_write_and_catch_up_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::init(tmp.path(), &format!("node{i}"), None))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let servers: Vec<&str> = urls.iter().flat_map(|u| ["--server", u.as_str()]).collect();
+    let account = "erin@example.org";
+    let password = "three replicas, one password";
+    let a = Device::new(tmp.path(), "a", account, password);
+    a.ok(&[&["register"], servers.as_slice()].concat());
+    a.ok(&["add", "Before", "--generate"]);
+
+    // A writer adds items one after another; node 2 is killed (SIGKILL) while it writes.
+    let writer = Device {
+        dir: a.dir.clone(),
+        password: a.password.clone(),
+        account: account.to_owned(),
+    };
+    let adds = std::thread::spawn(move || {
+        (0..16)
+            .map(|i| writer.run(&["add", &format!("W{i}"), "--generate"]))
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = nodes[1].daemon.take().unwrap();
+    killed.stop_with(libc::SIGKILL);
+    for out in adds.join().unwrap() {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // Two of three replicas are enough to write: nothing waits.
+        assert!(
+            !text(&out.stderr).contains("wait for the next sync"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // Still readable and writable through the two that are left.
+    let b = Device::new(tmp.path(), "b", account, password);
+    let out = b.ok(&[&["unlock"], servers.as_slice()].concat());
+    assert!(out.contains("17 items"), "{out}");
+    b.ok(&["add", "While node 2 is down", "--generate"]);
+
+    // Node 2 comes back behind; the next sync brings it up to date.
+    nodes[1].start();
+    let out = a.run(&["sync"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("caught up"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Lose the other two: node 2 alone serves everything, to a device that has never seen
+    // the vault.
+    for i in [0, 2] {
+        nodes[i].daemon.take().unwrap().stop_with(libc::SIGKILL);
+    }
+    let c = Device::new(tmp.path(), "c", account, password);
+    let out = c.ok(&[&["unlock"], servers.as_slice()].concat());
+    assert!(out.contains("18 items"), "{out}");
+    let list = c.ok(&["list"]);
+    for i in 0..16 {
+        assert!(list.contains(&format!("W{i} ")), "W{i} missing: {list}");
+    }
+    // One replica of three cannot take writes: the change waits on the device.
+    let out = c.run(&["add", "Later", "--generate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wait for the next sync"),
+        "{}",
+        text(&out.stderr)
+    );
+    nodes[1].stop();
 }

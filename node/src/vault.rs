@@ -217,6 +217,7 @@ impl VaultService {
             .route("/login", post(login))
             .route("/changes", get(changes))
             .route("/push", post(push))
+            .route("/catchup", post(catchup))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
@@ -468,6 +469,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 struct ChangesQuery {
     #[serde(default)]
     since: u64,
+    /// Include the manifest chain even from change 0 (for seeding a new replica).
+    #[serde(default)]
+    chain: bool,
 }
 
 fn record_of(row: &sqlx::any::AnyRow) -> ApiResult<ItemRecord> {
@@ -520,7 +524,7 @@ async fn changes(
                 .await?;
         out.head = Some(manifest_of(&row)?);
     }
-    if since > 0 && since < head_seq {
+    if (since > 0 || q.chain) && since < head_seq {
         for row in sqlx::query(
             "SELECT manifest FROM vault_manifests WHERE account = $1 AND seq > $2 ORDER BY seq",
         )
@@ -753,4 +757,152 @@ fn conflict(error: String, head: i64, items: Vec<ItemRecord>) -> ApiError {
         items,
     });
     e
+}
+
+/// Brings a lagging replica up to date with what an up-to-date one answered: the chain must
+/// link to this replica's head and be signed by the account, and the records, applied, must
+/// add up to the signed root. All or nothing.
+async fn catchup(
+    State(svc): State<Arc<VaultService>>,
+    Authed(account): Authed,
+    body: Result<Json<wire::Changes>, JsonRejection>,
+) -> ApiResult<Json<wire::Pushed>> {
+    let Json(c) = body?;
+    let head = c
+        .head
+        .as_ref()
+        .ok_or_else(|| ApiError::bad("a catch-up carries the newest manifest"))?;
+    if c.chain.last() != Some(head) {
+        return Err(ApiError::bad("the chain must end at the newest manifest"));
+    }
+    let mut ids = HashSet::new();
+    for r in &c.items {
+        r.check_shape().map_err(ApiError::bad)?;
+        if !ids.insert(r.id) {
+            return Err(ApiError::bad(format!("item {} appears twice", r.id)));
+        }
+    }
+    let row = svc
+        .account_row(&account)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no such account"))?;
+    let mkey: Vec<u8> = row.try_get("manifest_key")?;
+    let mkey = verifying_key(&mkey)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad manifest key"))?;
+    for m in &c.chain {
+        m.verify(&mkey, &account)
+            .map_err(|e| ApiError::bad(format!("manifest refused: {e}")))?;
+    }
+
+    let id = account.to_string();
+    let mut conn = svc.store.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    // Write first: takes the account's write lock before anything is read.
+    sqlx::query("UPDATE vault_accounts SET head_seq = head_seq WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    let own: i64 = sqlx::query("SELECT head_seq FROM vault_accounts WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("head_seq")?;
+    let mut prev = if own == 0 {
+        [0u8; 32]
+    } else {
+        let row =
+            sqlx::query("SELECT manifest FROM vault_manifests WHERE account = $1 AND seq = $2")
+                .bind(&id)
+                .bind(own)
+                .fetch_one(&mut *tx)
+                .await?;
+        manifest_of(&row)?.hash()
+    };
+    let mut seq = own as u64;
+    for m in &c.chain {
+        if m.seq != seq + 1 || m.prev != prev {
+            tx.rollback().await?;
+            return Err(conflict(
+                format!("the chain does not continue this replica's change {own}"),
+                own,
+                Vec::new(),
+            ));
+        }
+        seq = m.seq;
+        prev = m.hash();
+    }
+    let new_seq = i64::try_from(seq).map_err(|_| ApiError::bad("change number too large"))?;
+    for r in &c.items {
+        let rid = r.id.to_string();
+        let cur: Option<i64> =
+            sqlx::query("SELECT version FROM vault_items WHERE account = $1 AND id = $2")
+                .bind(&id)
+                .bind(&rid)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("version"))
+                .transpose()?;
+        if cur.is_some_and(|v| v as u64 > r.version) {
+            tx.rollback().await?;
+            return Err(ApiError::bad(format!(
+                "item {} would go back in version",
+                r.id
+            )));
+        }
+        let size = (r.key.len() + r.body.len()) as i64;
+        sqlx::query("INSERT INTO vault_items (account, id, version, seq, deleted, item_key, body, size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, deleted = excluded.deleted, item_key = excluded.item_key, body = excluded.body, size = excluded.size")
+            .bind(&id)
+            .bind(&rid)
+            .bind(r.version as i64)
+            .bind(new_seq)
+            .bind(i64::from(r.deleted))
+            .bind(r.key.clone())
+            .bind(r.body.clone())
+            .bind(size)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // The state now must be exactly what the newest manifest signs.
+    let mut records = std::collections::BTreeMap::new();
+    for row in sqlx::query(
+        "SELECT id, version, deleted, item_key, body FROM vault_items WHERE account = $1",
+    )
+    .bind(&id)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        let r = record_of(&row)?;
+        records.insert(r.id, r);
+    }
+    if nx1_vault::manifest::root_of(&records) != head.root || records.len() as u64 != head.items {
+        tx.rollback().await?;
+        return Err(ApiError::bad(
+            "the records do not add up to the signed manifest",
+        ));
+    }
+    let count = records.values().filter(|r| !r.deleted).count() as i64;
+    let bytes: i64 = records
+        .values()
+        .map(|r| (r.key.len() + r.body.len()) as i64)
+        .sum();
+    sqlx::query(
+        "UPDATE vault_accounts SET head_seq = $1, item_count = $2, bytes_used = $3 WHERE id = $4",
+    )
+    .bind(new_seq)
+    .bind(count)
+    .bind(bytes)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
+    for m in &c.chain {
+        sqlx::query("INSERT INTO vault_manifests (account, seq, manifest) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(m.seq as i64)
+            .bind(serde_json::to_string(m).expect("manifests serialize"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(account = %account, from = own, to = seq, "vault: replica caught up");
+    Ok(Json(wire::Pushed { seq }))
 }

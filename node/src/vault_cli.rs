@@ -384,7 +384,9 @@ impl Remote {
         match self.call(method, path, body)? {
             Reply::Ok(b) => serde_json::from_slice(&b)
                 .with_context(|| format!("{} sent an invalid answer to {path}", self.base)),
-            Reply::Status(s, b) => bail!("{}: {}", self.base, error_text(s, &b)),
+            Reply::Status(s, b) => {
+                Err(HttpStatus(s, format!("{}: {}", self.base, error_text(s, &b))).into())
+            }
         }
     }
 
@@ -426,6 +428,11 @@ impl Remote {
     }
 }
 
+/// A node answered with an error status.
+#[derive(Debug, thiserror::Error)]
+#[error("{1}")]
+struct HttpStatus(u16, String);
+
 /// A node could not be reached: the change stays queued, which is not an error.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -440,65 +447,6 @@ fn error_text(status: u16, body: &[u8]) -> String {
 
 /// The most bytes of records one push carries (well under the node's body limit).
 const PUSH_BYTES: usize = 4 << 20;
-
-/// Pulls, merges and pushes with one node until nothing is pending. Saves after every step
-/// that landed, so an interruption loses nothing.
-fn sync_with(
-    remote: &Remote,
-    vault: &mut Vault,
-    device: &mut Device,
-    progress: Option<&indicatif::ProgressBar>,
-) -> anyhow::Result<nx1_vault::client::PullReport> {
-    let mut total = nx1_vault::client::PullReport::default();
-    let mut conflicts = 0;
-    loop {
-        let since = vault.seen().map_or(0, |s| s.seq);
-        let changes: wire::Changes =
-            remote.json("GET", &format!("/changes?since={since}"), None)?;
-        let report = vault
-            .apply_changes(changes, now())
-            .map_err(|e| anyhow!("refusing what {} sent: {e}", remote.base))?;
-        total.received += report.received;
-        total.merged += report.merged;
-        total.kept += report.kept;
-        total.seq = report.seq;
-        device.save(vault)?;
-        let mut max = 500;
-        let prepared: Prepared = loop {
-            match vault.prepare_push(max, now())? {
-                None => return Ok(total),
-                Some(p) => {
-                    let size: usize = p.push.items.iter().map(|r| r.body.len() * 4 / 3).sum();
-                    if size > PUSH_BYTES && max > 1 {
-                        max /= 2;
-                        continue;
-                    }
-                    break p;
-                }
-            }
-        };
-        let n = prepared.push.items.len();
-        match remote.call("POST", "/push", Some(serde_json::to_vec(&prepared.push)?))? {
-            Reply::Ok(_) => {
-                vault.pushed(prepared);
-                device.save(vault)?;
-                if let Some(pb) = progress {
-                    pb.inc(n as u64);
-                }
-            }
-            Reply::Status(409, _) => {
-                conflicts += 1;
-                if conflicts > 50 {
-                    bail!(
-                        "{}: the vault keeps changing under this device; try again",
-                        remote.base
-                    );
-                }
-            }
-            Reply::Status(s, b) => bail!("{}: {}", remote.base, error_text(s, &b)),
-        }
-    }
-}
 
 /// An unlocked vault with its file and password, ready for a command.
 struct Open {
@@ -537,7 +485,231 @@ fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
     })
 }
 
-/// Syncs with the account's nodes (unless offline); a node that cannot be reached leaves the
+/// How many nodes hold each account.
+const REPLICAS: usize = 3;
+
+/// The nodes that hold an account: the [`REPLICAS`] best of the known ones by rendezvous
+/// hashing, so every device of the account picks the same ones from the same list.
+fn replicas(account: &AccountId, servers: &[String]) -> Vec<String> {
+    use sha2::{Digest as _, Sha256};
+    let mut ranked: Vec<([u8; 32], &String)> = servers
+        .iter()
+        .map(|url| {
+            let mut h = Sha256::new();
+            h.update(account.as_bytes());
+            h.update(url.trim_end_matches('/').as_bytes());
+            (h.finalize().into(), url)
+        })
+        .collect();
+    ranked.sort_by_key(|a| std::cmp::Reverse(a.0));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked
+        .into_iter()
+        .take(REPLICAS)
+        .map(|(_, u)| u.clone())
+        .collect()
+}
+
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Unreachable>().is_some()
+}
+
+fn status_of(e: &anyhow::Error) -> Option<u16> {
+    e.downcast_ref::<HttpStatus>().map(|s| s.0)
+}
+
+/// Logs in to one replica; creates the account there if the replica does not hold it yet
+/// (a new replica, or one whose data was lost).
+fn connect(o: &mut Open, url: &str) -> anyhow::Result<Remote> {
+    let mut remote = Remote::new(url);
+    let header = o.vault.header().clone();
+    let attempt = |remote: &mut Remote, o: &Open| {
+        remote.login(
+            &header.name,
+            &o.password,
+            Some((&header.salt, &header.kdf)),
+            o.master.as_ref(),
+        )
+    };
+    let (_, pre, fresh) = match attempt(&mut remote, o) {
+        Ok(l) => l,
+        Err(e) if status_of(&e) == Some(401) => {
+            // The password is right (it opened this device's copy), so the node does not
+            // hold the account: seed it.
+            let master = o
+                .master
+                .as_ref()
+                .expect("an open vault has its master keys");
+            let reg = o.vault.registration(master);
+            match remote.call("POST", "/register", Some(serde_json::to_vec(&reg)?))? {
+                Reply::Ok(_) => eprintln!("{url}: created the account on this replica"),
+                Reply::Status(s, b) => bail!("{url}: {}", error_text(s, &b)),
+            }
+            attempt(&mut remote, o)?
+        }
+        Err(e) => return Err(e),
+    };
+    if fresh.is_some() {
+        o.vault.pin_kdf(&pre);
+    }
+    Ok(remote)
+}
+
+/// The change number and hash a replica's answer ends at.
+fn head_of(c: &wire::Changes) -> (u64, Option<[u8; 32]>) {
+    c.head
+        .as_ref()
+        .map_or((0, None), |m| (m.seq, Some(m.hash())))
+}
+
+/// Brings every replica that is behind up to the newest verified state, from `best`.
+/// Returns the replicas that could not be brought along (diverged or failing).
+fn repair(
+    remotes: &[Remote],
+    heads: &[(u64, Option<[u8; 32]>)],
+    best: usize,
+    vault: &Vault,
+) -> Vec<usize> {
+    let Some(seen) = vault.seen() else {
+        return Vec::new();
+    };
+    let mut dropped = Vec::new();
+    for (i, r) in remotes.iter().enumerate() {
+        let (seq, hash) = heads[i];
+        if i == best || (seq == seen.seq && hash == Some(seen.hash)) {
+            continue;
+        }
+        if seq >= seen.seq {
+            eprintln!(
+                "warning: {}: its history differs from the other replicas at change {seq}; leaving it out",
+                r.base
+            );
+            dropped.push(i);
+            continue;
+        }
+        let fix: anyhow::Result<wire::Changes> =
+            remotes[best].json("GET", &format!("/changes?since={seq}&chain=true"), None);
+        let done = fix.and_then(|fix| {
+            match r.call("POST", "/catchup", Some(serde_json::to_vec(&fix)?))? {
+                Reply::Ok(_) => Ok(()),
+                Reply::Status(s, b) => Err(HttpStatus(s, error_text(s, &b)).into()),
+            }
+        });
+        match done {
+            Ok(()) => eprintln!("{}: caught up from change {seq} to {}", r.base, seen.seq),
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: could not catch up: {e:#}; leaving it out",
+                    r.base
+                );
+                dropped.push(i);
+            }
+        }
+    }
+    dropped
+}
+
+/// Syncs with the account's replicas: pulls from all that answer and adopts the newest
+/// verified state, brings lagging replicas up to it, then pushes this device's changes to
+/// all of them, counting a batch as sent once a majority has it. Saves after every step, so
+/// an interruption loses nothing. Returns false when too few replicas are reachable to write.
+fn sync_replicas(
+    o: &mut Open,
+    mut remotes: Vec<Remote>,
+    quorum: usize,
+    progress: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<bool> {
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        if rounds > 50 {
+            bail!("the vault keeps changing under this device; try again");
+        }
+        // Pull from every replica; the newest verified state wins.
+        let since = o.vault.seen().map_or(0, |s| s.seq);
+        let mut answers = Vec::new();
+        let mut alive = Vec::new();
+        for r in remotes {
+            match r.json::<wire::Changes>("GET", &format!("/changes?since={since}"), None) {
+                Ok(c) => {
+                    answers.push(c);
+                    alive.push(r);
+                }
+                Err(e) if unreachable(&e) => eprintln!("warning: {e:#}"),
+                Err(e) => return Err(e),
+            }
+        }
+        remotes = alive;
+        if remotes.is_empty() {
+            return Ok(false);
+        }
+        let heads: Vec<_> = answers.iter().map(head_of).collect();
+        let best = (0..heads.len()).max_by_key(|&i| heads[i].0).unwrap_or(0);
+        let report = o
+            .vault
+            .apply_changes(answers.swap_remove(best), now())
+            .map_err(|e| anyhow!("refusing what {} sent: {e}", remotes[best].base))?;
+        o.device.save(&o.vault)?;
+        if report.merged > 0 {
+            eprintln!(
+                "merged {} item(s) edited on another device too (both edits kept; replaced values are in the item's history)",
+                report.merged
+            );
+        }
+        if report.kept > 0 {
+            eprintln!(
+                "kept {} item(s) deleted here but edited on another device",
+                report.kept
+            );
+        }
+        let dropped = repair(&remotes, &heads, best, &o.vault);
+        let mut i = 0;
+        remotes.retain(|_| {
+            i += 1;
+            !dropped.contains(&(i - 1))
+        });
+        if remotes.len() < quorum {
+            return Ok(false);
+        }
+
+        // Push the next batch everywhere.
+        let mut max = 500;
+        let prepared: Prepared = loop {
+            match o.vault.prepare_push(max, now())? {
+                None => return Ok(true),
+                Some(p) => {
+                    let size: usize = p.push.items.iter().map(|r| r.body.len() * 4 / 3).sum();
+                    if size > PUSH_BYTES && max > 1 {
+                        max /= 2;
+                        continue;
+                    }
+                    break p;
+                }
+            }
+        };
+        let n = prepared.push.items.len();
+        let body = serde_json::to_vec(&prepared.push)?;
+        let mut landed = 0;
+        for r in &remotes {
+            match r.call("POST", "/push", Some(body.clone())) {
+                Ok(Reply::Ok(_)) => landed += 1,
+                Ok(Reply::Status(409, _)) => {}
+                Ok(Reply::Status(s, b)) => bail!("{}: {}", r.base, error_text(s, &b)),
+                Err(e) if unreachable(&e) => eprintln!("warning: {e:#}"),
+                Err(e) => return Err(e),
+            }
+        }
+        if landed >= quorum {
+            o.vault.pushed(prepared);
+            o.device.save(&o.vault)?;
+            if let Some(pb) = progress {
+                pb.inc(n as u64);
+            }
+        }
+    }
+}
+
+/// Syncs with the account's nodes (unless offline); nodes that cannot be reached leave the
 /// changes queued, which is not an error.
 fn sync(
     opts: &VaultOpts,
@@ -548,56 +720,34 @@ fn sync(
         report_pending(&o.vault, None);
         return Ok(());
     }
-    let servers = o.device.file.servers.clone();
-    if servers.is_empty() {
+    let set = replicas(&o.vault.header().account, &o.device.file.servers);
+    if set.is_empty() {
         report_pending(&o.vault, Some("this device knows no node"));
         return Ok(());
     }
-    let mut last_err = None;
-    for url in &servers {
-        let mut remote = Remote::new(url);
-        let header = o.vault.header().clone();
-        let login = remote.login(
-            &header.name,
-            &o.password,
-            Some((&header.salt, &header.kdf)),
-            o.master.as_ref(),
-        );
-        let (_, pre, fresh) = match login {
-            Ok(l) => l,
-            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
-                last_err = Some(format!("{e:#}"));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if fresh.is_some() {
-            o.vault.pin_kdf(&pre);
-        }
-        match sync_with(&remote, &mut o.vault, &mut o.device, progress) {
-            Ok(r) => {
-                if r.merged > 0 {
-                    eprintln!(
-                        "merged {} item(s) edited on another device too (both edits kept; replaced values are in the item's history)",
-                        r.merged
-                    );
-                }
-                if r.kept > 0 {
-                    eprintln!(
-                        "kept {} item(s) deleted here but edited on another device",
-                        r.kept
-                    );
-                }
-                return Ok(());
-            }
-            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
-                last_err = Some(format!("{e:#}"));
-            }
+    let quorum = set.len() / 2 + 1;
+    let mut remotes = Vec::new();
+    let mut why = Vec::new();
+    for url in &set {
+        match connect(o, url) {
+            Ok(r) => remotes.push(r),
+            Err(e) if unreachable(&e) => why.push(format!("{e:#}")),
             Err(e) => return Err(e),
         }
     }
-    let why = last_err.unwrap_or_default();
-    if o.vault.pending() == 0 {
+    let reachable = remotes.len();
+    if reachable > 0 && sync_replicas(o, remotes, quorum, progress)? {
+        return Ok(());
+    }
+    let why = if reachable == 0 {
+        why.join("; ")
+    } else {
+        format!(
+            "only {reachable} of {} replicas reachable, {quorum} needed to write",
+            set.len()
+        )
+    };
+    if o.vault.pending() == 0 && reachable == 0 {
         eprintln!("not synced: {why}");
     }
     report_pending(&o.vault, Some(&why));
@@ -942,8 +1092,22 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
             bail!("this device has no copy of {name:?} yet: give a node with --server URL");
         }
         let password = master_password(opts, false)?;
-        let mut remote = Remote::new(&servers[0]);
-        let (session, pre, master) = remote.login(&name, &password, None, None)?;
+        // The first node that answers sets the device up; the sync below then reads from all.
+        let mut joined = None;
+        let mut why = Vec::new();
+        for url in &servers {
+            match Remote::new(url).login(&name, &password, None, None) {
+                Ok(l) => {
+                    joined = Some(l);
+                    break;
+                }
+                Err(e) if unreachable(&e) => why.push(format!("{e:#}")),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((session, pre, master)) = joined else {
+            bail!("no node could be reached: {}", why.join("; "));
+        };
         let master = master.expect("a new device derives its keys");
         let vault = Vault::join(&name, &master, &pre, &session).map_err(|e| match e {
             VaultError::Crypto(_) => anyhow!("wrong master password"),

@@ -176,6 +176,26 @@ impl Vault {
         ))
     }
 
+    /// The registration of this account, rebuilt from the master keys: to create the account
+    /// on a node that does not hold it yet (a new replica).
+    pub fn registration(&self, master: &MasterKeys) -> wire::Register {
+        let mut reg = wire::Register {
+            account: self.header.account,
+            salt: self.header.salt.clone(),
+            kdf: self.header.kdf,
+            auth_key: master.auth.verifying_key().to_bytes().to_vec(),
+            manifest_key: self.manifest_public().to_bytes().to_vec(),
+            wrapped_key: self.header.wrapped_key.clone(),
+            proof: Vec::new(),
+        };
+        reg.proof = master
+            .auth
+            .sign(&wire::register_message(&reg))
+            .to_bytes()
+            .to_vec();
+        reg
+    }
+
     /// Derives the master keys for logging in to a server: checks the server's KDF
     /// parameters against `pinned` (this device's, if it has any) and the floor.
     pub fn master_for_login(
@@ -495,6 +515,11 @@ impl Vault {
                     p.base = None;
                 }
                 (None, None) => p.base_version = u64::MAX,
+                // The same content already landed (our own push whose answer was lost, or
+                // the same edit made twice): nothing left to send.
+                (Some(ours), Some(their_item)) if *ours == their_item => {
+                    p.base_version = u64::MAX;
+                }
                 (Some(ours), Some(their_item)) => {
                     let base = p.base.clone().unwrap_or_default();
                     p.item = Some(item::merge(&base, ours, &their_item, now));

@@ -6,9 +6,14 @@
 //! POST /v1/vault/register  Register    → 201
 //! POST /v1/vault/challenge ChallengeRequest → Challenge
 //! POST /v1/vault/login     Login       → Session           (bearer token, wrapped account key)
-//! GET  /v1/vault/changes?since=SEQ     → Changes           (bearer)
+//! GET  /v1/vault/changes?since=SEQ[&chain=true] → Changes  (bearer)
 //! POST /v1/vault/push      Push        → Pushed | 409 Conflict   (bearer)
+//! POST /v1/vault/catchup   Changes     → Pushed            (bearer; a lagging replica)
 //! ```
+//!
+//! `catchup` carries what an up-to-date replica answered to `changes?since=H`, where `H` is
+//! the lagging replica's head: the replica checks that the chain links to its head and is
+//! signed by the account, applies the records, and checks the result against the signed root.
 
 use crate::crypto::KdfParams;
 use crate::ids::AccountId;
