@@ -114,6 +114,25 @@ impl Device {
         wait_output(child, Duration::from_secs(60))
     }
 
+    /// Runs with `file` open as file descriptor 3 (for `--file-password-fd 3`).
+    fn run_with_fd3(&self, args: &[&str], file: &Path) -> Output {
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg("exec 3<\"$FD3\"; exec \"$NX1\" vault \"$@\"")
+            .arg("nx1")
+            .args(args)
+            .args(["--vault-dir", self.dir.to_str().unwrap()])
+            .args(["--account", &self.account, "--password-fd", "0"])
+            .env("FD3", file)
+            .env("NX1", nx1_bin())
+            .stdin(Stdio::from(std::fs::File::open(&self.password).unwrap()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bash");
+        wait_output(child, Duration::from_secs(120))
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
@@ -562,4 +581,127 @@ fn three_replicas_lose_nothing_when_nodes_die_mid_write_and_catch_up_after() {
         text(&out.stderr)
     );
     nodes[1].stop();
+}
+
+#[test]
+fn other_managers_exports_import_and_the_vault_exports_to_bitwarden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", None);
+    node.start();
+    let a = Device::new(tmp.path(), "a", "gina", "gina's master password");
+    a.ok(&["register", "--server", &node.url()]);
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vault/tests/data/import");
+    let mut total = 0;
+    for (file, format) in [
+        ("bitwarden.json", None),
+        ("bitwarden.csv", Some("bitwarden-csv")),
+        ("keepassxc.xml", None),
+        ("chrome.csv", Some("chrome-csv")),
+        ("firefox.csv", None),
+    ] {
+        let path = samples.join(file);
+        let mut args = vec!["import", path.to_str().unwrap()];
+        if let Some(f) = format {
+            args.extend(["--format", f]);
+        }
+        let out = a.ok(&args);
+        let n: usize = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{file}: {out}"));
+        assert!(n >= 3, "{file}: {out}");
+        total += n;
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_str(&a.ok(&["list", "--json"])).unwrap();
+    assert_eq!(list.len(), total);
+
+    // Garbage is refused with a reason and adds nothing.
+    let junk = tmp.path().join("junk.csv");
+    std::fs::write(&junk, "this,is\nnot,\"an export").unwrap();
+    let err = a.fails(&[
+        "import",
+        junk.to_str().unwrap(),
+        "--format",
+        "bitwarden-csv",
+    ]);
+    assert!(err.contains("Bitwarden CSV"), "{err}");
+
+    // Export, plain and password-protected; the protected file imports into another account
+    // with every item and secret intact.
+    let plain = tmp.path().join("plain.json");
+    let out = a.run(&["export", plain.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("in clear"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pw = tmp.path().join("export.pw");
+    std::fs::write(&pw, "export file password\n").unwrap();
+    let sealed = tmp.path().join("sealed.json");
+    let out = a.run_with_fd3(
+        &[
+            "export",
+            sealed.to_str().unwrap(),
+            "--encrypt",
+            "--file-password-fd",
+            "3",
+        ],
+        &pw,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sealed_text = std::fs::read_to_string(&sealed).unwrap();
+    assert!(
+        sealed_text.contains("\"passwordProtected\": true"),
+        "{sealed_text}"
+    );
+    let secret = a.ok(&[
+        "get",
+        &list[0]["id"].as_str().unwrap()[..8],
+        "--field",
+        "password",
+    ]);
+    assert!(!sealed_text.contains(secret.trim()) || secret.trim().is_empty());
+
+    let b = Device::new(tmp.path(), "b", "gina-2", "another master password");
+    b.ok(&["register", "--server", &node.url()]);
+    let out = b.run_with_fd3(
+        &[
+            "import",
+            sealed.to_str().unwrap(),
+            "--file-password-fd",
+            "3",
+        ],
+        &pw,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let names = |d: &Device| {
+        let v: Vec<serde_json::Value> = serde_json::from_str(&d.ok(&["list", "--json"])).unwrap();
+        let mut n: Vec<String> = v.iter().map(|i| i["name"].to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&a), names(&b));
+    let plain_b = tmp.path().join("plain-b.json");
+    b.ok(&["export", plain_b.to_str().unwrap()]);
+    let items = |p: &Path| {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let mut it: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {} {}",
+                    i["name"], i["login"]["username"], i["login"]["password"]
+                )
+            })
+            .collect();
+        it.sort();
+        it
+    };
+    assert_eq!(items(&plain), items(&plain_b));
+    node.stop();
 }

@@ -123,6 +123,29 @@ pub enum VaultCommand {
         /// Name or id.
         item: String,
     },
+    /// Add every entry of another password manager's export.
+    Import {
+        /// The exported file.
+        file: PathBuf,
+        /// bitwarden-json, bitwarden-csv, keepass-xml, chrome-csv, firefox-csv or 1pux
+        /// [default: recognised from the file].
+        #[arg(long)]
+        format: Option<String>,
+        /// Read a password-protected export's password from this file descriptor.
+        #[arg(long, value_name = "FD")]
+        file_password_fd: Option<u32>,
+    },
+    /// Write every item to a Bitwarden JSON file (which Bitwarden and most managers import).
+    Export {
+        /// The file to write (created owner-only).
+        file: PathBuf,
+        /// Protect it with a password (Bitwarden's password-protected format).
+        #[arg(long)]
+        encrypt: bool,
+        /// Read that password from this file descriptor instead of asking.
+        #[arg(long, value_name = "FD")]
+        file_password_fd: Option<u32>,
+    },
 }
 
 /// Fields of an item that `add` and `edit` set.
@@ -1012,6 +1035,16 @@ pub fn run(opts: &VaultOpts, command: VaultCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        VaultCommand::Import {
+            file,
+            format,
+            file_password_fd,
+        } => import_file(opts, &file, format.as_deref(), file_password_fd),
+        VaultCommand::Export {
+            file,
+            encrypt,
+            file_password_fd,
+        } => export_file(opts, &file, encrypt, file_password_fd),
         VaultCommand::Totp { item } => {
             let o = open(opts)?;
             let (_, it) = pick(&o.vault, &item)?;
@@ -1151,5 +1184,92 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
         o.vault.seen().map_or(0, |s| s.seq),
         o.vault.pending()
     );
+    Ok(())
+}
+
+fn import_file(
+    opts: &VaultOpts,
+    file: &Path,
+    format: Option<&str>,
+    password_fd: Option<u32>,
+) -> anyhow::Result<()> {
+    use nx1_vault::import::{self, Format, ImportError};
+    let bytes =
+        Zeroizing::new(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let format = match format {
+        Some(f) => Format::parse_name(f)
+            .ok_or_else(|| anyhow!("unknown format {f:?}; one of: {}", Format::NAMES.join(", ")))?,
+        None => import::detect(&name, &bytes).ok_or_else(|| {
+            anyhow!(
+                "cannot tell what {} is: say --format ({})",
+                file.display(),
+                Format::NAMES.join(", ")
+            )
+        })?,
+    };
+    let items = match import::import(format, &bytes) {
+        Err(ImportError::PasswordRequired) => {
+            let pw = match password_fd {
+                Some(fd) => read_fd(fd)?,
+                None => prompt("Password of the exported file")?,
+            };
+            import::import_protected(&bytes, &pw)?
+        }
+        other => other?,
+    };
+    let mut o = open(opts)?;
+    let n = items.len();
+    for item in items {
+        o.vault.add(item);
+    }
+    o.device.save(&o.vault)?;
+    eprintln!("read {n} item(s) from {} ({format})", file.display());
+    let bar = indicatif::ProgressBar::new(o.vault.pending() as u64).with_style(
+        indicatif::ProgressStyle::with_template("uploading {bar:40} {pos}/{len} items")
+            .expect("a valid template"),
+    );
+    sync(opts, &mut o, Some(&bar))?;
+    bar.finish_and_clear();
+    println!("imported {n} item(s)");
+    Ok(())
+}
+
+fn export_file(
+    opts: &VaultOpts,
+    file: &Path,
+    encrypt: bool,
+    password_fd: Option<u32>,
+) -> anyhow::Result<()> {
+    let mut o = open(opts)?;
+    sync(opts, &mut o, None)?;
+    let items: Vec<Item> = o.vault.items()?.into_iter().map(|(_, it)| it).collect();
+    let text = Zeroizing::new(if encrypt {
+        let pw = match password_fd {
+            Some(fd) => read_fd(fd)?,
+            None => {
+                let pw = prompt("Password for the exported file")?;
+                if *prompt("Again")? != *pw {
+                    bail!("the passwords differ");
+                }
+                pw
+            }
+        };
+        if pw.is_empty() {
+            bail!("the export password is empty");
+        }
+        nx1_vault::export::bitwarden_json_protected(&items, &pw)?
+    } else {
+        eprintln!(
+            "warning: {} holds every password in clear; keep it safe and delete it when done (or use --encrypt)",
+            file.display()
+        );
+        nx1_vault::export::bitwarden_json(&items)
+    });
+    write_private(file, text.as_bytes())?;
+    println!("exported {} item(s) to {}", items.len(), file.display());
     Ok(())
 }

@@ -23,8 +23,10 @@
 
 pub mod client;
 pub mod crypto;
+pub mod export;
 pub mod generate;
 pub mod ids;
+pub mod import;
 pub mod item;
 pub mod manifest;
 pub mod record;
