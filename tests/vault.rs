@@ -414,7 +414,22 @@ fn session(addr: &str, name: &str) -> String {
     let login = serde_json::to_vec(&Vault::answer(&master, &reg.account, &ch.challenge)).unwrap();
     let (code, s) = http_request(addr, "POST", "/v1/vault/login", &json, &login).unwrap();
     assert_eq!(code, 200, "{s}");
-    serde_json::from_str::<wire::Session>(&s).unwrap().token
+    let token = serde_json::from_str::<wire::Session>(&s).unwrap().token;
+
+    // Two challenges at once (two devices logging in together): both stay good.
+    let (_, first) = http_request(addr, "POST", "/v1/vault/challenge", &json, &req).unwrap();
+    let (_, second) = http_request(addr, "POST", "/v1/vault/challenge", &json, &req).unwrap();
+    for ch in [second, first] {
+        let ch: wire::Challenge = serde_json::from_str(&ch).unwrap();
+        let login =
+            serde_json::to_vec(&Vault::answer(&master, &reg.account, &ch.challenge)).unwrap();
+        let (code, s) = http_request(addr, "POST", "/v1/vault/login", &json, &login).unwrap();
+        assert_eq!(code, 200, "{s}");
+        // A challenge works once.
+        let (code, _) = http_request(addr, "POST", "/v1/vault/login", &json, &login).unwrap();
+        assert_eq!(code, 401);
+    }
+    token
 }
 
 /// A hostile request and the answer it must get.
@@ -704,4 +719,36 @@ fn other_managers_exports_import_and_the_vault_exports_to_bitwarden() {
     };
     assert_eq!(items(&plain), items(&plain_b));
     node.stop();
+}
+
+#[test]
+fn a_new_replica_is_seeded_even_for_an_account_with_stronger_kdf_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut one = Node::init(tmp.path(), "one", None);
+    let mut two = Node::init(tmp.path(), "two", None);
+    one.start();
+    two.start();
+    let a = Device::new(tmp.path(), "a", "hank", "hank's master password");
+    a.ok(&[
+        "register",
+        "--server",
+        &one.url(),
+        "--kdf-memory",
+        "131072",
+        "--kdf-passes",
+        "4",
+    ]);
+    a.ok(&["add", "Only on one", "--generate"]);
+    // Node two answers its made-up default parameters for an account it does not hold; the
+    // device offers the account instead of refusing them, and fills the new replica.
+    let out = a.run(&["unlock", "--server", &two.url()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("created the account on this replica"), "{err}");
+    assert!(err.contains("caught up from change 0"), "{err}");
+    let b = Device::new(tmp.path(), "b", "hank", "hank's master password");
+    let out = b.ok(&["unlock", "--server", &two.url()]);
+    assert!(out.contains("1 items"), "{out}");
+    one.stop();
+    two.stop();
 }

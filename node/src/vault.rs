@@ -41,13 +41,15 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 const MAX_CHALLENGES: usize = 100_000;
 /// Largest request body (a push is sent in batches below this).
 pub const MAX_BODY: usize = 8 << 20;
+/// Largest catch-up body (a whole vault, base64: the default quota of 256 MiB fits).
+pub const MAX_CATCHUP_BODY: usize = 384 << 20;
 
 /// The vault service of a node.
 pub struct VaultService {
     store: Store,
     limits: VaultSection,
     prelogin_secret: [u8; 32],
-    challenges: parking_lot::Mutex<HashMap<AccountId, ([u8; 32], Instant)>>,
+    challenges: parking_lot::Mutex<HashMap<[u8; 32], (AccountId, Instant)>>,
     failures_by_account: FailureLimit<AccountId>,
     failures_by_source: FailureLimit<IpAddr>,
     challenges_by_source: DefaultKeyedRateLimiter<IpAddr>,
@@ -217,8 +219,12 @@ impl VaultService {
             .route("/login", post(login))
             .route("/changes", get(changes))
             .route("/push", post(push))
-            .route("/catchup", post(catchup))
             .layer(DefaultBodyLimit::max(MAX_BODY))
+            // Seeding a replica carries the whole vault in one request.
+            .route(
+                "/catchup",
+                post(catchup).layer(DefaultBodyLimit::max(MAX_CATCHUP_BODY)),
+            )
             .with_state(self)
     }
 
@@ -352,7 +358,7 @@ async fn challenge(
             ));
         }
     }
-    map.insert(r.account, (c, Instant::now()));
+    map.insert(c, (r.account, Instant::now()));
     Ok(Json(wire::Challenge {
         challenge: c.to_vec(),
     }))
@@ -387,11 +393,15 @@ async fn login(
             "login failed: wrong password or expired challenge",
         )
     };
-    let issued = svc.challenges.lock().remove(&r.account);
-    let Some((c, at)) = issued else {
+    // Challenges are one-time and bound to the account they were issued for; several
+    // devices (or strangers) asking at once do not spoil each other's.
+    let issued = <[u8; 32]>::try_from(r.challenge.as_slice())
+        .ok()
+        .and_then(|c| svc.challenges.lock().remove(&c).map(|v| (c, v)));
+    let Some((c, (for_account, at))) = issued else {
         return Err(failed());
     };
-    if at.elapsed() > CHALLENGE_TTL || c.as_slice() != r.challenge.as_slice() {
+    if at.elapsed() > CHALLENGE_TTL || for_account != r.account {
         return Err(failed());
     }
     let Some(row) = svc.account_row(&r.account).await? else {

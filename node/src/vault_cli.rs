@@ -515,12 +515,13 @@ const REPLICAS: usize = 3;
 /// hashing, so every device of the account picks the same ones from the same list.
 fn replicas(account: &AccountId, servers: &[String]) -> Vec<String> {
     use sha2::{Digest as _, Sha256};
-    let mut ranked: Vec<([u8; 32], &String)> = servers
+    let mut ranked: Vec<([u8; 32], &str)> = servers
         .iter()
         .map(|url| {
+            let url = url.trim_end_matches('/');
             let mut h = Sha256::new();
             h.update(account.as_bytes());
-            h.update(url.trim_end_matches('/').as_bytes());
+            h.update(url.as_bytes());
             (h.finalize().into(), url)
         })
         .collect();
@@ -529,7 +530,7 @@ fn replicas(account: &AccountId, servers: &[String]) -> Vec<String> {
     ranked
         .into_iter()
         .take(REPLICAS)
-        .map(|(_, u)| u.clone())
+        .map(|(_, u)| u.to_owned())
         .collect()
 }
 
@@ -537,43 +538,39 @@ fn unreachable(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Unreachable>().is_some()
 }
 
-fn status_of(e: &anyhow::Error) -> Option<u16> {
-    e.downcast_ref::<HttpStatus>().map(|s| s.0)
-}
-
 /// Logs in to one replica; creates the account there if the replica does not hold it yet
 /// (a new replica, or one whose data was lost).
 fn connect(o: &mut Open, url: &str) -> anyhow::Result<Remote> {
     let mut remote = Remote::new(url);
     let header = o.vault.header().clone();
-    let attempt = |remote: &mut Remote, o: &Open| {
-        remote.login(
-            &header.name,
-            &o.password,
-            Some((&header.salt, &header.kdf)),
-            o.master.as_ref(),
-        )
-    };
-    let (_, pre, fresh) = match attempt(&mut remote, o) {
-        Ok(l) => l,
-        Err(e) if status_of(&e) == Some(401) => {
-            // The password is right (it opened this device's copy), so the node does not
-            // hold the account: seed it.
-            let master = o
-                .master
-                .as_ref()
-                .expect("an open vault has its master keys");
-            let reg = o.vault.registration(master);
-            match remote.call("POST", "/register", Some(serde_json::to_vec(&reg)?))? {
-                Reply::Ok(_) => eprintln!("{url}: created the account on this replica"),
-                Reply::Status(s, b) => bail!("{url}: {}", error_text(s, &b)),
+    let master = o
+        .master
+        .as_ref()
+        .expect("an open vault has its master keys");
+    let pre = remote.prelogin(&header.account)?;
+    if pre.salt != header.salt || pre.kdf != header.kdf {
+        // Either the node does not hold the account (it answers a made-up salt), or it holds
+        // it with other parameters. Offer the account: a node that has it answers 409, and
+        // the login below then checks its parameters against the ones pinned here.
+        let reg = o.vault.registration(master);
+        match remote.call("POST", "/register", Some(serde_json::to_vec(&reg)?))? {
+            Reply::Ok(_) => eprintln!("{url}: created the account on this replica"),
+            Reply::Status(409, _) => {}
+            Reply::Status(s, b) => {
+                return Err(HttpStatus(s, format!("{url}: {}", error_text(s, &b))).into());
             }
-            attempt(&mut remote, o)?
         }
-        Err(e) => return Err(e),
-    };
-    if fresh.is_some() {
-        o.vault.pin_kdf(&pre);
+    }
+    let (session, pre, fresh) = remote.login(
+        &header.name,
+        &o.password,
+        Some((&header.salt, &header.kdf)),
+        Some(master),
+    )?;
+    if let Some(fresh) = fresh {
+        o.vault
+            .pin_kdf(&pre, &session, &fresh)
+            .map_err(|e| anyhow!("{url}: {e}"))?;
     }
     Ok(remote)
 }
@@ -667,11 +664,27 @@ fn sync_replicas(
             return Ok(false);
         }
         let heads: Vec<_> = answers.iter().map(head_of).collect();
-        let best = (0..heads.len()).max_by_key(|&i| heads[i].0).unwrap_or(0);
-        let report = o
-            .vault
-            .apply_changes(answers.swap_remove(best), now())
-            .map_err(|e| anyhow!("refusing what {} sent: {e}", remotes[best].base))?;
+        // The newest state that verifies wins; a replica whose answer does not verify is
+        // passed over (and left out below), so one bad node cannot stop the others.
+        let mut order: Vec<usize> = (0..heads.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(heads[i].0));
+        let mut adopted = None;
+        let mut refusals = Vec::new();
+        for &i in &order {
+            match o.vault.apply_changes(answers[i].clone(), now()) {
+                Ok(report) => {
+                    adopted = Some((i, report));
+                    break;
+                }
+                Err(e) => refusals.push(format!("refusing what {} sent: {e}", remotes[i].base)),
+            }
+        }
+        let Some((best, report)) = adopted else {
+            bail!("{}", refusals.join("; "));
+        };
+        for r in &refusals {
+            eprintln!("warning: {r}");
+        }
         o.device.save(&o.vault)?;
         if report.merged > 0 {
             eprintln!(
@@ -1082,22 +1095,22 @@ fn register(
     kdf.check()?;
     let password = master_password(opts, true)?;
     let (vault, reg) = Vault::create(&name, password.as_bytes(), kdf)?;
-    let remote = Remote::new(&servers[0]);
-    match remote.call("POST", "/register", Some(serde_json::to_vec(&reg)?))? {
-        Reply::Ok(_) => {}
-        Reply::Status(409, _) => bail!(
-            "{}: the account {name:?} exists; set this device up with `nx1 vault unlock --server {} --account {name}`",
-            servers[0],
-            servers[0]
-        ),
-        Reply::Status(s, b) => bail!("{}: {}", servers[0], error_text(s, &b)),
-    }
-    for other in &servers[1..] {
-        if let Reply::Status(s, b) =
-            Remote::new(other).call("POST", "/register", Some(serde_json::to_vec(&reg)?))?
-        {
-            eprintln!("warning: {other}: {}", error_text(s, &b));
+    // The account goes to its replicas; one is enough to start (the others get it at the
+    // first sync that reaches them).
+    let body = serde_json::to_vec(&reg)?;
+    let mut created = 0;
+    for url in replicas(&reg.account, &servers) {
+        match Remote::new(&url).call("POST", "/register", Some(body.clone())) {
+            Ok(Reply::Ok(_)) => created += 1,
+            Ok(Reply::Status(409, _)) => bail!(
+                "{url}: the account {name:?} exists; set this device up with `nx1 vault unlock --server {url} --account {name}`"
+            ),
+            Ok(Reply::Status(s, b)) => eprintln!("warning: {url}: {}", error_text(s, &b)),
+            Err(e) => eprintln!("warning: {e:#}"),
         }
+    }
+    if created == 0 {
+        bail!("no node took the account (see the warnings above)");
     }
     let dir = vault_dir(opts)?;
     let mut device = Device {

@@ -266,12 +266,6 @@ impl Vault {
 
     /// Unlocks the local cache with the master password (no network needed).
     pub fn unlock(header: Header, sealed: &[u8], password: &[u8]) -> Result<Vault, VaultError> {
-        if header.format != CACHE_FORMAT {
-            return Err(VaultError::Cache(format!(
-                "format {} is not {CACHE_FORMAT}",
-                header.format
-            )));
-        }
         let salt: [u8; 16] = header
             .salt
             .as_slice()
@@ -287,6 +281,12 @@ impl Vault {
         sealed: &[u8],
         master: &MasterKeys,
     ) -> Result<Vault, VaultError> {
+        if header.format != CACHE_FORMAT {
+            return Err(VaultError::Cache(format!(
+                "format {} is not {CACHE_FORMAT}",
+                header.format
+            )));
+        }
         let account_key = crypto::unwrap(
             &master.kek,
             &account_key_slot(&header.account),
@@ -324,9 +324,32 @@ impl Vault {
     }
 
     /// Re-pins stronger KDF parameters (after a login that used them).
-    pub fn pin_kdf(&mut self, prelogin: &wire::Prelogin) {
+    ///
+    /// Only once the key-encryption key of those parameters is proven to wrap this account's
+    /// key: `session.wrapped_key` must open under `master` (derived with the new parameters)
+    /// to the account key this device holds. A node cannot pass that check without the
+    /// password, so it cannot make a device adopt parameters of its choosing.
+    pub fn pin_kdf(
+        &mut self,
+        prelogin: &wire::Prelogin,
+        session: &wire::Session,
+        master: &MasterKeys,
+    ) -> Result<(), VaultError> {
+        prelogin.kdf.check_against(&self.header.kdf)?;
+        let key = crypto::unwrap(
+            &master.kek,
+            &account_key_slot(&self.header.account),
+            &session.wrapped_key,
+        )?;
+        if key.as_bytes() != self.account_key.as_bytes() {
+            return Err(VaultError::Protocol(
+                "the node holds another account key for this account".into(),
+            ));
+        }
         self.header.kdf = prelogin.kdf;
         self.header.salt.clone_from(&prelogin.salt);
+        self.header.wrapped_key.clone_from(&session.wrapped_key);
+        Ok(())
     }
 
     /// Public half of the manifest key.
@@ -846,6 +869,43 @@ mod tests {
         let v = Vault::unlock(header, &sealed, b"pw").unwrap();
         assert_eq!(v.items().unwrap().len(), 2);
         assert_eq!(v.pending(), 1);
+    }
+
+    #[test]
+    fn new_parameters_are_pinned_only_with_a_key_that_opens_to_this_account() {
+        let (mut a, reg) = Vault::create("ivy", b"pw", KdfParams::FLOOR).unwrap();
+        let stronger = wire::Prelogin {
+            salt: vec![3; 16],
+            kdf: KdfParams {
+                m_kib: KdfParams::FLOOR.m_kib * 2,
+                ..KdfParams::FLOOR
+            },
+        };
+        let master = Vault::master_for_login("ivy", b"pw", &stronger, None).unwrap();
+        // A node that claims new parameters but returns the old wrapping: refused, unchanged.
+        let old = wire::Session {
+            token: String::new(),
+            expires_in: 0,
+            wrapped_key: reg.wrapped_key.clone(),
+        };
+        assert!(a.pin_kdf(&stronger, &old, &master).is_err());
+        assert_eq!(a.header().kdf, KdfParams::FLOOR);
+        // The account key really wrapped under the new parameters: adopted, and the device
+        // file then unlocks with the same password.
+        let rewrapped = crypto::wrap(
+            &master.kek,
+            &account_key_slot(&a.header().account),
+            &a.account_key,
+        )
+        .unwrap();
+        let new = wire::Session {
+            wrapped_key: rewrapped,
+            ..old
+        };
+        a.pin_kdf(&stronger, &new, &master).unwrap();
+        let (header, sealed) = a.save().unwrap();
+        assert_eq!(header.kdf, stronger.kdf);
+        Vault::unlock(header, &sealed, b"pw").unwrap();
     }
 
     #[test]

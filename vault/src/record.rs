@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 /// Largest wrapped key or sealed body the protocol carries (a body of up to 1 MiB of item,
 /// padded, plus the envelope).
-pub const MAX_BLOB: usize = (1 << 20) + 64 * 1024;
+pub const MAX_BLOB: usize = (1 << 20) + (64 << 10) + 128;
 
 /// One version of one item, as stored on the server and in a device's cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +114,14 @@ impl ItemRecord {
         if !self.deleted && (self.key.is_empty() || self.body.is_empty()) {
             return Err(format!("item {}: key and body are required", self.id));
         }
-        if self.key.len() > 512 || self.body.len() > MAX_BLOB {
+        if self.key.len() > 512 {
+            return Err(format!(
+                "item {}: a wrapped key of {} bytes is over the 512-byte limit",
+                self.id,
+                self.key.len()
+            ));
+        }
+        if self.body.len() > MAX_BLOB {
             return Err(format!(
                 "item {}: {} bytes is over the {MAX_BLOB}-byte limit",
                 self.id,
@@ -189,6 +196,20 @@ mod tests {
         for needle in [&b"hunter2"[..], b"alice", b"Bank"] {
             assert!(!a.body.windows(needle.len()).any(|w| w == needle));
         }
+    }
+
+    #[test]
+    fn the_largest_item_fits_the_protocol() {
+        let account = AccountId::random();
+        let ak = Key::generate();
+        let mut item = sample();
+        let overhead = serde_json::to_vec(&item).unwrap().len();
+        item.notes = "n".repeat(MAX_ITEM_JSON - overhead);
+        assert_eq!(serde_json::to_vec(&item).unwrap().len(), MAX_ITEM_JSON);
+        let (rec, _) = ItemRecord::seal(&account, &ak, ItemId::random(), 1, &item, None).unwrap();
+        assert_eq!(rec.check_shape(), Ok(()));
+        item.notes.push('n');
+        assert!(ItemRecord::seal(&account, &ak, ItemId::random(), 1, &item, None).is_err());
     }
 
     #[test]
