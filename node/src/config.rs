@@ -480,7 +480,8 @@ pub struct VaultSection {
     pub max_bytes: u64,
     /// How long a login lasts, in seconds.
     pub session_secs: u64,
-    /// Login attempts per account per minute (and three times as many per source address).
+    /// Failed logins per account per minute (and three times as many per source address);
+    /// successful logins are not counted.
     pub logins_per_minute: u32,
     /// New accounts per source address per hour.
     pub registrations_per_hour: u32,
@@ -628,14 +629,17 @@ impl Config {
                 format!("must be 1..=2592000 (30 days), not {}", v.session_secs),
             ));
         }
-        if v.logins_per_minute == 0 || v.registrations_per_hour == 0 {
+        if v.logins_per_minute == 0 {
             return Err(invalid(
                 "vault.logins_per_minute",
-                "logins_per_minute and registrations_per_hour must be at least 1".into(),
+                "must be at least 1".into(),
             ));
         }
-        if v.max_bytes > i64::MAX as u64 || v.max_items > i64::MAX as u64 {
-            return Err(invalid("vault.max_bytes", "is too large".into()));
+        if v.registrations_per_hour == 0 {
+            return Err(invalid(
+                "vault.registrations_per_hour",
+                "must be at least 1".into(),
+            ));
         }
         if self.guard.quarantine_secs == 0 || self.guard.quarantine_secs > 7 * 24 * 3600 {
             return Err(invalid(
@@ -908,7 +912,7 @@ max_items = 50000
 max_bytes = 268435456
 # How long a login lasts, in seconds.
 session_secs = 3600
-# Login attempts per account per minute (three times as many per source address), and new
+# Failed logins per account per minute (three times as many per source address), and new
 # accounts per source address per hour.
 logins_per_minute = 10
 registrations_per_hour = 10

@@ -6,7 +6,7 @@
 //! a compare-and-swap, then each item from its version to the next (`UPDATE … WHERE version`),
 //! in one transaction; any mismatch rolls everything back and answers 409 with the current
 //! records. Login is a signature over a one-time challenge by a key only the master password
-//! derives; attempts are rate-limited per account and per source address.
+//! derives; failed attempts are rate-limited per account and per source address.
 
 use crate::config::VaultSection;
 use crate::store::{Backend, Store};
@@ -41,8 +41,11 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 const MAX_CHALLENGES: usize = 100_000;
 /// Largest request body (a push is sent in batches below this).
 pub const MAX_BODY: usize = 8 << 20;
-/// Largest catch-up body (a whole vault, base64: the default quota of 256 MiB fits).
-pub const MAX_CATCHUP_BODY: usize = 384 << 20;
+/// Largest catch-up body: a whole vault at the account quota, in base64, with room for the
+/// JSON around it.
+fn catchup_body_limit(max_bytes: u64) -> usize {
+    usize::try_from(max_bytes / 3 * 4 + (16 << 20)).unwrap_or(usize::MAX)
+}
 
 /// The vault service of a node.
 pub struct VaultService {
@@ -223,7 +226,9 @@ impl VaultService {
             // Seeding a replica carries the whole vault in one request.
             .route(
                 "/catchup",
-                post(catchup).layer(DefaultBodyLimit::max(MAX_CATCHUP_BODY)),
+                post(catchup).layer(DefaultBodyLimit::max(catchup_body_limit(
+                    self.limits.max_bytes,
+                ))),
             )
             .with_state(self)
     }

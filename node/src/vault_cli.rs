@@ -698,7 +698,16 @@ fn sync_replicas(
                 report.kept
             );
         }
-        let dropped = repair(&remotes, &heads, best, &o.vault);
+        let mut dropped = repair(&remotes, &heads, best, &o.vault);
+        // A replica whose answer did not verify is left out even if its head looks current.
+        for &i in &order {
+            if i == best {
+                break;
+            }
+            if !dropped.contains(&i) {
+                dropped.push(i);
+            }
+        }
         let mut i = 0;
         remotes.retain(|_| {
             i += 1;
@@ -764,12 +773,19 @@ fn sync(
     let quorum = set.len() / 2 + 1;
     let mut remotes = Vec::new();
     let mut why = Vec::new();
+    let mut refused = Vec::new();
     for url in &set {
         match connect(o, url) {
             Ok(r) => remotes.push(r),
             Err(e) if unreachable(&e) => why.push(format!("{e:#}")),
-            Err(e) => return Err(e),
+            Err(e) => refused.push(format!("{e:#}")),
         }
+    }
+    if remotes.is_empty() && !refused.is_empty() {
+        bail!("{}", refused.join("; "));
+    }
+    for r in &refused {
+        eprintln!("warning: leaving a replica out: {r}");
     }
     let reachable = remotes.len();
     if reachable > 0 && sync_replicas(o, remotes, quorum, progress)? {
@@ -1098,19 +1114,25 @@ fn register(
     // The account goes to its replicas; one is enough to start (the others get it at the
     // first sync that reaches them).
     let body = serde_json::to_vec(&reg)?;
-    let mut created = 0;
+    let (mut created, mut exists) = (0, None);
     for url in replicas(&reg.account, &servers) {
         match Remote::new(&url).call("POST", "/register", Some(body.clone())) {
             Ok(Reply::Ok(_)) => created += 1,
-            Ok(Reply::Status(409, _)) => bail!(
-                "{url}: the account {name:?} exists; set this device up with `nx1 vault unlock --server {url} --account {name}`"
-            ),
+            Ok(Reply::Status(409, _)) => {
+                eprintln!("warning: {url}: an account named {name:?} exists there");
+                exists.get_or_insert(url);
+            }
             Ok(Reply::Status(s, b)) => eprintln!("warning: {url}: {}", error_text(s, &b)),
             Err(e) => eprintln!("warning: {e:#}"),
         }
     }
     if created == 0 {
-        bail!("no node took the account (see the warnings above)");
+        match exists {
+            Some(url) => bail!(
+                "the account {name:?} exists; set this device up with `nx1 vault unlock --server {url} --account {name}`"
+            ),
+            None => bail!("no node took the account (see the warnings above)"),
+        }
     }
     let dir = vault_dir(opts)?;
     let mut device = Device {
@@ -1147,12 +1169,11 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
                     joined = Some(l);
                     break;
                 }
-                Err(e) if unreachable(&e) => why.push(format!("{e:#}")),
-                Err(e) => return Err(e),
+                Err(e) => why.push(format!("{e:#}")),
             }
         }
         let Some((session, pre, master)) = joined else {
-            bail!("no node could be reached: {}", why.join("; "));
+            bail!("no node set this device up: {}", why.join("; "));
         };
         let master = master.expect("a new device derives its keys");
         let vault = Vault::join(&name, &master, &pre, &session).map_err(|e| match e {

@@ -11,7 +11,7 @@
 //! POST /v1/vault/catchup   Changes     → Pushed            (bearer; a lagging replica)
 //! ```
 //!
-//! `catchup` carries what an up-to-date replica answered to `changes?since=H`, where `H` is
+//! `catchup` carries what an up-to-date replica answered to `changes?since=H&chain=true`, where `H` is
 //! the lagging replica's head: the replica checks that the chain links to its head and is
 //! signed by the account, applies the records, and checks the result against the signed root.
 
@@ -125,7 +125,8 @@ pub struct Session {
 pub struct Changes {
     /// The newest manifest, if the vault has any change yet.
     pub head: Option<Manifest>,
-    /// Every manifest after the cursor, oldest first (empty when the cursor is 0).
+    /// Every manifest after the cursor, oldest first (empty when the cursor is 0, unless
+    /// `chain=true` asks for it).
     pub chain: Vec<Manifest>,
     /// Every record changed after the cursor, at its newest version.
     pub items: Vec<ItemRecord>,
