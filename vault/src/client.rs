@@ -89,6 +89,22 @@ pub struct Vault {
     state: State,
 }
 
+impl Drop for Vault {
+    /// Wipes the plaintext this vault holds (queued items and their bases); the keys wipe
+    /// themselves. Items handed out by [`Vault::items`] and [`Vault::get`] are the caller's.
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        for p in self.state.pending.values_mut() {
+            if let Some(item) = &mut p.item {
+                item.zeroize();
+            }
+            if let Some(base) = &mut p.base {
+                base.zeroize();
+            }
+        }
+    }
+}
+
 /// What a pull did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PullReport {
