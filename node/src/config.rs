@@ -466,6 +466,39 @@ pub struct Config {
     pub guard: GuardSection,
     /// `[vault]`
     pub vault: VaultSection,
+    /// `[mesh]`
+    pub mesh: MeshSection,
+}
+
+/// `[mesh]`: membership in the NX1 mesh (gossip) and the signed directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshSection {
+    /// Join the mesh.
+    pub enabled: bool,
+    /// UDP address the gossip listens on.
+    pub listen: SocketAddr,
+    /// "ip:port" other nodes gossip to; empty: `listen` (which must then name an address).
+    pub advertise: String,
+    /// Nodes to join through, "host:port" (their `[mesh] advertise`).
+    pub bootstrap: Vec<String>,
+    /// A region label published in this node's record.
+    pub region: String,
+    /// Milliseconds between gossip rounds; a node silent for about ten rounds is dead.
+    pub gossip_interval_ms: u64,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 7871)),
+            advertise: String::new(),
+            bootstrap: Vec::new(),
+            region: String::new(),
+            gossip_interval_ms: 250,
+        }
+    }
 }
 
 /// `[vault]`: the password vault's server side (`/v1/vault/` on the HTTP API).
@@ -530,6 +563,8 @@ pub struct Resolved {
     pub vpn: Option<Vpn>,
     /// The DNS filter, when enabled (it serves on the WireGuard interface's addresses).
     pub guard: Option<Guard>,
+    /// The mesh, when enabled.
+    pub mesh: Option<crate::mesh::MeshSettings>,
 }
 
 /// Turns a byte offset into a 1-based line and column.
@@ -622,6 +657,48 @@ impl Config {
             ));
         }
         let vpn = self.vpn.validate(&invalid)?;
+        let mesh = if self.mesh.enabled {
+            let m = &self.mesh;
+            let advertise = if m.advertise.trim().is_empty() {
+                if m.listen.ip().is_unspecified() {
+                    return Err(invalid(
+                        "mesh.advertise",
+                        "must be set when mesh.listen is a wildcard address: the ip:port other nodes reach this one at".into(),
+                    ));
+                }
+                m.listen
+            } else {
+                m.advertise.trim().parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "mesh.advertise",
+                        format!("{:?} is not ip:port", m.advertise),
+                    )
+                })?
+            };
+            if !(20..=10_000).contains(&m.gossip_interval_ms) {
+                return Err(invalid(
+                    "mesh.gossip_interval_ms",
+                    format!("must be 20..=10000, not {}", m.gossip_interval_ms),
+                ));
+            }
+            for b in &m.bootstrap {
+                if b.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(invalid("mesh.bootstrap", format!("{b:?} is not host:port")));
+                }
+            }
+            Some(crate::mesh::MeshSettings {
+                listen: m.listen,
+                advertise,
+                bootstrap: m.bootstrap.clone(),
+                gossip_interval: std::time::Duration::from_millis(m.gossip_interval_ms),
+                region: m.region.clone(),
+            })
+        } else {
+            None
+        };
         let v = &self.vault;
         if v.session_secs == 0 || v.session_secs > 30 * 24 * 3600 {
             return Err(invalid(
@@ -794,6 +871,7 @@ impl Config {
         Ok(Resolved {
             vpn,
             guard,
+            mesh,
             path: path.to_owned(),
             identity_key: in_data(&self.node.identity_key),
             wireguard_key: in_data(&self.node.wireguard_key),
@@ -916,6 +994,21 @@ session_secs = 3600
 # accounts per source address per hour.
 logins_per_minute = 10
 registrations_per_hour = 10
+
+[mesh]
+# Join the NX1 mesh: gossip membership with other nodes, and a directory of their signed
+# records (keys, endpoints, roles, region, load) at /v1/directory.
+enabled = false
+# UDP address the gossip listens on, and the ip:port other nodes reach it at (needed when
+# listen is a wildcard address).
+listen = "0.0.0.0:7871"
+advertise = ""
+# Nodes to join through: "host:port" of their [mesh] advertise.
+bootstrap = []
+# A region label published in this node's record.
+region = ""
+# Milliseconds between gossip rounds; a node silent for about ten rounds is dead.
+gossip_interval_ms = 250
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

@@ -368,6 +368,35 @@ pub struct StatusReport {
     pub client: Option<ClientStatus>,
     /// Guard's DNS filter, when on.
     pub guard: Option<GuardStatus>,
+    /// The mesh, when joined.
+    #[serde(default)]
+    pub mesh: Option<MeshStatus>,
+}
+
+/// The mesh as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// Members whose signed record verifies (this node included).
+    pub members: Vec<MeshMember>,
+    /// Members whose record was refused, with the reason.
+    pub refused: Vec<(String, String)>,
+}
+
+/// One member of the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshMember {
+    /// Node id.
+    pub id: String,
+    /// `live` or `dead`.
+    pub state: String,
+    /// Region label.
+    pub region: String,
+    /// Roles it offers.
+    pub roles: Vec<String>,
+    /// WireGuard endpoints.
+    pub endpoints: Vec<String>,
+    /// Where it gossips.
+    pub gossip: String,
 }
 
 /// Why the command line could not get an answer.

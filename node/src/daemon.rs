@@ -44,6 +44,8 @@ pub struct Node {
     pub flows: Option<Arc<crate::guard::FlowGuard>>,
     /// The vault's server side, when enabled.
     pub vault: Option<Arc<crate::vault::VaultService>>,
+    /// Mesh membership and the directory, when enabled.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -438,6 +440,10 @@ impl Node {
                 schema_version: self.store.schema_version().await?,
             },
             vpn: self.vpn_status(),
+            mesh: match &self.mesh {
+                Some(m) => Some(mesh_status(m.directory().await)),
+                None => None,
+            },
             client: self.client.lock().await.as_ref().map(client_status),
             guard: self.guard.as_ref().map(|g| control::GuardStatus {
                 lists: g.list_names().to_vec(),
@@ -578,6 +584,12 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mesh = match &config.mesh {
+        Some(settings) => {
+            Some(start_mesh(settings, &config, &identity, &wireguard, vpn.clone()).await?)
+        }
+        None => None,
+    };
     let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
@@ -590,6 +602,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         guard,
         flows,
         vault,
+        mesh: mesh.clone(),
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
@@ -629,8 +642,25 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         "nx1 node up"
     );
 
+    if let Some(mesh) = &mesh {
+        let (mesh, mut stop) = (mesh.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::mesh::RESIGN);
+            loop {
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    _ = every.tick() => mesh.refresh().await,
+                }
+            }
+        });
+    }
+
     let signal = signals.next().await;
     tracing::info!(signal, "shutting down");
+    if let (Some(mesh), Some(settings)) = (mesh, &node.config.mesh) {
+        // Others drop this node at once instead of waiting for the failure detector.
+        mesh.leave(settings.gossip_interval).await;
+    }
     let _ = stop_tx.send(true);
     let _ = control_task.await;
     match tokio::time::timeout(Duration::from_secs(10), http_task).await {
@@ -719,5 +749,99 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Joins the mesh with a record built from this node's configuration and live state.
+async fn start_mesh(
+    settings: &crate::mesh::MeshSettings,
+    config: &Resolved,
+    identity: &NodeIdentity,
+    wireguard: &nx1_vpn::keys::PrivateKey,
+    vpn: Option<Arc<VpnService>>,
+) -> anyhow::Result<Arc<crate::mesh::Mesh>> {
+    use crate::mesh::{Capacity, Load, NodeRecord, Role};
+    let mut roles = Vec::new();
+    if config.vpn.as_ref().is_some_and(|v| v.exit) {
+        roles.push(Role::Exit);
+    }
+    if config.raw.vault.enabled {
+        roles.push(Role::Vault);
+    }
+    let endpoints: Vec<std::net::SocketAddr> = config
+        .vpn
+        .as_ref()
+        .and_then(|v| v.endpoint.as_deref())
+        .and_then(|e| e.parse().ok())
+        .into_iter()
+        .collect();
+    let listen = config.raw.api.listen;
+    let api = (!listen.ip().is_loopback() && !listen.ip().is_unspecified())
+        .then(|| format!("http://{listen}"));
+    let wireguard_key = config
+        .vpn
+        .as_ref()
+        .map(|_| wireguard.public_key().to_base64());
+    let region = settings.region.clone();
+    let source: crate::mesh::RecordSource = Box::new(move || {
+        let (peers, active_peers) = vpn.as_ref().map_or((0, 0), |v| {
+            let stats = v.device.peer_stats();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let active = stats
+                .iter()
+                .filter(|s| {
+                    s.last_handshake
+                        .is_some_and(|t| now.saturating_sub(t).as_secs() < 180)
+                })
+                .count();
+            (stats.len() as u32, active as u32)
+        });
+        NodeRecord {
+            v: 1,
+            id: String::new(),
+            wireguard_key: wireguard_key.clone(),
+            endpoints: endpoints.clone(),
+            api: api.clone(),
+            roles: roles.clone(),
+            region: region.clone(),
+            capacity: Capacity::default(),
+            load: Load {
+                peers,
+                active_peers,
+            },
+            software: env!("CARGO_PKG_VERSION").to_owned(),
+            issued: 0,
+            expires: 0,
+        }
+    });
+    let mesh = crate::mesh::Mesh::start(settings, identity.signing_key(), source)
+        .await
+        .with_context(|| format!("joining the mesh on UDP {}", settings.listen))?;
+    tracing::info!(gossip = %settings.advertise, bootstrap = ?settings.bootstrap, "joined the mesh");
+    Ok(mesh)
+}
+
+fn mesh_status(dir: crate::mesh::Directory) -> control::MeshStatus {
+    control::MeshStatus {
+        members: dir
+            .members
+            .into_iter()
+            .map(|(id, m)| control::MeshMember {
+                id,
+                state: m.state,
+                region: m.record.region,
+                roles: m
+                    .record
+                    .roles
+                    .iter()
+                    .map(|r| format!("{r:?}").to_lowercase())
+                    .collect(),
+                endpoints: m.record.endpoints.iter().map(ToString::to_string).collect(),
+                gossip: m.gossip.to_string(),
+            })
+            .collect(),
+        refused: dir.refused.into_iter().collect(),
     }
 }

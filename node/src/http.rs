@@ -16,6 +16,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(node.clone());
+    router = router.route("/v1/directory", get(directory).with_state(node.clone()));
     if let Some(vault) = &node.vault {
         router = router.nest("/v1/vault", vault.clone().router());
     }
@@ -67,4 +68,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         )],
         node.metrics.encode(),
     )
+}
+
+/// Every member of the mesh whose signed record verifies, as this node sees it.
+async fn directory(State(node): State<Arc<Node>>) -> axum::response::Response {
+    match &node.mesh {
+        Some(mesh) => axum::Json(mesh.directory().await).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": "this node is not in a mesh ([mesh] enabled = false)"
+            })),
+        )
+            .into_response(),
+    }
 }

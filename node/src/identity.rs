@@ -122,6 +122,11 @@ impl NodeIdentity {
         })
     }
 
+    /// A copy of the signing key, for the services that sign as this node (the mesh record).
+    pub fn signing_key(&self) -> ed25519_dalek::SigningKey {
+        self.signing.clone()
+    }
+
     /// The node id: the base64 ed25519 public key.
     pub fn node_id(&self) -> String {
         STANDARD.encode(self.signing.verifying_key().as_bytes())

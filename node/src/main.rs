@@ -10,6 +10,7 @@ mod guard;
 mod http;
 mod identity;
 mod init;
+mod mesh;
 mod metrics;
 mod peers;
 mod store;
@@ -560,6 +561,27 @@ fn print_status(r: &control::StatusReport) {
     println!("  control    {}", r.control_socket.display());
     println!("  data dir   {}", r.data_dir.display());
     println!("  config     {}", r.config_file.display());
+    if let Some(m) = &r.mesh {
+        let live = m.members.iter().filter(|m| m.state == "live").count();
+        println!("  mesh       {} members ({live} live)", m.members.len());
+        for member in &m.members {
+            println!(
+                "    {} {:<5} {:<10} {:<16} {}",
+                member.id,
+                member.state,
+                if member.region.is_empty() {
+                    "-"
+                } else {
+                    &member.region
+                },
+                member.roles.join(","),
+                member.endpoints.join(" ")
+            );
+        }
+        for (id, why) in &m.refused {
+            println!("    {id} refused: {why}");
+        }
+    }
     match &r.vpn {
         Some(v) => {
             println!(
