@@ -228,9 +228,9 @@ fn the_mesh_converges_refuses_bad_records_and_routes_around_dead_nodes() {
             let d = nodes[1].directory();
             let r = d["refused"].as_object().unwrap().clone();
             [&key_id, &other_id, &ids[3]]
-            .iter()
-            .all(|id| r.contains_key(id.as_str()))
-            .then_some(r)
+                .iter()
+                .all(|id| r.contains_key(id.as_str()))
+                .then_some(r)
         },
     );
     assert!(
