@@ -248,6 +248,14 @@ fn the_mesh_converges_refuses_bad_records_and_routes_around_dead_nodes() {
         refused[&ids[3]].as_str().unwrap().contains("bad signature"),
         "{refused:?}"
     );
+    // The same, counted in /metrics.
+    eventually("the mesh gauges", Duration::from_secs(10), || {
+        let (_, m) = http_get(&nodes[1].api, "/metrics").unwrap();
+        (m.contains("nx1_mesh_members{state=\"live\"} 4")
+            && m.contains("nx1_mesh_records_refused{reason=\"expired\"} 1")
+            && m.contains("nx1_mesh_records_refused{reason=\"signature\"} 2"))
+        .then_some(())
+    });
     // The real node behind the impersonated id keeps its own record.
     assert_eq!(nodes[1].states(), all_live(&id_refs));
     assert_eq!(

@@ -752,3 +752,76 @@ fn a_new_replica_is_seeded_even_for_an_account_with_stronger_kdf_parameters() {
     one.stop();
     two.stop();
 }
+
+#[test]
+fn replicas_come_from_the_mesh_directory_and_survive_the_node_the_user_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut seed = String::new();
+    for i in 1..=4 {
+        let n = Node::init(tmp.path(), &format!("m{i}"), None);
+        let gossip = format!(
+            "127.0.0.1:{}",
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        );
+        set_config(&n.config, "mesh", "enabled", "true");
+        set_config(&n.config, "mesh", "listen", &format!("\"{gossip}\""));
+        set_config(&n.config, "mesh", "api_url", &format!("\"{}\"", n.url()));
+        if seed.is_empty() {
+            seed = gossip;
+        } else {
+            set_config(&n.config, "mesh", "bootstrap", &format!("[\"{seed}\"]"));
+        }
+        nodes.push(n);
+    }
+    for n in &mut nodes {
+        n.start();
+    }
+    eventually("the mesh to converge", Duration::from_secs(20), || {
+        let (_, body) = http_get(&nodes[0].addr, "/v1/directory").ok()?;
+        let d: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let live = d["members"]
+            .as_object()?
+            .values()
+            .filter(|m| m["state"] == "live")
+            .count();
+        (live == 4).then_some(())
+    });
+
+    // The user names one node; the device finds the others in its directory and puts the
+    // account on three of them.
+    let account = "jules";
+    let password = "jules's master password";
+    let a = Device::new(tmp.path(), "a", account, password);
+    a.ok(&["register", "--server", &nodes[0].url()]);
+    a.ok(&["add", "Found through the mesh", "--generate"]);
+    let id = nx1_vault::ids::AccountId::from_name(account);
+    let salt_at = |n: &Node| {
+        http_get(&n.addr, &format!("/v1/vault/prelogin?account={id}"))
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
+    let real = salt_at(&nodes[0]);
+    let holders = nodes.iter().filter(|n| salt_at(n) == real).count();
+    assert!(holders >= 3, "the account is on {holders} nodes");
+
+    // The node the user named dies; a new device given another node finds the account.
+    nodes[0].daemon.take().unwrap().stop_with(libc::SIGKILL);
+    let b = Device::new(tmp.path(), "b", account, password);
+    let out = b.ok(&["unlock", "--server", &nodes[3].url()]);
+    assert!(out.contains("1 items"), "{out}");
+    let out = b.run(&["add", "Written without the first node", "--generate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("wait for the next sync"),
+        "{}",
+        text(&out.stderr)
+    );
+    for n in &mut nodes[1..] {
+        n.stop();
+    }
+}

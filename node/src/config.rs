@@ -486,6 +486,10 @@ pub struct MeshSection {
     pub region: String,
     /// Milliseconds between gossip rounds; a node silent for about ten rounds is dead.
     pub gossip_interval_ms: u64,
+    /// The URL devices and other nodes reach this node's HTTP API at, published in its
+    /// record; empty: `http://` + `[api] listen` when that is not a loopback or wildcard
+    /// address, else none.
+    pub api_url: String,
 }
 
 impl Default for MeshSection {
@@ -497,6 +501,7 @@ impl Default for MeshSection {
             bootstrap: Vec::new(),
             region: String::new(),
             gossip_interval_ms: 250,
+            api_url: String::new(),
         }
     }
 }
@@ -689,7 +694,24 @@ impl Config {
                     return Err(invalid("mesh.bootstrap", format!("{b:?} is not host:port")));
                 }
             }
+            if m.region.len() > 64 {
+                return Err(invalid("mesh.region", "is longer than 64 bytes".into()));
+            }
+            let api_url = m.api_url.trim();
+            if api_url.len() > 256 {
+                return Err(invalid("mesh.api_url", "is longer than 256 bytes".into()));
+            }
+            if !(api_url.is_empty()
+                || api_url.starts_with("http://")
+                || api_url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    "mesh.api_url",
+                    format!("{api_url:?} is not an http:// or https:// URL"),
+                ));
+            }
             Some(crate::mesh::MeshSettings {
+                api_url: (!api_url.is_empty()).then(|| api_url.trim_end_matches('/').to_owned()),
                 listen: m.listen,
                 advertise,
                 bootstrap: m.bootstrap.clone(),
@@ -1009,6 +1031,9 @@ bootstrap = []
 region = ""
 # Milliseconds between gossip rounds; a node silent for about ten rounds is dead.
 gossip_interval_ms = 250
+# The URL devices and other nodes reach this node's HTTP API at (vault sync), published in
+# its record. Empty: http:// + [api] listen, unless that is a loopback or wildcard address.
+api_url = ""
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

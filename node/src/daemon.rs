@@ -643,13 +643,19 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     );
 
     if let Some(mesh) = &mesh {
-        let (mesh, mut stop) = (mesh.clone(), stop_rx.clone());
+        let (mesh, node, mut stop) = (mesh.clone(), node.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(crate::mesh::RESIGN);
+            let mut resign = tokio::time::interval(crate::mesh::RESIGN);
+            let mut look = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     () = stopped(&mut stop) => return,
-                    _ = every.tick() => mesh.refresh().await,
+                    _ = resign.tick() => mesh.refresh().await,
+                    _ = look.tick() => {
+                        let dir = mesh.directory().await;
+                        let refused = mesh.refused_now.lock().clone();
+                        node.metrics.observe_mesh(&dir, &refused);
+                    }
                 }
             }
         });
@@ -768,16 +774,17 @@ async fn start_mesh(
     if config.raw.vault.enabled {
         roles.push(Role::Vault);
     }
-    let endpoints: Vec<std::net::SocketAddr> = config
+    let endpoints: Vec<String> = config
         .vpn
         .as_ref()
-        .and_then(|v| v.endpoint.as_deref())
-        .and_then(|e| e.parse().ok())
+        .and_then(|v| v.endpoint.clone())
         .into_iter()
         .collect();
     let listen = config.raw.api.listen;
-    let api = (!listen.ip().is_loopback() && !listen.ip().is_unspecified())
-        .then(|| format!("http://{listen}"));
+    let api = settings.api_url.clone().or_else(|| {
+        (!listen.ip().is_loopback() && !listen.ip().is_unspecified())
+            .then(|| format!("http://{listen}"))
+    });
     let wireguard_key = config
         .vpn
         .as_ref()
@@ -814,6 +821,7 @@ async fn start_mesh(
             software: env!("CARGO_PKG_VERSION").to_owned(),
             issued: 0,
             expires: 0,
+            leaving: false,
         }
     });
     let mesh = crate::mesh::Mesh::start(settings, identity.signing_key(), source)
@@ -838,7 +846,7 @@ fn mesh_status(dir: crate::mesh::Directory) -> control::MeshStatus {
                     .iter()
                     .map(|r| format!("{r:?}").to_lowercase())
                     .collect(),
-                endpoints: m.record.endpoints.iter().map(ToString::to_string).collect(),
+                endpoints: m.record.endpoints.clone(),
                 gossip: m.gossip.to_string(),
             })
             .collect(),

@@ -8,7 +8,8 @@
 //! records whose signature verifies under the key the record names, whose id is that key and
 //! the gossip member's name, and that have not expired. A node re-signs its record every
 //! [`RESIGN`] with a fresh expiry, so a record that stops being renewed ages out even if the
-//! gossip layer keeps it.
+//! gossip layer keeps it. Leaving is part of the record too (`leaving: true`, signed), so
+//! only the node itself can take itself out of the directory.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -23,9 +24,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The gossip key a node's signed record lives under.
 pub const RECORD_KEY: &str = "nx1.record";
-/// Set by a node that is leaving, so the others drop it at once instead of waiting for the
-/// failure detector.
-pub const LEAVING_KEY: &str = "nx1.leaving";
 /// How often a node re-signs its record.
 pub const RESIGN: Duration = Duration::from_secs(20);
 /// How long a record is valid after it is signed.
@@ -58,8 +56,8 @@ pub struct NodeRecord {
     pub id: String,
     /// Its WireGuard public key (base64).
     pub wireguard_key: Option<String>,
-    /// Where WireGuard clients reach it (v4 and/or v6).
-    pub endpoints: Vec<SocketAddr>,
+    /// Where WireGuard clients reach it, "host:port" (v4 and/or v6 addresses, or names).
+    pub endpoints: Vec<String>,
     /// Its HTTP API (vault sync), if it publishes one.
     pub api: Option<String>,
     /// What it offers.
@@ -76,6 +74,9 @@ pub struct NodeRecord {
     pub issued: i64,
     /// Unix time after which it is void.
     pub expires: i64,
+    /// The node is leaving the mesh: drop it now.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// Capacity a node offers.
@@ -241,6 +242,8 @@ pub struct MeshSettings {
     pub gossip_interval: Duration,
     /// Region label.
     pub region: String,
+    /// The URL of this node's HTTP API to publish, when set explicitly.
+    pub api_url: Option<String>,
 }
 
 /// What goes into this node's record (besides what the mesh fills in).
@@ -252,8 +255,8 @@ pub struct Mesh {
     node_id: String,
     key: SigningKey,
     source: RecordSource,
-    /// Records refused, by reason (for `/metrics`).
-    pub refused_total: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
+    /// Members refused at the last look, by reason (for `/metrics`).
+    pub refused_now: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Mesh {
@@ -286,10 +289,10 @@ impl Mesh {
             },
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
-            extra_liveness_predicate: Some(Box::new(|state| state.get(LEAVING_KEY).is_none())),
+            extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let record = SignedRecord::sign(&Self::fill(&node_id, &source), &key);
+        let record = SignedRecord::sign(&Self::fill(&node_id, &source, false), &key);
         let initial = vec![(
             RECORD_KEY.to_owned(),
             serde_json::to_string(&record).expect("records serialize"),
@@ -300,23 +303,29 @@ impl Mesh {
             node_id,
             key,
             source,
-            refused_total: parking_lot::Mutex::new(BTreeMap::new()),
+            refused_now: parking_lot::Mutex::new(BTreeMap::new()),
         }))
     }
 
-    fn fill(node_id: &str, source: &RecordSource) -> NodeRecord {
+    fn fill(node_id: &str, source: &RecordSource, leaving: bool) -> NodeRecord {
         let now = now_unix();
         let mut r = source();
         r.v = 1;
         r.id = node_id.to_owned();
         r.issued = now;
         r.expires = now + RECORD_TTL.as_secs() as i64;
+        r.leaving = leaving;
         r
     }
 
     /// Re-signs and republishes this node's record (fresh load and expiry).
     pub async fn refresh(&self) {
-        let record = SignedRecord::sign(&Self::fill(&self.node_id, &self.source), &self.key);
+        self.publish(false).await;
+    }
+
+    async fn publish(&self, leaving: bool) {
+        let record =
+            SignedRecord::sign(&Self::fill(&self.node_id, &self.source, leaving), &self.key);
         let text = serde_json::to_string(&record).expect("records serialize");
         self.handle
             .with_chitchat(|c| c.self_node_state().set(RECORD_KEY, text.clone()))
@@ -326,9 +335,7 @@ impl Mesh {
     /// Tells the others this node is leaving, gives the news a few rounds to spread, and
     /// stops gossiping.
     pub async fn leave(self: Arc<Self>, interval: Duration) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(LEAVING_KEY, "1"))
-            .await;
+        self.publish(true).await;
         tokio::time::sleep(interval * 4).await;
         let _ = self.handle.initiate_shutdown();
     }
@@ -345,9 +352,6 @@ impl Mesh {
         };
         let mut refused = Vec::new();
         for (id, state) in c.node_states() {
-            if state.get(LEAVING_KEY).is_some() {
-                continue;
-            }
             let Some(text) = state.get(RECORD_KEY) else {
                 continue;
             };
@@ -355,6 +359,8 @@ impl Mesh {
                 .map_err(|e| RecordError::Malformed(e.to_string()))
                 .and_then(|s| s.verify(&id.node_id, now));
             match checked {
+                // It said goodbye (and signed it).
+                Ok(record) if record.leaving => {}
                 Ok(record) => {
                     let member = Member {
                         record,
@@ -377,10 +383,11 @@ impl Mesh {
             }
         }
         drop(c);
-        let mut totals = self.refused_total.lock();
+        let mut now = BTreeMap::new();
         for label in refused {
-            *totals.entry(label).or_default() += 1;
+            *now.entry(label).or_default() += 1;
         }
+        *self.refused_now.lock() = now;
         dir
     }
 }
@@ -394,7 +401,7 @@ mod tests {
             v: 1,
             id: STANDARD.encode(key.verifying_key().as_bytes()),
             wireguard_key: None,
-            endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
+            endpoints: vec!["192.0.2.1:51820".into()],
             api: None,
             roles: vec![Role::Exit],
             region: "test".into(),
@@ -403,6 +410,7 @@ mod tests {
             software: "0".into(),
             issued: 0,
             expires,
+            leaving: false,
         }
     }
 

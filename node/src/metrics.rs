@@ -39,6 +39,24 @@ pub struct Metrics {
     pub control_bad_requests: Counter,
     /// Health checks by result.
     pub health_checks: Family<ResultLabel, Counter>,
+    /// Mesh members by state, at the last look.
+    pub mesh_members: Family<StateLabel, Gauge>,
+    /// Gossip members whose record was refused, by reason, at the last look.
+    pub mesh_refused: Family<ReasonLabel, Gauge>,
+}
+
+/// A state label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// The state.
+    pub state: &'static str,
+}
+
+/// A reason label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -82,6 +100,18 @@ impl Metrics {
             "Health checks by result",
             health_checks.clone(),
         );
+        let mesh_members = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "mesh_members",
+            "Mesh members with a verified record, by state (live, dead)",
+            mesh_members.clone(),
+        );
+        let mesh_refused = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "mesh_records_refused",
+            "Gossip members whose record was refused, by reason",
+            mesh_refused.clone(),
+        );
         if let Some(vpn) = vpn {
             registry.register_collector(Box::new(VpnCollector(vpn)));
         }
@@ -94,6 +124,34 @@ impl Metrics {
             control_requests,
             control_bad_requests,
             health_checks,
+            mesh_members,
+            mesh_refused,
+        }
+    }
+
+    /// Sets the mesh gauges from a look at the directory.
+    pub fn observe_mesh(
+        &self,
+        dir: &crate::mesh::Directory,
+        refused: &std::collections::BTreeMap<&'static str, u64>,
+    ) {
+        for state in ["live", "dead"] {
+            let n = dir.members.values().filter(|m| m.state == state).count();
+            self.mesh_members
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
+        }
+        for reason in [
+            "malformed",
+            "bad_id",
+            "signature",
+            "wrong_member",
+            "expired",
+            "version",
+        ] {
+            self.mesh_refused
+                .get_or_create(&ReasonLabel { reason })
+                .set(refused.get(reason).copied().unwrap_or(0) as i64);
         }
     }
 
@@ -126,11 +184,6 @@ pub fn device_drops(device: &Device) -> Vec<(&'static str, u64)> {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
     peer: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
 }
 
 /// Reads the WireGuard counters at each scrape.

@@ -514,6 +514,70 @@ const REPLICAS: usize = 3;
 /// The nodes that hold an account: the [`REPLICAS`] best of the known ones by rendezvous
 /// hashing, so every device of the account picks the same ones from the same list.
 fn replicas(account: &AccountId, servers: &[String]) -> Vec<String> {
+    let mut all = rank(account, servers);
+    all.truncate(REPLICAS);
+    all
+}
+
+/// Vault nodes the mesh directories of `servers` list as live with an API URL: how a device
+/// that was given one node finds the others.
+fn discover(servers: &[String]) -> Vec<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut found: Vec<String> = Vec::new();
+    for s in servers {
+        let url = format!("{}/v1/directory", s.trim_end_matches('/'));
+        let Ok(mut resp) = agent.get(&url).call() else {
+            continue;
+        };
+        if resp.status().as_u16() != 200 {
+            continue;
+        }
+        let Ok(body) = resp.body_mut().with_config().limit(16 << 20).read_to_vec() else {
+            continue;
+        };
+        let Ok(dir) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let Some(members) = dir["members"].as_object() else {
+            continue;
+        };
+        for m in members.values() {
+            let vault = m["record"]["roles"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x == "vault"));
+            if let (true, Some("live"), Some(api)) =
+                (vault, m["state"].as_str(), m["record"]["api"].as_str())
+            {
+                let api = api.trim_end_matches('/').to_owned();
+                if (api.starts_with("http://") || api.starts_with("https://"))
+                    && !found.contains(&api)
+                {
+                    found.push(api);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Adds what the mesh directory knows to a list of nodes; true when it grew.
+fn with_discovered(servers: &mut Vec<String>) -> bool {
+    let mut grew = false;
+    for url in discover(servers) {
+        if !servers.iter().any(|s| s.trim_end_matches('/') == url) {
+            servers.push(url);
+            grew = true;
+        }
+    }
+    grew
+}
+
+/// Every known node, best first by rendezvous hashing for this account.
+fn rank(account: &AccountId, servers: &[String]) -> Vec<String> {
     use sha2::{Digest as _, Sha256};
     let mut ranked: Vec<([u8; 32], &str)> = servers
         .iter()
@@ -527,11 +591,7 @@ fn replicas(account: &AccountId, servers: &[String]) -> Vec<String> {
         .collect();
     ranked.sort_by_key(|a| std::cmp::Reverse(a.0));
     ranked.dedup_by(|a, b| a.1 == b.1);
-    ranked
-        .into_iter()
-        .take(REPLICAS)
-        .map(|(_, u)| u.to_owned())
-        .collect()
+    ranked.into_iter().map(|(_, u)| u.to_owned()).collect()
 }
 
 fn unreachable(e: &anyhow::Error) -> bool {
@@ -764,6 +824,9 @@ fn sync(
     if opts.offline {
         report_pending(&o.vault, None);
         return Ok(());
+    }
+    if with_discovered(&mut o.device.file.servers) {
+        o.device.save(&o.vault)?;
     }
     let set = replicas(&o.vault.header().account, &o.device.file.servers);
     if set.is_empty() {
@@ -1160,10 +1223,13 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
             bail!("this device has no copy of {name:?} yet: give a node with --server URL");
         }
         let password = master_password(opts, false)?;
-        // The first node that answers sets the device up; the sync below then reads from all.
+        // The first node that answers sets the device up (the account's replicas first, from
+        // what the given nodes' mesh directory knows); the sync below then reads from all.
+        let mut servers = servers;
+        with_discovered(&mut servers);
         let mut joined = None;
         let mut why = Vec::new();
-        for url in &servers {
+        for url in &rank(&AccountId::from_name(&name), &servers) {
             match Remote::new(url).login(&name, &password, None, None) {
                 Ok(l) => {
                     joined = Some(l);
