@@ -7,7 +7,8 @@ through the first) and measures, polling every node's `GET /v1/directory` every 
 - convergence: from the moment the last node is started until every node lists all N as live
   with verified records;
 - dead-node detection: from `kill -9` of one node until every other node lists it as dead;
-- leave: from SIGTERM of another node until every other node has dropped it.
+- leave: from SIGTERM of another node until every other node has dropped it (the node
+  publishes a signed goodbye and gossips it for 4 rounds before it exits).
 
 Each number is also given in gossip rounds (`[mesh] gossip_interval_ms`, 250 by default), the
 unit the protocol works in. Python 3.11 standard library only; needs the release binary
@@ -31,7 +32,11 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vault import log, set_key  # noqa: E402
+from vault import set_key  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[mesh-bench] {msg}", file=sys.stderr, flush=True)
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:
@@ -120,8 +125,9 @@ def run(nx1: str, n: int, interval_ms: int) -> dict:
             victim.stop(signal.SIGKILL)
             dead = until(lambda: all(node.states().get(victim.id) == "dead"
                                      for node in rest + [leaver]), 60)
-            leaver.stop(signal.SIGTERM)
+            # From the signal: the node spends its last gossip rounds saying goodbye.
             t0 = time.perf_counter()
+            leaver.proc.send_signal(signal.SIGTERM)
             until(lambda: all(leaver.id not in node.states() for node in rest), 60)
             left = time.perf_counter() - t0
         finally:
