@@ -300,3 +300,128 @@ fn the_mesh_converges_refuses_bad_records_and_routes_around_dead_nodes() {
         }
     }
 }
+
+/// `nx1 status --json`'s mesh members as (id, state), sorted.
+fn status_states(config: &Path, cwd: &Path) -> Option<Vec<(String, String)>> {
+    let out = nx1(
+        &["--config", config.to_str().unwrap(), "status", "--json"],
+        cwd,
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut states: Vec<(String, String)> = v["mesh"]["members"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap_or_default().to_owned(),
+                m["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    states.sort();
+    Some(states)
+}
+
+#[test]
+fn a_region_cut_off_is_routed_around_and_rejoins_when_the_link_comes_back() {
+    use nx1_tests::netns::{Netns, link, unique_tag};
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = unique_tag();
+    // Two regions, each a bridge (in one "switch" namespace) with two nodes, joined by a
+    // trunk link: nodes 1 and 2 are region a, 3 and 4 region b.
+    let switch = Netns::new("sw", &tag);
+    for br in ["bra", "brb"] {
+        switch.ip(&["link", "add", br, "type", "bridge"]);
+        switch.ip(&["link", "set", br, "up"]);
+    }
+    switch.ip(&["link", "add", "ta", "type", "veth", "peer", "name", "tb"]);
+    switch.ip(&["link", "set", "ta", "master", "bra"]);
+    switch.ip(&["link", "set", "tb", "master", "brb"]);
+    switch.ip(&["link", "set", "ta", "up"]);
+    switch.ip(&["link", "set", "tb", "up"]);
+    let mut spaces = Vec::new();
+    let mut configs = Vec::new();
+    let mut ids = Vec::new();
+    let mut daemons = Vec::new();
+    for i in 1..=4 {
+        let ns = Netns::new(&format!("m{i}"), &tag);
+        link(
+            &switch,
+            &format!("p{i}"),
+            &[],
+            &ns,
+            "eth0",
+            &[&format!("10.201.0.{i}/24")],
+        );
+        let bridge = if i <= 2 { "bra" } else { "brb" };
+        switch.ip(&["link", "set", &format!("p{i}"), "master", bridge]);
+        let dir = tmp.path().join(format!("n{i}"));
+        let out = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp.path());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        ids.push(
+            text(&out.stdout)
+                .split_whitespace()
+                .nth(2)
+                .unwrap()
+                .to_owned(),
+        );
+        let config = dir.join("nx1.toml");
+        set_config(&config, "vpn", "enabled", "false");
+        set_config(&config, "api", "listen", "\"127.0.0.1:7870\"");
+        set_config(&config, "mesh", "enabled", "true");
+        set_config(&config, "mesh", "listen", &format!("\"10.201.0.{i}:7871\""));
+        set_config(
+            &config,
+            "mesh",
+            "region",
+            if i <= 2 {
+                "\"region-a\""
+            } else {
+                "\"region-b\""
+            },
+        );
+        set_config(&config, "mesh", "bootstrap", "[\"10.201.0.1:7871\"]");
+        let log = dir.join("up.log");
+        daemons.push(Daemon::start_in(Some(&ns), Some(&config), tmp.path(), &log));
+        spaces.push(ns);
+        configs.push(config);
+    }
+    let all = |state: &str| {
+        let mut v: Vec<(String, String)> = ids.iter().map(|i| (i.clone(), state.into())).collect();
+        v.sort();
+        v
+    };
+    for c in &configs {
+        eventually("the mesh to converge", Duration::from_secs(30), || {
+            (status_states(c, tmp.path())? == all("live")).then_some(())
+        });
+    }
+
+    // Cut the trunk: each region sees the other dead, and keeps its own side live.
+    switch.ip(&["link", "set", "ta", "down"]);
+    for (i, c) in configs.iter().enumerate() {
+        eventually("the cut to be noticed", Duration::from_secs(20), || {
+            let s = status_states(c, tmp.path())?;
+            let ok = s.iter().all(|(id, state)| {
+                let j = ids.iter().position(|x| x == id).unwrap();
+                let same_side = (i < 2) == (j < 2);
+                state == if same_side { "live" } else { "dead" }
+            });
+            (ok && s.len() == 4).then_some(())
+        });
+    }
+
+    // The trunk comes back: one mesh again, everyone live.
+    switch.ip(&["link", "set", "ta", "up"]);
+    for c in &configs {
+        eventually("the mesh to heal", Duration::from_secs(30), || {
+            (status_states(c, tmp.path())? == all("live")).then_some(())
+        });
+    }
+    for d in daemons {
+        assert!(d.stop_with(libc::SIGTERM).success());
+    }
+}
