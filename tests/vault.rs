@@ -501,6 +501,14 @@ fn hostile_requests_get_clear_4xx_and_change_nothing() {
     assert!(answer.contains("appears twice"), "{answer}");
 
     assert_eq!(changes(), before);
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    for series in [
+        "nx1_vault_requests_total{call=\"push\",status=\"400\"} 2",
+        "nx1_vault_requests_total{call=\"push\",status=\"413\"} 1",
+        "nx1_vault_requests_total{call=\"register\",status=\"201\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
 
     // Guessing passwords: the account's login attempts run out.
     let junk =

@@ -596,7 +596,13 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let http_listen = http_listener.local_addr()?;
 
     let node = Arc::new(Node {
-        metrics: Metrics::new(&node_id, vpn.clone(), guard.clone(), flows.clone()),
+        metrics: Metrics::new(
+            &node_id,
+            vpn.clone(),
+            guard.clone(),
+            flows.clone(),
+            vault.as_deref(),
+        ),
         vpn,
         client: tokio::sync::Mutex::new(None),
         guard,

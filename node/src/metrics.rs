@@ -66,6 +66,7 @@ impl Metrics {
         vpn: Option<Arc<VpnService>>,
         guard: Option<Arc<crate::guard::GuardService>>,
         flows: Option<Arc<crate::guard::FlowGuard>>,
+        vault: Option<&crate::vault::VaultService>,
     ) -> Self {
         let mut registry = Registry::with_prefix("nx1");
         registry.register(
@@ -112,6 +113,13 @@ impl Metrics {
             "Gossip members whose record was refused, by reason",
             mesh_refused.clone(),
         );
+        if let Some(vault) = vault {
+            registry.register(
+                "vault_requests",
+                "Vault API requests by call and answer status",
+                vault.requests.clone(),
+            );
+        }
         if let Some(vpn) = vpn {
             registry.register_collector(Box::new(VpnCollector(vpn)));
         }
@@ -344,7 +352,7 @@ mod tests {
 
     #[test]
     fn exposition_carries_counters_and_build_info() {
-        let m = Metrics::new("abc=", None, None, None);
+        let m = Metrics::new("abc=", None, None, None, None);
         m.control_requests
             .get_or_create(&CommandLabel { command: "status" })
             .inc();

@@ -57,6 +57,20 @@ pub struct VaultService {
     failures_by_source: FailureLimit<IpAddr>,
     challenges_by_source: DefaultKeyedRateLimiter<IpAddr>,
     register_by_source: DefaultKeyedRateLimiter<IpAddr>,
+    /// Requests by call and answer status, for `/metrics`.
+    pub requests: prometheus_client::metrics::family::Family<
+        RequestLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+/// A vault request's call and the status it was answered with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RequestLabel {
+    /// The call (`push`, `changes`, …).
+    pub call: String,
+    /// The HTTP status.
+    pub status: u16,
 }
 
 /// Limits failed logins: each failure takes a token; a key out of tokens is refused every
@@ -206,6 +220,7 @@ impl VaultService {
             register_by_source: RateLimiter::keyed(Quota::per_hour(
                 NonZeroU32::new(limits.registrations_per_hour.max(1)).expect("≥1"),
             )),
+            requests: Default::default(),
             store,
             limits,
             prelogin_secret,
@@ -230,6 +245,7 @@ impl VaultService {
                     self.limits.max_bytes,
                 ))),
             )
+            .layer(axum::middleware::from_fn_with_state(self.clone(), count))
             .with_state(self)
     }
 
@@ -920,4 +936,39 @@ async fn catchup(
     tx.commit().await?;
     tracing::info!(account = %account, from = own, to = seq, "vault: replica caught up");
     Ok(Json(wire::Pushed { seq }))
+}
+
+/// Counts every request by its call and the status it got.
+async fn count(
+    State(svc): State<Arc<VaultService>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let call = request
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .filter(|c| {
+            [
+                "prelogin",
+                "register",
+                "challenge",
+                "login",
+                "changes",
+                "push",
+                "catchup",
+            ]
+            .contains(c)
+        })
+        .unwrap_or("other")
+        .to_owned();
+    let response = next.run(request).await;
+    svc.requests
+        .get_or_create(&RequestLabel {
+            call,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
