@@ -254,6 +254,22 @@ fn devices_sync_through(node: &Node, tmp: &Path, dump: &dyn Fn() -> Vec<u8>) {
     .fails(&["list"]);
     assert!(err.contains("wrong master password"), "{err}");
 
+    // The node counts what it holds: one account, one live item (Mail was deleted).
+    let out = nx1(
+        &[
+            "--config",
+            node.config.to_str().unwrap(),
+            "status",
+            "--json",
+        ],
+        tmp,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["vault"]["accounts"], 1, "{status}");
+    assert_eq!(status["vault"]["items"], 1, "{status}");
+    assert!(status["vault"]["bytes"].as_u64().unwrap() > 256, "{status}");
+
     // The node's database holds none of it in clear.
     let bytes = dump();
     for canary in CANARIES.iter().chain([secret.trim()].iter()) {

@@ -371,6 +371,20 @@ pub struct StatusReport {
     /// The mesh, when joined.
     #[serde(default)]
     pub mesh: Option<MeshStatus>,
+    /// The vault's server side, when enabled.
+    #[serde(default)]
+    pub vault: Option<VaultStatus>,
+}
+
+/// What the node holds for the vault (all of it ciphertext).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaultStatus {
+    /// Accounts on this node.
+    pub accounts: u64,
+    /// Items they hold (deleted ones not counted).
+    pub items: u64,
+    /// Bytes of ciphertext.
+    pub bytes: u64,
 }
 
 /// The mesh as this node sees it.

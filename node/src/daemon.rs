@@ -440,6 +440,17 @@ impl Node {
                 schema_version: self.store.schema_version().await?,
             },
             vpn: self.vpn_status(),
+            vault: match &self.vault {
+                Some(v) => {
+                    let (accounts, items, bytes) = v.totals().await?;
+                    Some(control::VaultStatus {
+                        accounts,
+                        items,
+                        bytes,
+                    })
+                }
+                None => None,
+            },
             mesh: match &self.mesh {
                 Some(m) => Some(mesh_status(m.directory().await)),
                 None => None,

@@ -561,6 +561,12 @@ fn print_status(r: &control::StatusReport) {
     println!("  control    {}", r.control_socket.display());
     println!("  data dir   {}", r.data_dir.display());
     println!("  config     {}", r.config_file.display());
+    if let Some(v) = &r.vault {
+        println!(
+            "  vault      {} accounts, {} items, {} bytes of ciphertext",
+            v.accounts, v.items, v.bytes
+        );
+    }
     if let Some(m) = &r.mesh {
         let live = m.members.iter().filter(|m| m.state == "live").count();
         println!("  mesh       {} members ({live} live)", m.members.len());

@@ -270,6 +270,21 @@ impl VaultService {
     }
 }
 
+impl VaultService {
+    /// Accounts, live items and bytes this node holds.
+    pub async fn totals(&self) -> Result<(u64, u64, u64), sqlx::Error> {
+        // SUM over BIGINT is NUMERIC on PostgreSQL, which the Any driver does not read: cast.
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS accounts, CAST(COALESCE(SUM(item_count), 0) AS BIGINT) AS items, CAST(COALESCE(SUM(bytes_used), 0) AS BIGINT) AS bytes FROM vault_accounts",
+        )
+        .fetch_one(self.store.pool())
+        .await?;
+        let get =
+            |c: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(c)?.max(0) as u64) };
+        Ok((get("accounts")?, get("items")?, get("bytes")?))
+    }
+}
+
 fn kdf_of(row: &sqlx::any::AnyRow) -> ApiResult<KdfParams> {
     let get = |c: &str| -> ApiResult<u32> {
         u32::try_from(row.try_get::<i64, _>(c)?)
