@@ -32,17 +32,11 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vault import set_key  # noqa: E402
+from vault import free_port, set_key  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[mesh-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MeshNode:

@@ -20,22 +20,6 @@ struct MeshNode {
     id: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl MeshNode {
     fn init(tmp: &Path, name: &str, region: &str, bootstrap: Option<SocketAddr>) -> MeshNode {
         let dir = tmp.join(name);
@@ -47,7 +31,7 @@ impl MeshNode {
             .expect("init prints the node id")
             .to_owned();
         let config = dir.join("nx1.toml");
-        let api = format!("127.0.0.1:{}", free_port());
+        let api = format!("127.0.0.1:{}", free_tcp_port());
         let gossip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         set_config(&config, "vpn", "enabled", "false");
         set_config(&config, "api", "listen", &format!("\"{api}\""));

@@ -18,14 +18,6 @@ struct Node {
     addr: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Node {
     fn init(tmp: &Path, name: &str, pg: Option<&PgDatabase>) -> Node {
         let config = match pg {
@@ -39,7 +31,7 @@ impl Node {
                 config
             }
         };
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{}", free_tcp_port());
         set_config(&config, "api", "listen", &format!("\"{addr}\""));
         Node {
             daemon: None,
@@ -98,9 +90,9 @@ impl Device {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        let child = Command::new(nx1_bin())
-            .arg("vault")
+    /// Runs `cmd ARGS` with this device's directory, account and password (as fd 0).
+    fn run_in(&self, mut cmd: Command, args: &[&str], timeout: Duration) -> Output {
+        let child = cmd
             .args(args)
             .args(["--vault-dir", self.dir.to_str().unwrap()])
             .args(["--account", &self.account, "--password-fd", "0"])
@@ -111,26 +103,24 @@ impl Device {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn nx1 vault");
-        wait_output(child, Duration::from_secs(60))
+        wait_output(child, timeout)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(nx1_bin());
+        cmd.arg("vault");
+        self.run_in(cmd, args, Duration::from_secs(60))
     }
 
     /// Runs with `file` open as file descriptor 3 (for `--file-password-fd 3`).
     fn run_with_fd3(&self, args: &[&str], file: &Path) -> Output {
-        let child = Command::new("bash")
-            .arg("-c")
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
             .arg("exec 3<\"$FD3\"; exec \"$NX1\" vault \"$@\"")
             .arg("nx1")
-            .args(args)
-            .args(["--vault-dir", self.dir.to_str().unwrap()])
-            .args(["--account", &self.account, "--password-fd", "0"])
             .env("FD3", file)
-            .env("NX1", nx1_bin())
-            .stdin(Stdio::from(std::fs::File::open(&self.password).unwrap()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn bash");
-        wait_output(child, Duration::from_secs(120))
+            .env("NX1", nx1_bin());
+        self.run_in(cmd, args, Duration::from_secs(120))
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -784,14 +774,7 @@ fn replicas_come_from_the_mesh_directory_and_survive_the_node_the_user_named() {
     let mut seed = String::new();
     for i in 1..=4 {
         let n = Node::init(tmp.path(), &format!("m{i}"), None);
-        let gossip = format!(
-            "127.0.0.1:{}",
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        );
+        let gossip = format!("127.0.0.1:{}", free_udp_port());
         set_config(&n.config, "mesh", "enabled", "true");
         set_config(&n.config, "mesh", "listen", &format!("\"{gossip}\""));
         set_config(&n.config, "mesh", "api_url", &format!("\"{}\"", n.url()));

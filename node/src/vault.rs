@@ -262,6 +262,17 @@ impl VaultService {
         })
     }
 
+    /// The account's manifest key (401 when there is no such account).
+    async fn manifest_key(&self, account: &AccountId) -> ApiResult<VerifyingKey> {
+        let row = self
+            .account_row(account)
+            .await?
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no such account"))?;
+        let key: Vec<u8> = row.try_get("manifest_key")?;
+        verifying_key(&key)
+            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad manifest key"))
+    }
+
     async fn account_row(&self, account: &AccountId) -> ApiResult<Option<sqlx::any::AnyRow>> {
         Ok(sqlx::query("SELECT salt, kdf_m_kib, kdf_t, kdf_p, auth_key, manifest_key, wrapped_key, head_seq, item_count, bytes_used FROM vault_accounts WHERE id = $1")
             .bind(account.to_string())
@@ -533,6 +544,43 @@ fn record_of(row: &sqlx::any::AnyRow) -> ApiResult<ItemRecord> {
     })
 }
 
+/// The account's manifest number `seq`.
+async fn manifest_at(
+    conn: &mut sqlx::AnyConnection,
+    account: &str,
+    seq: i64,
+) -> ApiResult<Manifest> {
+    let row = sqlx::query("SELECT manifest FROM vault_manifests WHERE account = $1 AND seq = $2")
+        .bind(account)
+        .bind(seq)
+        .fetch_one(conn)
+        .await?;
+    manifest_of(&row)
+}
+
+/// The hash the manifest after change `seq` must link to (zeros before the first change).
+async fn link_hash(conn: &mut sqlx::AnyConnection, account: &str, seq: i64) -> ApiResult<[u8; 32]> {
+    if seq == 0 {
+        return Ok([0; 32]);
+    }
+    Ok(manifest_at(conn, account, seq).await?.hash())
+}
+
+/// Keeps a manifest in the account's chain.
+async fn store_manifest(
+    conn: &mut sqlx::AnyConnection,
+    account: &str,
+    m: &Manifest,
+) -> ApiResult<()> {
+    sqlx::query("INSERT INTO vault_manifests (account, seq, manifest) VALUES ($1, $2, $3)")
+        .bind(account)
+        .bind(m.seq as i64)
+        .bind(serde_json::to_string(m).expect("manifests serialize"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn manifest_of(row: &sqlx::any::AnyRow) -> ApiResult<Manifest> {
     let text: String = row.try_get("manifest")?;
     serde_json::from_str(&text)
@@ -562,13 +610,7 @@ async fn changes(
         .try_get("head_seq")?;
     let mut out = wire::Changes::default();
     if head_seq > 0 {
-        let row =
-            sqlx::query("SELECT manifest FROM vault_manifests WHERE account = $1 AND seq = $2")
-                .bind(&id)
-                .bind(head_seq)
-                .fetch_one(&mut *tx)
-                .await?;
-        out.head = Some(manifest_of(&row)?);
+        out.head = Some(manifest_at(&mut tx, &id, head_seq).await?);
     }
     if (since > 0 || q.chain) && since < head_seq {
         for row in sqlx::query(
@@ -630,13 +672,7 @@ async fn push(
         )));
     }
     let base = i64::try_from(p.base).map_err(|_| ApiError::bad("base is too large"))?;
-    let row = svc
-        .account_row(&account)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no such account"))?;
-    let mkey: Vec<u8> = row.try_get("manifest_key")?;
-    let mkey = verifying_key(&mkey)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad manifest key"))?;
+    let mkey = svc.manifest_key(&account).await?;
     m.verify(&mkey, &account)
         .map_err(|e| ApiError::bad(format!("manifest refused: {e}")))?;
 
@@ -665,17 +701,7 @@ async fn push(
             Vec::new(),
         ));
     }
-    let prev = if base == 0 {
-        [0u8; 32]
-    } else {
-        let row =
-            sqlx::query("SELECT manifest FROM vault_manifests WHERE account = $1 AND seq = $2")
-                .bind(&id)
-                .bind(base)
-                .fetch_one(&mut *tx)
-                .await?;
-        manifest_of(&row)?.hash()
-    };
+    let prev = link_hash(&mut tx, &id, base).await?;
     if m.prev != prev {
         tx.rollback().await?;
         return Err(ApiError::bad(format!(
@@ -785,12 +811,7 @@ async fn push(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO vault_manifests (account, seq, manifest) VALUES ($1, $2, $3)")
-        .bind(&id)
-        .bind(seq)
-        .bind(serde_json::to_string(m).expect("manifests serialize"))
-        .execute(&mut *tx)
-        .await?;
+    store_manifest(&mut tx, &id, m).await?;
     tx.commit().await?;
     Ok(Json(wire::Pushed { seq: seq as u64 }))
 }
@@ -828,13 +849,7 @@ async fn catchup(
             return Err(ApiError::bad(format!("item {} appears twice", r.id)));
         }
     }
-    let row = svc
-        .account_row(&account)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no such account"))?;
-    let mkey: Vec<u8> = row.try_get("manifest_key")?;
-    let mkey = verifying_key(&mkey)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad manifest key"))?;
+    let mkey = svc.manifest_key(&account).await?;
     for m in &c.chain {
         m.verify(&mkey, &account)
             .map_err(|e| ApiError::bad(format!("manifest refused: {e}")))?;
@@ -853,17 +868,7 @@ async fn catchup(
         .fetch_one(&mut *tx)
         .await?
         .try_get("head_seq")?;
-    let mut prev = if own == 0 {
-        [0u8; 32]
-    } else {
-        let row =
-            sqlx::query("SELECT manifest FROM vault_manifests WHERE account = $1 AND seq = $2")
-                .bind(&id)
-                .bind(own)
-                .fetch_one(&mut *tx)
-                .await?;
-        manifest_of(&row)?.hash()
-    };
+    let mut prev = link_hash(&mut tx, &id, own).await?;
     let mut seq = own as u64;
     for m in &c.chain {
         if m.seq != seq + 1 || m.prev != prev {
@@ -941,12 +946,7 @@ async fn catchup(
     .execute(&mut *tx)
     .await?;
     for m in &c.chain {
-        sqlx::query("INSERT INTO vault_manifests (account, seq, manifest) VALUES ($1, $2, $3)")
-            .bind(&id)
-            .bind(m.seq as i64)
-            .bind(serde_json::to_string(m).expect("manifests serialize"))
-            .execute(&mut *tx)
-            .await?;
+        store_manifest(&mut tx, &id, m).await?;
     }
     tx.commit().await?;
     tracing::info!(account = %account, from = own, to = seq, "vault: replica caught up");

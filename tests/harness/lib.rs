@@ -182,6 +182,11 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
+    Ok(status_and_body(&text))
+}
+
+/// The status code and body of an HTTP response's text.
+fn status_and_body(text: &str) -> (u16, String) {
     let code = text
         .split_whitespace()
         .nth(1)
@@ -191,7 +196,23 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .to_owned();
-    Ok((code, body))
+    (code, body)
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A loopback UDP port that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 /// A plain HTTP/1.0 request with a body and extra headers; returns (status code, body).
@@ -217,17 +238,7 @@ pub fn http_request(
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    Ok((code, body))
+    Ok(status_and_body(&String::from_utf8_lossy(&raw)))
 }
 
 /// Replaces `key = …` inside `[section]` of a TOML file with `key = value`.

@@ -157,21 +157,6 @@ impl Vault {
         let master = crypto::derive_master(password, &salt, &kdf, &account)?;
         let account_key = Key::generate();
         let wrapped_key = crypto::wrap(&master.kek, &account_key_slot(&account), &account_key)?;
-        let manifest_key = crypto::manifest_key(&account_key);
-        let mut reg = wire::Register {
-            account,
-            salt: salt.to_vec(),
-            kdf,
-            auth_key: master.auth.verifying_key().to_bytes().to_vec(),
-            manifest_key: manifest_key.verifying_key().to_bytes().to_vec(),
-            wrapped_key: wrapped_key.clone(),
-            proof: Vec::new(),
-        };
-        reg.proof = master
-            .auth
-            .sign(&wire::register_message(&reg))
-            .to_bytes()
-            .to_vec();
         let header = Header {
             format: CACHE_FORMAT,
             name: name.trim().to_owned(),
@@ -181,19 +166,18 @@ impl Vault {
             kdf,
             wrapped_key,
         };
-        Ok((
-            Vault {
-                header,
-                account_key,
-                manifest_key,
-                state: State::default(),
-            },
-            reg,
-        ))
+        let vault = Vault {
+            header,
+            manifest_key: crypto::manifest_key(&account_key),
+            account_key,
+            state: State::default(),
+        };
+        let reg = vault.registration(&master);
+        Ok((vault, reg))
     }
 
-    /// The registration of this account, rebuilt from the master keys: to create the account
-    /// on a node that does not hold it yet (a new replica).
+    /// The registration of this account, from the master keys: to create the account on a
+    /// node (at first, and later on a replica that does not hold it yet).
     pub fn registration(&self, master: &MasterKeys) -> wire::Register {
         let mut reg = wire::Register {
             account: self.header.account,
