@@ -468,6 +468,38 @@ pub struct Config {
     pub vault: VaultSection,
     /// `[mesh]`
     pub mesh: MeshSection,
+    /// `[relay]`
+    pub relay: RelaySection,
+}
+
+/// `[relay]`: relay duty, forwarding other people's WireGuard datagrams to exits without
+/// decrypting them (private two-hop).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySection {
+    /// Relay for the mesh's exits (needs `[mesh] enabled`: the exits come from the directory).
+    pub enabled: bool,
+    /// UDP port clients send to; one port serves every exit.
+    pub listen_port: u16,
+    /// "host:port" clients reach the relay at, published in this node's record; empty: not
+    /// published (configs then name the relay by address).
+    pub endpoint: String,
+    /// Sessions relayed at once (a client holds one, two for a while after each rekey).
+    pub max_sessions: u32,
+    /// Data relayed, both ways together, in Mbit/s; 0: no cap.
+    pub bandwidth_mbit: u32,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen_port: 51821,
+            endpoint: String::new(),
+            max_sessions: 1024,
+            bandwidth_mbit: 0,
+        }
+    }
 }
 
 /// `[mesh]`: membership in the NX1 mesh (gossip) and the signed directory.
@@ -721,6 +753,28 @@ impl Config {
         } else {
             None
         };
+        let r = &self.relay;
+        if r.enabled {
+            if mesh.is_none() {
+                return Err(invalid(
+                    "relay.enabled",
+                    "needs [mesh] enabled = true: a relay learns its exits from the directory"
+                        .into(),
+                ));
+            }
+            if !(r.endpoint.is_empty() || valid_endpoint(&r.endpoint)) {
+                return Err(invalid(
+                    "relay.endpoint",
+                    format!("{:?} is not host:port", r.endpoint),
+                ));
+            }
+            if !(1..=1_000_000).contains(&r.max_sessions) {
+                return Err(invalid(
+                    "relay.max_sessions",
+                    format!("must be 1..=1000000, not {}", r.max_sessions),
+                ));
+            }
+        }
         let v = &self.vault;
         if v.session_secs == 0 || v.session_secs > 30 * 24 * 3600 {
             return Err(invalid(
@@ -1034,6 +1088,19 @@ gossip_interval_ms = 250
 # The URL devices and other nodes reach this node's HTTP API at (vault sync), published in
 # its record. Empty: http:// + [api] listen, unless that is a loopback or wildcard address.
 api_url = ""
+
+[relay]
+# Relay duty: forward other people's WireGuard datagrams to the mesh's exits without
+# decrypting them (private two-hop: the exit never sees the client's address, the relay never
+# sees its traffic). Needs [mesh] enabled.
+enabled = false
+# UDP port clients send to (one port serves every exit), and the "host:port" they reach it
+# at, published in this node's record.
+listen_port = 51821
+endpoint = ""
+# Caps: sessions at once, and Mbit/s relayed both ways together (0: no cap).
+max_sessions = 1024
+bandwidth_mbit = 0
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

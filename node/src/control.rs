@@ -28,6 +28,10 @@ pub enum Request {
         public_key: String,
         /// Endpoint to write into the config instead of `[vpn] endpoint`.
         endpoint: Option<String>,
+        /// A relay to reach this exit through (private two-hop): a node id from the
+        /// directory, or the relay's "host:port".
+        #[serde(default)]
+        via: Option<String>,
     },
     /// Every registered client with its live state.
     PeerList,
@@ -374,6 +378,32 @@ pub struct StatusReport {
     /// The vault's server side, when enabled.
     #[serde(default)]
     pub vault: Option<VaultStatus>,
+    /// Relay duty, when on.
+    #[serde(default)]
+    pub relay: Option<RelayStatus>,
+}
+
+/// What the relay forwarded and dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// UDP port it listens on.
+    pub listen_port: u16,
+    /// "host:port" published for clients.
+    pub endpoint: Option<String>,
+    /// Exits it forwards to.
+    pub exits: u64,
+    /// Sessions it holds.
+    pub sessions: u64,
+    /// Datagrams forwarded to exits.
+    pub to_exit_packets: u64,
+    /// Bytes forwarded to exits.
+    pub to_exit_bytes: u64,
+    /// Datagrams forwarded to clients.
+    pub to_client_packets: u64,
+    /// Bytes forwarded to clients.
+    pub to_client_bytes: u64,
+    /// Drops by reason (only reasons that happened).
+    pub dropped: Vec<(String, u64)>,
 }
 
 /// What the node holds for the vault (all of it ciphertext).

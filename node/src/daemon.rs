@@ -46,6 +46,8 @@ pub struct Node {
     pub vault: Option<Arc<crate::vault::VaultService>>,
     /// Mesh membership and the directory, when enabled.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
+    /// Relay duty, when on.
+    pub relay: Option<Arc<crate::relay::RelayService>>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -65,7 +67,8 @@ impl Node {
                 name,
                 public_key,
                 endpoint,
-            } => self.peer_add(&name, &public_key, endpoint).await,
+                via,
+            } => self.peer_add(&name, &public_key, endpoint, via).await,
             Request::PeerList => self.peer_list().await,
             Request::PeerRemove { name } => self.peer_remove(&name).await,
             Request::Connect { config, interface } => {
@@ -105,6 +108,7 @@ impl Node {
         name: &str,
         public_key: &str,
         endpoint: Option<String>,
+        via: Option<String>,
     ) -> anyhow::Result<Response> {
         let vpn = self.vpn()?;
         let key = nx1_vpn::keys::PublicKey::from_base64(public_key)
@@ -112,6 +116,14 @@ impl Node {
         if key == vpn.device.public_key() {
             anyhow::bail!("that is this node's own public key");
         }
+        let relayed = via.is_some();
+        let endpoint = match via {
+            Some(_) if endpoint.is_some() => {
+                anyhow::bail!("give either a relay (--via) or an endpoint, not both")
+            }
+            Some(via) => Some(self.relay_endpoint(&via).await?),
+            None => endpoint,
+        };
         let endpoint = match endpoint.or_else(|| vpn.config.endpoint.clone()) {
             Some(e) if crate::config::valid_endpoint(&e) => e,
             Some(e) => anyhow::bail!("endpoint must be host:port, not {e:?}"),
@@ -146,8 +158,49 @@ impl Node {
             } else {
                 vpn.config.dns.clone()
             },
-            persistent_keepalive: vpn.config.persistent_keepalive,
+            // Behind a relay the client must keep its sessions itself: the relay cannot
+            // deliver a handshake the exit starts.
+            persistent_keepalive: match vpn.config.persistent_keepalive {
+                None if relayed => Some(25),
+                k => k,
+            },
         }))
+    }
+
+    /// The endpoint of a relay for this exit's clients: a relay from the directory, by node
+    /// id (or an unambiguous start of one), or a "host:port" given as is.
+    async fn relay_endpoint(&self, via: &str) -> anyhow::Result<String> {
+        if !self.config.vpn.as_ref().is_some_and(|v| v.exit) {
+            anyhow::bail!("this node is not an exit: relays forward only to exits");
+        }
+        let Some(mesh) = &self.mesh else {
+            anyhow::bail!(
+                "this node is not in a mesh ([mesh] enabled = false): relays learn their exits from the directory"
+            );
+        };
+        let dir = mesh.directory().await;
+        let matches: Vec<_> = dir
+            .members
+            .iter()
+            .filter(|(id, _)| *id == via || (via.len() >= 4 && id.starts_with(via)))
+            .collect();
+        match matches.as_slice() {
+            [(id, m)] => {
+                if !m.record.roles.contains(&crate::mesh::Role::Relay) {
+                    anyhow::bail!("node {id} does not relay");
+                }
+                if m.state != "live" {
+                    anyhow::bail!("relay {id} is {}", m.state);
+                }
+                m.record
+                    .relay
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("relay {id} publishes no endpoint"))
+            }
+            [] if crate::config::valid_endpoint(via) => Ok(via.to_owned()),
+            [] => anyhow::bail!("no relay {via:?} in the directory (give a node id or host:port)"),
+            _ => anyhow::bail!("{via:?} is the start of several node ids: give more of it"),
+        }
     }
 
     async fn peer_list(&self) -> anyhow::Result<Response> {
@@ -455,6 +508,7 @@ impl Node {
                 Some(m) => Some(mesh_status(m.directory().await)),
                 None => None,
             },
+            relay: self.relay.as_ref().map(|r| r.status()),
             client: self.client.lock().await.as_ref().map(client_status),
             guard: self.guard.as_ref().map(|g| control::GuardStatus {
                 lists: g.list_names().to_vec(),
@@ -601,6 +655,13 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let relay = if config.raw.relay.enabled {
+        let relay = Arc::new(crate::relay::RelayService::start(&config.raw.relay)?);
+        tracing::info!(port = relay.relay.port(), endpoint = ?relay.endpoint, "relay duty on");
+        Some(relay)
+    } else {
+        None
+    };
     let http_listener = tokio::net::TcpListener::bind(config.raw.api.listen)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.raw.api.listen))?;
@@ -613,6 +674,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             guard.clone(),
             flows.clone(),
             vault.as_deref(),
+            relay.clone(),
         ),
         vpn,
         client: tokio::sync::Mutex::new(None),
@@ -620,6 +682,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         flows,
         vault,
         mesh: mesh.clone(),
+        relay,
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
@@ -672,6 +735,9 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
                         let dir = mesh.directory().await;
                         let refused = mesh.refused_now.lock().clone();
                         node.metrics.observe_mesh(&dir, &refused);
+                        if let Some(relay) = &node.relay {
+                            relay.follow(&dir).await;
+                        }
                     }
                 }
             }
@@ -788,9 +854,14 @@ async fn start_mesh(
     if config.vpn.as_ref().is_some_and(|v| v.exit) {
         roles.push(Role::Exit);
     }
+    if config.raw.relay.enabled {
+        roles.push(Role::Relay);
+    }
     if config.raw.vault.enabled {
         roles.push(Role::Vault);
     }
+    let relay = (config.raw.relay.enabled && !config.raw.relay.endpoint.is_empty())
+        .then(|| config.raw.relay.endpoint.clone());
     let endpoints: Vec<String> = config
         .vpn
         .as_ref()
@@ -828,6 +899,7 @@ async fn start_mesh(
             wireguard_key: wireguard_key.clone(),
             endpoints: endpoints.clone(),
             api: api.clone(),
+            relay: relay.clone(),
             roles: roles.clone(),
             region: region.clone(),
             capacity: Capacity::default(),

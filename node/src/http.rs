@@ -23,17 +23,22 @@ pub fn router(node: Arc<Node>) -> Router {
     router
 }
 
-/// 200 when the daemon can reach its database and its WireGuard I/O runs, 503 otherwise.
+/// 200 when the daemon can reach its database and its WireGuard and relay I/O run, 503
+/// otherwise.
 async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.vpn.as_ref().is_some_and(|v| !v.healthy()) {
+    let failed = if node.vpn.as_ref().is_some_and(|v| !v.healthy()) {
+        Some("wireguard I/O failed\n")
+    } else if node.relay.as_ref().is_some_and(|r| !r.relay.healthy()) {
+        Some("relay I/O failed\n")
+    } else {
+        None
+    };
+    if let Some(why) = failed {
         node.metrics
             .health_checks
             .get_or_create(&ResultLabel { result: "error" })
             .inc();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "wireguard I/O failed\n".to_owned(),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
     }
     match sqlx::query("SELECT 1").execute(node.store.pool()).await {
         Ok(_) => {

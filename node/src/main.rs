@@ -13,6 +13,7 @@ mod init;
 mod mesh;
 mod metrics;
 mod peers;
+mod relay;
 mod store;
 mod uapi;
 mod vault;
@@ -171,8 +172,12 @@ enum PeerCommand {
         #[arg(long, value_name = "KEY")]
         public_key: Option<String>,
         /// The Endpoint written into the config [default: [vpn] endpoint].
-        #[arg(long, value_name = "HOST:PORT")]
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "via")]
         endpoint: Option<String>,
+        /// Reach this exit through a relay (private two-hop: the exit never sees the client's
+        /// address): a relay's node id from the directory, or its "host:port".
+        #[arg(long, value_name = "RELAY")]
+        via: Option<String>,
         /// Also print the config as a QR code for the mobile apps.
         #[arg(long)]
         qr: bool,
@@ -320,6 +325,7 @@ async fn peer_command(config: &config::Resolved, command: PeerCommand) -> anyhow
             name,
             public_key,
             endpoint,
+            via,
             qr,
         } => {
             // The key pair is made here, in the command, so the daemon only ever sees the
@@ -339,6 +345,7 @@ async fn peer_command(config: &config::Resolved, command: PeerCommand) -> anyhow
                 name,
                 public_key,
                 endpoint,
+                via,
             };
             let control::Response::PeerAdded(added) = ask(config, request).await? else {
                 anyhow::bail!("unexpected answer from the daemon");
@@ -586,6 +593,25 @@ fn print_status(r: &control::StatusReport) {
         }
         for (id, why) in &m.refused {
             println!("    {id} refused: {why}");
+        }
+    }
+    if let Some(relay) = &r.relay {
+        println!(
+            "  relay      UDP {}{}, {} exits, {} sessions; {} datagrams ({} bytes) to exits, {} ({} bytes) to clients",
+            relay.listen_port,
+            relay
+                .endpoint
+                .as_deref()
+                .map_or(String::new(), |e| format!(" ({e})")),
+            relay.exits,
+            relay.sessions,
+            relay.to_exit_packets,
+            relay.to_exit_bytes,
+            relay.to_client_packets,
+            relay.to_client_bytes
+        );
+        for (reason, n) in &relay.dropped {
+            println!("    dropped {n} ({reason})");
         }
     }
     match &r.vpn {

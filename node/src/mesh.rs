@@ -60,6 +60,9 @@ pub struct NodeRecord {
     pub endpoints: Vec<String>,
     /// Its HTTP API (vault sync), if it publishes one.
     pub api: Option<String>,
+    /// Where clients reach its relay, "host:port", if it relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// What it offers.
     pub roles: Vec<Role>,
     /// A region label ("eu-west", "home-lab").
@@ -403,6 +406,7 @@ mod tests {
             wireguard_key: None,
             endpoints: vec!["192.0.2.1:51820".into()],
             api: None,
+            relay: None,
             roles: vec![Role::Exit],
             region: "test".into(),
             capacity: Capacity::default(),

@@ -67,6 +67,7 @@ impl Metrics {
         guard: Option<Arc<crate::guard::GuardService>>,
         flows: Option<Arc<crate::guard::FlowGuard>>,
         vault: Option<&crate::vault::VaultService>,
+        relay: Option<Arc<crate::relay::RelayService>>,
     ) -> Self {
         let mut registry = Registry::with_prefix("nx1");
         registry.register(
@@ -125,6 +126,9 @@ impl Metrics {
         }
         if let Some(guard) = guard {
             registry.register_collector(Box::new(GuardCollector(guard, flows)));
+        }
+        if let Some(relay) = relay {
+            registry.register_collector(Box::new(RelayCollector(relay)));
         }
         Self {
             registry,
@@ -253,6 +257,64 @@ impl Collector for VpnCollector {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+/// Reads the relay's counters at each scrape.
+struct RelayCollector(Arc<crate::relay::RelayService>);
+
+impl std::fmt::Debug for RelayCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayCollector")
+    }
+}
+
+impl Collector for RelayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let relay = &self.0.relay;
+        let c = &relay.counters;
+        for (name, help, to_exit, to_client) in [
+            (
+                "relay_packets",
+                "Datagrams relayed, by direction",
+                &c.to_exit_packets,
+                &c.to_client_packets,
+            ),
+            (
+                "relay_bytes",
+                "Bytes relayed, by direction",
+                &c.to_exit_bytes,
+                &c.to_client_bytes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (direction, value) in [("to_exit", to_exit), ("to_client", to_client)] {
+                ConstCounter::new(value.load(Relaxed))
+                    .encode(family.encode_family(&DirectionLabel { direction })?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "relay_dropped",
+            "Datagrams the relay did not forward, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, value) in crate::relay::drops(relay) {
+            ConstCounter::new(value).encode(family.encode_family(&ReasonLabel { reason })?)?;
+        }
+        for (name, help, value) in [
+            ("relay_sessions", "Sessions the relay holds", &c.sessions),
+            ("relay_exits", "Exits the relay forwards to", &c.exits),
+        ] {
+            let encoder = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value.load(Relaxed) as i64).encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -352,7 +414,7 @@ mod tests {
 
     #[test]
     fn exposition_carries_counters_and_build_info() {
-        let m = Metrics::new("abc=", None, None, None, None);
+        let m = Metrics::new("abc=", None, None, None, None, None);
         m.control_requests
             .get_or_create(&CommandLabel { command: "status" })
             .inc();

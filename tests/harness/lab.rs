@@ -17,6 +17,14 @@ pub const CLI_ADDR: &str = "198.18.1.2";
 pub const WEB_V4: &str = "198.18.2.2";
 /// `web`'s IPv6 address.
 pub const WEB_V6: &str = "2001:2:0:2::2";
+/// In a lab with a relay: the relay's address on the client side (the Endpoint clients use).
+pub const RELAY_CLI_ADDR: &str = "198.18.4.1";
+/// In a lab with a relay: the relay's address on the exit side (what the exit sees).
+pub const RELAY_EXIT_ADDR: &str = "198.18.3.1";
+/// In a lab with a relay: the exit's address on the relay side.
+pub const EXIT_RELAY_ADDR: &str = "198.18.3.2";
+/// The relay's UDP port in a lab with a relay.
+pub const RELAY_PORT: u16 = 51821;
 
 /// A background process that gets SIGTERM, then SIGKILL, when dropped.
 pub struct Background(pub Child);
@@ -56,6 +64,12 @@ pub struct ExitLab {
     pub client_if: String,
     /// The running node.
     pub node: Option<Daemon>,
+    /// In a lab with a relay: the relay's namespace, between `cli` and `exit`.
+    pub relay: Option<Netns>,
+    /// In a lab with a relay: the relay node's nx1.toml.
+    pub relay_config: Option<PathBuf>,
+    /// In a lab with a relay: the running relay node.
+    pub relay_node: Option<Daemon>,
     client: Option<Background>,
     web_server: Option<Background>,
 }
@@ -63,18 +77,50 @@ pub struct ExitLab {
 impl ExitLab {
     /// Builds the namespaces and a node data directory (not started).
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// Builds `cli` ⟷ `rly` ⟷ `exit` ⟷ `web`: the client reaches the exit only through a
+    /// relay node in `rly`. Both nodes are in one mesh (gossip on the relay–exit link); the
+    /// relay node runs relay duty only. Neither is started.
+    pub fn with_relay() -> Self {
+        Self::build(true)
+    }
+
+    fn build(with_relay: bool) -> Self {
         let tag = unique_tag();
         let cli = Netns::new("cli", &tag);
         let exit = Netns::new("exit", &tag);
         let web = Netns::new("web", &tag);
-        link(
-            &cli,
-            "c0",
-            &["198.18.1.2/24"],
-            &exit,
-            "e0",
-            &["198.18.1.1/24"],
-        );
+        let relay = with_relay.then(|| Netns::new("rly", &tag));
+        match &relay {
+            None => link(
+                &cli,
+                "c0",
+                &["198.18.1.2/24"],
+                &exit,
+                "e0",
+                &["198.18.1.1/24"],
+            ),
+            Some(rly) => {
+                link(
+                    &cli,
+                    "c0",
+                    &["198.18.4.2/24"],
+                    rly,
+                    "r0",
+                    &[&format!("{RELAY_CLI_ADDR}/24")],
+                );
+                link(
+                    rly,
+                    "r1",
+                    &[&format!("{RELAY_EXIT_ADDR}/24")],
+                    &exit,
+                    "e0",
+                    &[&format!("{EXIT_RELAY_ADDR}/24")],
+                );
+            }
+        }
         link(
             &exit,
             "e1",
@@ -91,12 +137,54 @@ impl ExitLab {
         let node_if = format!("nx1e{tag}");
         set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
         set_config(&config, "vpn", "interface", &format!("\"{node_if}\""));
+        let exit_addr = if with_relay {
+            EXIT_RELAY_ADDR
+        } else {
+            EXIT_CLI_ADDR
+        };
         set_config(
             &config,
             "vpn",
             "endpoint",
-            &format!("\"{EXIT_CLI_ADDR}:51820\""),
+            &format!("\"{exit_addr}:51820\""),
         );
+        let relay_config = relay.as_ref().map(|_| {
+            set_config(&config, "mesh", "enabled", "true");
+            set_config(
+                &config,
+                "mesh",
+                "listen",
+                &format!("\"{EXIT_RELAY_ADDR}:7871\""),
+            );
+            let data = dir.path().join("relay");
+            let out = nx1(&["init", "--dir", data.to_str().unwrap()], dir.path());
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let rc = data.join("nx1.toml");
+            set_config(&rc, "api", "listen", "\"127.0.0.1:0\"");
+            set_config(&rc, "vpn", "enabled", "false");
+            set_config(&rc, "mesh", "enabled", "true");
+            set_config(
+                &rc,
+                "mesh",
+                "listen",
+                &format!("\"{RELAY_EXIT_ADDR}:7871\""),
+            );
+            set_config(
+                &rc,
+                "mesh",
+                "bootstrap",
+                &format!("[\"{EXIT_RELAY_ADDR}:7871\"]"),
+            );
+            set_config(&rc, "relay", "enabled", "true");
+            set_config(&rc, "relay", "listen_port", &RELAY_PORT.to_string());
+            set_config(
+                &rc,
+                "relay",
+                "endpoint",
+                &format!("\"{RELAY_CLI_ADDR}:{RELAY_PORT}\""),
+            );
+            rc
+        });
         Self {
             client_if: format!("wgc{tag}"),
             tag,
@@ -107,6 +195,9 @@ impl ExitLab {
             config,
             node_if,
             node: None,
+            relay,
+            relay_config,
+            relay_node: None,
             client: None,
             web_server: None,
         }
@@ -137,6 +228,43 @@ impl ExitLab {
             }
             self.status()
         });
+    }
+
+    /// In a lab with a relay: starts the relay node in `rly` and waits until it answers.
+    pub fn start_relay(&mut self) {
+        let log = self.dir.path().join("relay.log");
+        let ns = self.relay.as_ref().expect("a lab with a relay");
+        self.relay_node = Some(Daemon::start_in(
+            Some(ns),
+            self.relay_config.as_deref(),
+            self.dir.path(),
+            &log,
+        ));
+        eventually("the relay node to answer", Duration::from_secs(30), || {
+            if !self.relay_node.as_mut().unwrap().is_running() {
+                panic!(
+                    "the relay's nx1 up exited: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            self.relay_status()
+        });
+    }
+
+    /// `nx1 --config RELAY ARGS…` against the relay node.
+    pub fn relay_nx1(&self, args: &[&str]) -> Output {
+        let config = self.relay_config.as_ref().expect("a lab with a relay");
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        nx1(&all, self.dir.path())
+    }
+
+    /// The relay node's `nx1 status --json`, if it answers.
+    pub fn relay_status(&self) -> Option<serde_json::Value> {
+        let out = self.relay_nx1(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
     /// SIGTERM to the node; returns whether it exited cleanly.
@@ -288,6 +416,7 @@ impl Drop for ExitLab {
         self.client = None;
         self.web_server = None;
         self.node = None;
+        self.relay_node = None;
         for name in [&self.node_if, &self.client_if] {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
         }

@@ -24,11 +24,11 @@ use tun_rs::{
 };
 
 /// Datagrams per `recvmmsg`.
-const RECV_BATCH: usize = 32;
+pub(crate) const RECV_BATCH: usize = 32;
 /// Room for one GRO-coalesced receive per batch slot: up to 64 datagrams (the kernel's
 /// UDP_GRO_CNT_MAX) of up to 2 KiB, which also covers BIG TCP's larger GRO sizes on the
 /// path from a typical 1500-byte link.
-const RECV_SLOT: usize = 64 * 2048;
+pub(crate) const RECV_SLOT: usize = 64 * 2048;
 /// Largest decrypted or TUN packet handled, plus the virtio header in front of it.
 const PACKET: usize = 65_536 + VIRTIO_NET_HDR_LEN;
 /// Scratch space for one encryption or decryption.
@@ -107,7 +107,7 @@ fn on_socket(dst: SocketAddr) -> SocketAddr {
 
 /// Datagrams for the network, gathered into GSO runs: consecutive datagrams to the same
 /// endpoint of the same size (the last may be shorter) leave in one `sendmsg`.
-struct GsoBatch<'a> {
+pub(crate) struct GsoBatch<'a> {
     udp: &'a UdpSocket,
     state: &'a UdpSocketState,
     counters: &'a IoCounters,
@@ -118,7 +118,11 @@ struct GsoBatch<'a> {
 }
 
 impl<'a> GsoBatch<'a> {
-    fn new(udp: &'a UdpSocket, state: &'a UdpSocketState, counters: &'a IoCounters) -> Self {
+    pub(crate) fn new(
+        udp: &'a UdpSocket,
+        state: &'a UdpSocketState,
+        counters: &'a IoCounters,
+    ) -> Self {
         Self {
             udp,
             state,
@@ -130,7 +134,7 @@ impl<'a> GsoBatch<'a> {
         }
     }
 
-    fn push(&mut self, dst: SocketAddr, datagram: &[u8]) {
+    pub(crate) fn push(&mut self, dst: SocketAddr, datagram: &[u8]) {
         // Read each time: quinn-udp lowers it when the kernel refuses GSO on this path.
         let max_segments = self.state.max_gso_segments().clamp(1, 64);
         let fits = self.dst == Some(dst)
@@ -152,7 +156,7 @@ impl<'a> GsoBatch<'a> {
     }
 
     /// Sends what is gathered, waiting briefly for buffer space; called with no lock held.
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         self.send(true);
     }
 
@@ -290,7 +294,7 @@ impl Outbox for SendSide<'_> {
 /// quinn-udp sets "don't fragment" for QUIC's path MTU discovery. WireGuard, like the kernel's
 /// implementation, lets the kernel fragment a datagram larger than the path MTU instead of
 /// losing it.
-fn allow_fragmentation(udp: &UdpSocket) {
+pub(crate) fn allow_fragmentation(udp: &UdpSocket) {
     use rustix::net::sockopt::{
         Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery, set_ip_mtu_discover, set_ipv6_mtu_discover,
     };
@@ -305,7 +309,7 @@ fn allow_fragmentation(udp: &UdpSocket) {
 }
 
 /// Waits until the socket is ready for `flags` or `timeout` passes.
-fn wait_for(udp: &UdpSocket, flags: PollFlags, timeout: Duration) {
+pub(crate) fn wait_for(udp: &UdpSocket, flags: PollFlags, timeout: Duration) {
     let mut fds = [PollFd::new(udp, flags)];
     let timeout = Timespec {
         tv_sec: timeout.as_secs() as _,
@@ -316,7 +320,7 @@ fn wait_for(udp: &UdpSocket, flags: PollFlags, timeout: Duration) {
 
 /// One UDP socket for IPv4 and IPv6. It is non-blocking, so `recvmmsg` returns whatever has
 /// arrived instead of waiting for a full batch; the threads wait in `poll`.
-fn bind_udp(port: u16) -> io::Result<UdpSocket> {
+pub(crate) fn bind_udp(port: u16) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_only_v6(false)?;
     // Large buffers absorb bursts. The kernel caps them at net.core.[rw]mem_max unless the

@@ -26,6 +26,7 @@ pub mod peer;
 mod protocol_tests;
 pub mod ratelimit;
 mod receive;
+pub mod relay;
 mod send;
 pub mod timers;
 pub mod uapi;
