@@ -522,6 +522,16 @@ pub struct MeshSection {
     /// record; empty: `http://` + `[api] listen` when that is not a loopback or wildcard
     /// address, else none.
     pub api_url: String,
+    /// Send this node's clients out through the mesh's exits (for a node that is not an exit
+    /// itself): the healthiest exit carries them, and another takes over when it fails.
+    pub egress: bool,
+    /// Milliseconds between health probes to each candidate exit, through its tunnel.
+    pub egress_probe_ms: u64,
+    /// An exit that has not answered for this many milliseconds is failed over from.
+    pub egress_timeout_ms: u64,
+    /// As an exit: an address the uplink must have a route to for this node to answer
+    /// egress probes (so others move away when its uplink goes); empty: no check.
+    pub uplink_check: String,
 }
 
 impl Default for MeshSection {
@@ -534,6 +544,10 @@ impl Default for MeshSection {
             region: String::new(),
             gossip_interval_ms: 250,
             api_url: String::new(),
+            egress: false,
+            egress_probe_ms: 100,
+            egress_timeout_ms: 500,
+            uplink_check: "1.1.1.1".into(),
         }
     }
 }
@@ -742,7 +756,35 @@ impl Config {
                     format!("{api_url:?} is not an http:// or https:// URL"),
                 ));
             }
+            if m.egress && !vpn.as_ref().is_some_and(|v| !v.exit) {
+                return Err(invalid(
+                    "mesh.egress",
+                    "is for a node with a WireGuard interface that is not an exit itself ([vpn] enabled = true, exit = false)".into(),
+                ));
+            }
+            if !(20..=10_000).contains(&m.egress_probe_ms)
+                || m.egress_timeout_ms < 2 * m.egress_probe_ms
+                || m.egress_timeout_ms > 60_000
+            {
+                return Err(invalid(
+                    "mesh.egress_timeout_ms",
+                    format!(
+                        "probes every 20..=10000 ms and a timeout of at least two probes (at most 60000 ms), not {} and {}",
+                        m.egress_probe_ms, m.egress_timeout_ms
+                    ),
+                ));
+            }
+            let uplink_check = match m.uplink_check.trim() {
+                "" => None,
+                a => Some(a.parse::<std::net::IpAddr>().map_err(|_| {
+                    invalid("mesh.uplink_check", format!("{a:?} is not an IP address"))
+                })?),
+            };
             Some(crate::mesh::MeshSettings {
+                egress: m.egress,
+                egress_probe: std::time::Duration::from_millis(m.egress_probe_ms),
+                egress_timeout: std::time::Duration::from_millis(m.egress_timeout_ms),
+                uplink_check,
                 api_url: (!api_url.is_empty()).then(|| api_url.trim_end_matches('/').to_owned()),
                 listen: m.listen,
                 advertise,
@@ -1088,6 +1130,15 @@ gossip_interval_ms = 250
 # The URL devices and other nodes reach this node's HTTP API at (vault sync), published in
 # its record. Empty: http:// + [api] listen, unless that is a loopback or wildcard address.
 api_url = ""
+# For a node that is not an exit itself ([vpn] exit = false): send its clients' traffic out
+# through the mesh's exits, probing each candidate through its tunnel every egress_probe_ms
+# and moving to another when the one in use has not answered for egress_timeout_ms.
+egress = false
+egress_probe_ms = 100
+egress_timeout_ms = 500
+# As an exit: answer egress probes only while the uplink has a route to this address (so
+# the others move away when it goes). Empty: no check.
+uplink_check = "1.1.1.1"
 
 [relay]
 # Relay duty: forward other people's WireGuard datagrams to the mesh's exits without

@@ -381,6 +381,12 @@ pub struct StatusReport {
     /// Relay duty, when on.
     #[serde(default)]
     pub relay: Option<RelayStatus>,
+    /// Egress through the mesh's exits, when on.
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressStatus>,
+    /// As an exit in a mesh: the links other nodes' clients come through.
+    #[serde(default)]
+    pub mesh_exit: Option<crate::egress::MeshExitStatus>,
 }
 
 /// What the relay forwarded and dropped.

@@ -48,6 +48,10 @@ pub struct Node {
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
     /// Relay duty, when on.
     pub relay: Option<Arc<crate::relay::RelayService>>,
+    /// An exit's side of mesh egress (mesh peers, probe answers), when both are on.
+    pub mesh_exit: Option<Arc<crate::egress::MeshExit>>,
+    /// Egress through the mesh's exits, when on.
+    pub egress: Option<Arc<crate::egress::Egress>>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -509,6 +513,8 @@ impl Node {
                 None => None,
             },
             relay: self.relay.as_ref().map(|r| r.status()),
+            egress: self.egress.as_ref().map(|e| e.status()),
+            mesh_exit: self.mesh_exit.as_ref().map(|e| e.status()),
             client: self.client.lock().await.as_ref().map(client_status),
             guard: self.guard.as_ref().map(|g| control::GuardStatus {
                 lists: g.list_names().to_vec(),
@@ -599,7 +605,20 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let socket_guard = RemoveOnDrop(config.control_socket.clone());
     let vpn = match &config.vpn {
         Some(v) => Some(Arc::new(
-            VpnService::start(v.clone(), &wireguard, &store, &config.data_dir).await?,
+            VpnService::start(
+                v.clone(),
+                &wireguard,
+                &store,
+                &config.data_dir,
+                // An exit in a mesh carries other nodes' clients too, from their transit
+                // addresses.
+                &if config.mesh.is_some() {
+                    crate::egress::transit_networks()
+                } else {
+                    Vec::new()
+                },
+            )
+            .await?,
         )),
         None => None,
     };
@@ -655,6 +674,33 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let (mut mesh_exit, mut egress) = (None, None);
+    if let (Some(settings), Some(vpn)) = (&config.mesh, &vpn) {
+        if vpn.config.exit {
+            mesh_exit = Some(
+                crate::egress::MeshExit::start(
+                    &vpn.config.interface,
+                    vpn.device.clone(),
+                    settings.uplink_check,
+                    stop_rx.clone(),
+                )
+                .await?,
+            );
+        } else if settings.egress {
+            egress = Some(
+                crate::egress::Egress::start(
+                    &vpn.config.interface,
+                    vpn.device.clone(),
+                    &crate::vpn::pools(&vpn.config),
+                    settings,
+                    stop_rx.clone(),
+                )
+                .await?,
+            );
+        }
+    }
+    // Removes the egress routing on every way out.
+    let egress_guard = StopEgressOnDrop(egress.clone());
     let relay = if config.raw.relay.enabled {
         let relay = Arc::new(crate::relay::RelayService::start(&config.raw.relay)?);
         tracing::info!(port = relay.relay.port(), endpoint = ?relay.endpoint, "relay duty on");
@@ -683,6 +729,8 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         vault,
         mesh: mesh.clone(),
         relay,
+        mesh_exit,
+        egress,
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
@@ -738,6 +786,12 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
                         if let Some(relay) = &node.relay {
                             relay.follow(&dir).await;
                         }
+                        if let Some(exit) = &node.mesh_exit {
+                            exit.follow(&dir);
+                        }
+                        if let Some(egress) = &node.egress {
+                            egress.follow(&dir);
+                        }
                     }
                 }
             }
@@ -764,6 +818,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         tunnel.stop();
     }
     drop(uapi_guard);
+    drop(egress_guard);
     drop(vpn_guard);
     drop(socket_guard);
     node.store.close().await;
@@ -828,6 +883,17 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if let Some(vpn) = &self.0 {
             vpn.stop();
+        }
+    }
+}
+
+/// Removes the egress routing when dropped.
+struct StopEgressOnDrop(Option<Arc<crate::egress::Egress>>);
+
+impl Drop for StopEgressOnDrop {
+    fn drop(&mut self) {
+        if let Some(egress) = &self.0 {
+            egress.stop();
         }
     }
 }

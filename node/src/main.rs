@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod control;
 mod daemon;
+mod egress;
 mod guard;
 mod http;
 mod identity;
@@ -593,6 +594,31 @@ fn print_status(r: &control::StatusReport) {
         }
         for (id, why) in &m.refused {
             println!("    {id} refused: {why}");
+        }
+    }
+    if let Some(x) = &r.mesh_exit {
+        println!(
+            "  mesh exit  {} nodes linked, uplink {}, {} egress probes answered",
+            x.mesh_peers,
+            if x.uplink { "up" } else { "DOWN" },
+            x.probes_answered
+        );
+    }
+    if let Some(e) = &r.egress {
+        println!(
+            "  egress     through {} ({} switches)",
+            e.active.as_deref().unwrap_or("no exit yet"),
+            e.switches
+        );
+        for x in &e.exits {
+            println!(
+                "    {} {:<9} {:<10} {} {}",
+                x.id,
+                if x.healthy { "healthy" } else { "silent" },
+                if x.region.is_empty() { "-" } else { &x.region },
+                x.endpoint,
+                x.rtt_ms.map_or(String::new(), |r| format!("{r:.1} ms"))
+            );
         }
     }
     if let Some(relay) = &r.relay {

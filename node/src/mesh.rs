@@ -247,6 +247,14 @@ pub struct MeshSettings {
     pub region: String,
     /// The URL of this node's HTTP API to publish, when set explicitly.
     pub api_url: Option<String>,
+    /// Send clients out through other exits.
+    pub egress: bool,
+    /// Interval of egress probes.
+    pub egress_probe: Duration,
+    /// Silence after which an exit is failed over from.
+    pub egress_timeout: Duration,
+    /// As an exit: the address the uplink must route to for egress probes to be answered.
+    pub uplink_check: Option<std::net::IpAddr>,
 }
 
 /// What goes into this node's record (besides what the mesh fills in).

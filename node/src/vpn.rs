@@ -74,6 +74,7 @@ impl VpnService {
         key: &PrivateKey,
         store: &Store,
         data_dir: &std::path::Path,
+        masquerade_also: &[IpNetwork],
     ) -> anyhow::Result<Self> {
         let device = Arc::new(Device::new(key));
         for record in peers::list(store).await? {
@@ -98,7 +99,9 @@ impl VpnService {
         })?;
         let port = interface.port();
         let exit = if config.exit {
-            let mut nat = ExitNat::install(&config.interface, &pools(&config))?;
+            let mut masquerade = pools(&config);
+            masquerade.extend_from_slice(masquerade_also);
+            let mut nat = ExitNat::install(&config.interface, &masquerade)?;
             if nat.replaced_stale {
                 tracing::warn!(
                     table = nat.table(),

@@ -309,41 +309,12 @@ impl ExitLab {
     /// Brings up wireguard-go in `cli` from a wg-quick config and routes everything into it.
     pub fn connect_client(&mut self, wg_quick: &str) {
         self.client = None;
-        let conf = self.dir.path().join(format!("{}.conf", self.client_if));
-        std::fs::write(&conf, wg_quick).unwrap();
-        let stripped = must(Command::new("wg-quick").arg("strip").arg(&conf));
-        let setconf = self.dir.path().join("setconf.conf");
-        std::fs::write(&setconf, &stripped.stdout).unwrap();
-        let child = self
-            .cli
-            .command("wireguard-go")
-            .args(["-f", &self.client_if])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("wireguard-go");
-        self.client = Some(Background(child));
-        let sock = PathBuf::from(format!("/var/run/wireguard/{}.sock", self.client_if));
-        eventually(
-            "wireguard-go's UAPI socket",
-            Duration::from_secs(10),
-            || sock.exists().then_some(()),
-        );
-        must(
-            self.cli
-                .command("wg")
-                .args(["setconf", &self.client_if])
-                .arg(&setconf),
-        );
-        for addr in config_value(wg_quick, "Address").split(',').map(str::trim) {
-            self.cli.ip(&["addr", "add", addr, "dev", &self.client_if]);
-        }
-        self.cli.ip(&["link", "set", &self.client_if, "up"]);
-        self.cli
-            .ip(&["route", "add", "default", "dev", &self.client_if]);
-        self.cli
-            .ip(&["-6", "route", "add", "default", "dev", &self.client_if]);
+        self.client = Some(wireguard_go_client(
+            &self.cli,
+            self.dir.path(),
+            &self.client_if,
+            wg_quick,
+        ));
     }
 
     /// Removes the client's interface (wireguard-go exits).
@@ -427,6 +398,40 @@ impl Default for ExitLab {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Brings up wireguard-go as `ifname` in `ns`, configured from a wg-quick config with `wg
+/// setconf` (after `wg-quick strip`), with the config's addresses and default routes (v4 and
+/// v6) into it. Dropping the result stops it, which removes the interface.
+pub fn wireguard_go_client(ns: &Netns, dir: &Path, ifname: &str, wg_quick: &str) -> Background {
+    let conf = dir.join(format!("{ifname}.conf"));
+    std::fs::write(&conf, wg_quick).unwrap();
+    let stripped = must(Command::new("wg-quick").arg("strip").arg(&conf));
+    let setconf = dir.join(format!("{ifname}.setconf"));
+    std::fs::write(&setconf, &stripped.stdout).unwrap();
+    let child = ns
+        .command("wireguard-go")
+        .args(["-f", ifname])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wireguard-go");
+    let client = Background(child);
+    let sock = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
+    eventually(
+        "wireguard-go's UAPI socket",
+        Duration::from_secs(10),
+        || sock.exists().then_some(()),
+    );
+    must(ns.command("wg").args(["setconf", ifname]).arg(&setconf));
+    for addr in config_value(wg_quick, "Address").split(',').map(str::trim) {
+        ns.ip(&["addr", "add", addr, "dev", ifname]);
+    }
+    ns.ip(&["link", "set", ifname, "up"]);
+    ns.ip(&["route", "add", "default", "dev", ifname]);
+    ns.ip(&["-6", "route", "add", "default", "dev", ifname]);
+    client
 }
 
 /// The value of `Key = value` in an INI-style text.

@@ -35,6 +35,11 @@ impl<T> AllowedIps<T> {
         self.table.retain(|_, v| !pred(v));
     }
 
+    /// Removes every network that matches `pred`, whoever owns it.
+    pub fn remove_where_network(&mut self, mut pred: impl FnMut(IpNetwork) -> bool) {
+        self.table.retain(|net, _| !pred(net));
+    }
+
     /// Every (network, value) pair.
     pub fn iter(&self) -> impl Iterator<Item = (IpNetwork, &T)> {
         self.table.iter()

@@ -10,6 +10,7 @@ use crate::ratelimit::SourceLimiter;
 use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
+use ip_network::IpNetwork;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -129,6 +130,54 @@ impl Device {
 
     /// Adds a peer, or replaces the peer with the same key (its sessions start over).
     pub fn upsert_peer(&self, config: PeerConfig) -> Result<(), PeerError> {
+        self.upsert(config, true)
+    }
+
+    /// Adds or replaces a mesh link: a peer like any other, except that the inspector does
+    /// not see its packets (they were inspected where they entered the mesh).
+    pub fn upsert_mesh_peer(&self, config: PeerConfig) -> Result<(), PeerError> {
+        self.upsert(config, false)
+    }
+
+    /// Routes every address no more specific allowed IP claims (0.0.0.0/0 and ::/0) to the
+    /// peer with `key`, or to no one; the peers' sessions are untouched, so the switch is
+    /// immediate. Returns false (and changes nothing) if there is no such peer.
+    pub fn set_default_route(&self, key: Option<&PublicKey>) -> bool {
+        let mut table = self.peers.write();
+        let target = match key {
+            Some(k) => match table.by_key.get(k) {
+                Some(p) => Some(p.clone()),
+                None => return false,
+            },
+            None => None,
+        };
+        let defaults: [IpNetwork; 2] = [
+            "0.0.0.0/0".parse().expect("v4 default"),
+            "::/0".parse().expect("v6 default"),
+        ];
+        table
+            .routes
+            .remove_where_network(|net| defaults.contains(&net));
+        if let Some(peer) = target {
+            for net in defaults {
+                table.routes.insert(net, peer.clone());
+            }
+        }
+        true
+    }
+
+    /// The key of the peer 0.0.0.0/0 is routed to, if any.
+    pub fn default_route(&self) -> Option<PublicKey> {
+        let default: IpNetwork = "0.0.0.0/0".parse().expect("v4 default");
+        self.peers
+            .read()
+            .routes
+            .iter()
+            .find(|(net, _)| *net == default)
+            .map(|(_, p)| p.public_key())
+    }
+
+    fn upsert(&self, config: PeerConfig, inspect: bool) -> Result<(), PeerError> {
         if config.public_key == self.public_key {
             return Err(PeerError::OwnKey);
         }
@@ -151,7 +200,7 @@ impl Device {
             index,
             Some(self.rate_limiter.clone()),
         );
-        let peer = Arc::new(Peer::new(config, index, tunn));
+        let peer = Arc::new(Peer::new(config, index, tunn, inspect));
         for net in &peer.config.allowed_ips {
             // An allowed IP belongs to one peer: the newest claim wins, as in wg(8).
             if let Some(prev) = table.routes.insert(*net, peer.clone())

@@ -115,6 +115,42 @@ pub fn ruleset(interface: &str, pools: &[IpNetwork]) -> String {
     )
 }
 
+/// The nftables script for a node that sends its clients out through another node's exit,
+/// over its own interface: the pools are SNATed to the node's transit addresses (`snat`, one
+/// per family) as they leave into the tunnel, clients cannot reach each other, and only
+/// answers to connections clients opened come back to them.
+pub fn egress_ruleset(interface: &str, pools: &[IpNetwork], snat: &[std::net::IpAddr]) -> String {
+    let table = table_name(interface);
+    let (mut nat, mut filter) = (String::new(), String::new());
+    for pool in pools {
+        let v4 = matches!(pool, IpNetwork::V4(_));
+        let family = if v4 { "ip" } else { "ip6" };
+        if let Some(to) = snat.iter().find(|a| a.is_ipv4() == v4) {
+            nat.push_str(&format!(
+                "    oifname \"{interface}\" {family} saddr {pool} {family} daddr != {pool} snat {family} to {to}\n"
+            ));
+        }
+        filter.push_str(&format!(
+            "    iifname \"{interface}\" oifname \"{interface}\" {family} saddr {pool} {family} daddr {pool} drop\n\
+             \x20   oifname \"{interface}\" {family} daddr {pool} ct state established,related accept\n\
+             \x20   oifname \"{interface}\" {family} daddr {pool} drop\n"
+        ));
+    }
+    format!(
+        "table inet {table} {{\n\
+         \x20 chain postrouting {{\n\
+         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+         {nat}\
+         \x20 }}\n\
+         \x20 chain forward {{\n\
+         \x20   type filter hook forward priority mangle; policy accept;\n\
+         \x20   oifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         {filter}\
+         \x20 }}\n\
+         }}\n"
+    )
+}
+
 fn enable_forwarding(path: &str, restore: &mut Vec<(PathBuf, String)>) -> Result<(), ExitError> {
     let path = PathBuf::from(path);
     let fail = |e: std::io::Error| ExitError::Forwarding {
@@ -154,13 +190,31 @@ fn keep_router_advertisements(restore: &mut Vec<(PathBuf, String)>) {
 impl ExitNat {
     /// Enables forwarding and installs the table for `interface`, replacing a stale one.
     pub fn install(interface: &str, pools: &[IpNetwork]) -> Result<Self, ExitError> {
+        Self::install_script(interface, pools, &ruleset(interface, pools))
+    }
+
+    /// Like [`ExitNat::install`], for a node whose clients leave through another node's exit
+    /// ([`egress_ruleset`]).
+    pub fn install_egress(
+        interface: &str,
+        pools: &[IpNetwork],
+        snat: &[std::net::IpAddr],
+    ) -> Result<Self, ExitError> {
+        Self::install_script(interface, pools, &egress_ruleset(interface, pools, snat))
+    }
+
+    fn install_script(
+        interface: &str,
+        pools: &[IpNetwork],
+        rules: &str,
+    ) -> Result<Self, ExitError> {
         let table = table_name(interface);
         let replaced_stale = table_exists(&table);
         let mut script = String::new();
         if replaced_stale {
             script.push_str(&format!("delete table inet {table}\n"));
         }
-        script.push_str(&ruleset(interface, pools));
+        script.push_str(rules);
         nft(&script)?;
         let mut exit = Self {
             table,
@@ -241,5 +295,29 @@ mod tests {
         assert!(rules.contains("maxseg size set rt mtu"));
         assert!(rules.contains("oifname \"nx1-e\" ct state established,related accept"));
         assert!(rules.contains("iifname \"nx1-e\" oifname \"nx1-e\" drop"));
+    }
+
+    #[test]
+    fn the_egress_ruleset_snats_each_pool_into_the_tunnel() {
+        let rules = egress_ruleset(
+            "nx1",
+            &[
+                "10.87.0.0/16".parse().unwrap(),
+                "fd00:87::/64".parse().unwrap(),
+            ],
+            &["100.64.1.2".parse().unwrap(), "fd87:7e::1".parse().unwrap()],
+        );
+        assert!(rules.contains(
+            "oifname \"nx1\" ip saddr 10.87.0.0/16 ip daddr != 10.87.0.0/16 snat ip to 100.64.1.2"
+        ), "{rules}");
+        assert!(rules.contains(
+            "oifname \"nx1\" ip6 saddr fd00:87::/64 ip6 daddr != fd00:87::/64 snat ip6 to fd87:7e::1"
+        ));
+        assert!(rules.contains("ip saddr 10.87.0.0/16 ip daddr 10.87.0.0/16 drop"));
+        assert!(
+            rules.contains(
+                "oifname \"nx1\" ip daddr 10.87.0.0/16 ct state established,related accept"
+            )
+        );
     }
 }

@@ -81,18 +81,22 @@ pub struct Peer {
     pub(crate) config: PeerConfig,
     pub(crate) index: u32,
     pub(crate) tunn: Mutex<Tunn>,
+    /// Whether the device's inspector sees this peer's packets (not for mesh links, whose
+    /// traffic was inspected where it entered the mesh).
+    pub(crate) inspect: bool,
     endpoint: RwLock<Option<SocketAddr>>,
     /// Traffic counters.
     pub counters: PeerCounters,
 }
 
 impl Peer {
-    pub(crate) fn new(config: PeerConfig, index: u32, tunn: Tunn) -> Self {
+    pub(crate) fn new(config: PeerConfig, index: u32, tunn: Tunn, inspect: bool) -> Self {
         Self {
             endpoint: RwLock::new(config.endpoint),
             config,
             index,
             tunn: Mutex::new(tunn),
+            inspect,
             counters: PeerCounters::default(),
         }
     }

@@ -286,3 +286,51 @@ fn a_cookie_reply_under_load_moves_no_endpoint() {
     assert_eq!(server.endpoint, Some(p.server_addr));
     assert!(p.server.counters.cookie_replies.load(Relaxed) >= 1);
 }
+
+#[test]
+fn the_default_route_moves_between_peers_at_once() {
+    let device = Device::new(&PrivateKey::generate());
+    let exit = |addr: &str, transit: &str| {
+        let key = PrivateKey::generate().public_key();
+        device
+            .upsert_mesh_peer(PeerConfig {
+                public_key: key,
+                allowed_ips: vec![transit.parse().unwrap()],
+                endpoint: Some(addr.parse().unwrap()),
+                persistent_keepalive: None,
+                preshared_key: None,
+            })
+            .unwrap();
+        key
+    };
+    let a = exit("192.0.2.1:51820", "100.64.0.1/32");
+    let b = exit("192.0.2.2:51820", "100.64.0.2/32");
+    let mut buf = vec![0u8; 2048];
+    let to_web = ipv4_packet([10, 87, 0, 2], [198, 18, 2, 2], b"x");
+    let sent_to = |device: &Device, buf: &mut Vec<u8>| {
+        let mut out = Capture::default();
+        device.send_packet(&to_web, buf, &mut out);
+        out.network.first().map(|(dst, _)| dst.to_string())
+    };
+    // No default route yet: nowhere to send.
+    assert_eq!(device.default_route(), None);
+    assert_eq!(sent_to(&device, &mut buf), None);
+    assert!(device.set_default_route(Some(&a)));
+    assert_eq!(device.default_route(), Some(a));
+    assert_eq!(
+        sent_to(&device, &mut buf).as_deref(),
+        Some("192.0.2.1:51820")
+    );
+    // Moving it takes effect with the next packet.
+    assert!(device.set_default_route(Some(&b)));
+    assert_eq!(device.default_route(), Some(b));
+    assert_eq!(
+        sent_to(&device, &mut buf).as_deref(),
+        Some("192.0.2.2:51820")
+    );
+    // An unknown peer changes nothing; None clears it.
+    assert!(!device.set_default_route(Some(&PrivateKey::generate().public_key())));
+    assert_eq!(device.default_route(), Some(b));
+    assert!(device.set_default_route(None));
+    assert_eq!(sent_to(&device, &mut buf), None);
+}

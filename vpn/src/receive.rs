@@ -164,10 +164,11 @@ impl Device {
         if !owner_ok {
             self.counters.bad_source.fetch_add(1, Relaxed);
             peer.count_drop();
-        } else if self
-            .inspector
-            .get()
-            .is_some_and(|i| !i.packet_from_peer(&peer.public_key(), packet))
+        } else if peer.inspect
+            && self
+                .inspector
+                .get()
+                .is_some_and(|i| !i.packet_from_peer(&peer.public_key(), packet))
         {
             self.counters.inspected_drops.fetch_add(1, Relaxed);
             peer.count_drop();

@@ -18,10 +18,11 @@ impl Device {
             self.counters.no_route.fetch_add(1, Relaxed);
             return;
         };
-        if self
-            .inspector
-            .get()
-            .is_some_and(|i| !i.packet_to_peer(&peer.public_key(), packet))
+        if peer.inspect
+            && self
+                .inspector
+                .get()
+                .is_some_and(|i| !i.packet_to_peer(&peer.public_key(), packet))
         {
             self.counters.inspected_drops.fetch_add(1, Relaxed);
             peer.count_drop();

@@ -1,0 +1,302 @@
+//! Exit failover end to end. A wireguard-go client in `cli` holds its tunnel to node A, which
+//! is no exit: A sends the client's traffic out through the mesh's exits B, C and D. The
+//! client pings `web` every 50 ms while the exit in use is killed (`kill -9`), and later
+//! while the next one loses its uplink; each time A moves the client's traffic to another
+//! exit and the pings come back, with no change on the client.
+//!
+//! ```text
+//!   cli ── 198.18.1.0/24 ── A ──┐                        ┌── B ──┐
+//!                               └── core 10.203.0.0/24 ──┼── C ──┼── inet 198.18.2.0/24 ── web
+//!                                    (bridge in `sw`)    └── D ──┘    (bridge in `sw`)
+//! ```
+//!
+//! `web` has only its connected network: it answers the exits' masqueraded addresses, and
+//! its HTTP server says which one asked.
+
+use nx1_tests::lab::{Background, wireguard_go_client};
+use nx1_tests::netns::{Netns, link, unique_tag};
+use nx1_tests::{Daemon, eventually, nx1, set_config, text};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+const WEB: &str = "198.18.2.2";
+
+struct Node {
+    ns: Netns,
+    config: PathBuf,
+    daemon: Option<Daemon>,
+    id: String,
+    interface: String,
+}
+
+impl Node {
+    fn nx1(&self, args: &[&str], cwd: &Path) -> std::process::Output {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        nx1(&all, cwd)
+    }
+
+    fn status(&self, cwd: &Path) -> Option<serde_json::Value> {
+        let out = self.nx1(&["status", "--json"], cwd);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+}
+
+/// Which exit `web` saw the client's HTTP request come from (its address on `inet`).
+fn fetch_origin(cli: &Netns) -> Option<String> {
+    let out = cli.sh(&format!("curl -sS --max-time 3 http://{WEB}:8080/"));
+    out.status
+        .success()
+        .then(|| text(&out.stdout).trim().to_owned())
+}
+
+/// Pings `web` every 50 ms for `count` pings in the background; returns the process.
+fn start_pings(cli: &Netns, count: u32, out: &Path) -> std::process::Child {
+    cli.command("bash")
+        .args([
+            "-c",
+            &format!("ping -n -i 0.05 -W 1 -c {count} {WEB} > {}", out.display()),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The icmp_seq numbers answered.
+fn answered(ping_output: &str) -> Vec<u32> {
+    ping_output
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn the_clients_traffic_moves_to_another_exit_when_the_one_in_use_dies_or_loses_its_uplink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = unique_tag();
+    let switch = Netns::new("sw", &tag);
+    for br in ["core", "inet"] {
+        switch.ip(&["link", "add", br, "type", "bridge"]);
+        switch.ip(&["link", "set", br, "up"]);
+    }
+    let cli = Netns::new("cli", &tag);
+    let web = Netns::new("web", &tag);
+    link(&switch, "pw", &[], &web, "w0", &[&format!("{WEB}/24")]);
+    switch.ip(&["link", "set", "pw", "master", "inet"]);
+
+    // A (index 0) holds the client; B, C, D (1..=3) are exits.
+    let mut nodes = Vec::new();
+    for i in 0..4u8 {
+        let ns = Netns::new(&format!("n{i}"), &tag);
+        let core = format!("10.203.0.{}", i + 1);
+        link(
+            &switch,
+            &format!("c{i}"),
+            &[],
+            &ns,
+            "core",
+            &[&format!("{core}/24")],
+        );
+        switch.ip(&["link", "set", &format!("c{i}"), "master", "core"]);
+        if i > 0 {
+            link(
+                &switch,
+                &format!("i{i}"),
+                &[],
+                &ns,
+                "inet",
+                &[&format!("198.18.2.1{i}/24")],
+            );
+            switch.ip(&["link", "set", &format!("i{i}"), "master", "inet"]);
+        } else {
+            link(
+                &cli,
+                "c0",
+                &["198.18.1.2/24"],
+                &ns,
+                "e0",
+                &["198.18.1.1/24"],
+            );
+        }
+        let dir = tmp.path().join(format!("n{i}"));
+        let out = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp.path());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let id = text(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_owned();
+        let config = dir.join("nx1.toml");
+        let interface = format!("nx1f{tag}{i}");
+        set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
+        set_config(&config, "vpn", "interface", &format!("\"{interface}\""));
+        set_config(&config, "mesh", "enabled", "true");
+        set_config(&config, "mesh", "listen", &format!("\"{core}:7871\""));
+        set_config(&config, "mesh", "bootstrap", "[\"10.203.0.2:7871\"]");
+        set_config(&config, "mesh", "uplink_check", &format!("\"{WEB}\""));
+        if i == 0 {
+            set_config(&config, "vpn", "exit", "false");
+            set_config(&config, "vpn", "endpoint", "\"198.18.1.1:51820\"");
+            set_config(&config, "mesh", "egress", "true");
+        } else {
+            set_config(&config, "vpn", "endpoint", &format!("\"{core}:51820\""));
+        }
+        nodes.push(Node {
+            ns,
+            config,
+            daemon: None,
+            id,
+            interface,
+        });
+    }
+    let _cleanup = UapiSockets(nodes.iter().map(|n| n.interface.clone()).collect());
+    for n in nodes.iter_mut().rev() {
+        let log = n.config.with_file_name("up.log");
+        n.daemon = Some(Daemon::start_in(
+            Some(&n.ns),
+            Some(&n.config),
+            tmp.path(),
+            &log,
+        ));
+    }
+    for n in &nodes {
+        eventually("a node to answer", Duration::from_secs(30), || {
+            n.status(tmp.path())
+        });
+    }
+    // A links to every exit and picks one.
+    let a = &nodes[0];
+    eventually(
+        "A to have three healthy exits",
+        Duration::from_secs(30),
+        || {
+            let s = a.status(tmp.path())?;
+            let e = &s["egress"];
+            let healthy = e["exits"]
+                .as_array()?
+                .iter()
+                .filter(|x| x["healthy"] == true)
+                .count();
+            (healthy == 3 && e["active"].is_string()).then_some(())
+        },
+    );
+
+    // The web server answers with the address that asked.
+    let server = Background(
+        web.command("python3")
+            .args(["-c", "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n  b=s.client_address[0].encode()\n  s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();s.wfile.write(b)\n def log_message(s,*a): pass\nh.HTTPServer(('0.0.0.0',8080),H).serve_forever()"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the web server", Duration::from_secs(10), || {
+        web.sh("exec 3<>/dev/tcp/127.0.0.1/8080")
+            .status
+            .success()
+            .then_some(())
+    });
+
+    let out = nodes[0].nx1(&["peer", "add", "laptop"], tmp.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let client = wireguard_go_client(&cli, tmp.path(), &format!("wgf{tag}"), &text(&out.stdout));
+    eventually("the client to reach web", Duration::from_secs(20), || {
+        cli.sh(&format!("ping -c1 -W1 {WEB}"))
+            .status
+            .success()
+            .then_some(())
+    });
+    let exit_of = |origin: &str| -> usize {
+        let i: usize = origin
+            .strip_prefix("198.18.2.1")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("web saw {origin}, not an exit"));
+        i
+    };
+    let active_exit = |nodes: &[Node]| -> usize {
+        let s = nodes[0].status(tmp.path()).unwrap();
+        let id = s["egress"]["active"].as_str().unwrap().to_owned();
+        nodes.iter().position(|n| n.id == id).unwrap()
+    };
+    let first = exit_of(&fetch_origin(&cli).expect("HTTP through the first exit"));
+    assert_eq!(first, active_exit(&nodes), "web saw the exit A uses");
+
+    // Kill the exit in use while the client pings every 50 ms.
+    let pings = tmp.path().join("pings-kill.txt");
+    let mut ping = start_pings(&cli, 140, &pings);
+    std::thread::sleep(Duration::from_secs(2));
+    nodes[first].daemon.take().unwrap().stop_with(libc::SIGKILL);
+    assert!(ping.wait().unwrap().code().is_some());
+    let output = std::fs::read_to_string(&pings).unwrap();
+    let got = answered(&output);
+    let lost = 140 - got.len();
+    eprintln!(
+        "kill -9 of the exit in use: {lost} of 140 pings lost ({} ms)",
+        lost * 50
+    );
+    assert!(
+        got.contains(&1),
+        "pings went through before the kill:\n{output}"
+    );
+    assert!(
+        got.iter().any(|&s| s >= 135),
+        "pings came back after the kill:\n{output}"
+    );
+    let second = exit_of(&fetch_origin(&cli).expect("HTTP after the failover"));
+    assert_ne!(second, first);
+    assert_eq!(second, active_exit(&nodes));
+
+    // The next one loses its uplink (its link to `inet` goes down).
+    let pings = tmp.path().join("pings-uplink.txt");
+    let mut ping = start_pings(&cli, 140, &pings);
+    std::thread::sleep(Duration::from_secs(2));
+    nodes[second].ns.ip(&["link", "set", "inet", "down"]);
+    assert!(ping.wait().unwrap().code().is_some());
+    let output = std::fs::read_to_string(&pings).unwrap();
+    let got = answered(&output);
+    let lost = 140 - got.len();
+    eprintln!(
+        "uplink of the exit in use down: {lost} of 140 pings lost ({} ms)",
+        lost * 50
+    );
+    assert!(
+        got.iter().any(|&s| s >= 135),
+        "pings came back after the uplink went:\n{output}"
+    );
+    let third = exit_of(&fetch_origin(&cli).expect("HTTP after the second failover"));
+    assert!(third != first && third != second);
+    let status = nodes[0].status(tmp.path()).unwrap();
+    assert!(
+        status["egress"]["switches"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+
+    drop(client);
+    drop(server);
+    for n in &mut nodes {
+        if let Some(d) = n.daemon.take() {
+            assert!(d.stop_with(libc::SIGTERM).success());
+        }
+    }
+    // A removed its policy routing when it stopped.
+    let rules = nodes[0].ns.sh("ip rule show; ip -6 rule show");
+    assert!(
+        !text(&rules.stdout).contains("51871"),
+        "{}",
+        text(&rules.stdout)
+    );
+}
+
+/// Removes the UAPI sockets a killed node leaves (they are not per namespace).
+struct UapiSockets(Vec<String>);
+
+impl Drop for UapiSockets {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
+        }
+    }
+}
