@@ -3,17 +3,47 @@
 //! halves (`0.0.0.0/1` + `128.0.0.0/1`), so the host's own default route stays untouched, and
 //! the server's endpoint keeps a host route through the old default so the tunnel's own
 //! datagrams never enter it. Routes are set with iproute2's `ip`.
+//!
+//! A config from an NX1 node in a mesh also names, in comments other clients ignore, the
+//! nodes that stand by for this client (they have its registration, with the same tunnel
+//! addresses) and where to probe the node through the tunnel. The client then probes its node
+//! every 100 ms; when it has not answered for a second, the tunnel's peer becomes the next
+//! node on the list — same addresses, same routes, one handshake.
 
 use anyhow::{Context as _, bail};
 use nx1_vpn::IpNetwork;
 use nx1_vpn::device::Device;
 use nx1_vpn::io::{Interface, InterfaceConfig};
-use nx1_vpn::keys::PrivateKey;
+use nx1_vpn::keys::{PrivateKey, PublicKey};
 use nx1_vpn::peer::PeerConfig;
 use nx1_vpn::wg_quick;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// The comment key naming a standby node: `# nx1-fallback = KEY HOST:PORT`.
+pub const FALLBACK_LINE: &str = "nx1-fallback";
+/// The comment key naming where to probe the node: `# nx1-probe = IP:PORT`.
+pub const PROBE_LINE: &str = "nx1-probe";
+/// Probes go this often.
+pub const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// A node silent this long is left for the next.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a move, the new node gets this long (a handshake) before it is judged.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// The servers a tunnel can use, and which one it uses.
+#[derive(Debug, Default)]
+pub struct Failover {
+    /// (public key, endpoint) of the config's peer, then the standby nodes.
+    pub servers: Vec<(PublicKey, SocketAddr)>,
+    /// Index of the server in use.
+    pub current: parking_lot::Mutex<usize>,
+    /// Moves so far.
+    pub moves: AtomicU64,
+}
 
 /// A running client tunnel.
 pub struct ClientTunnel {
@@ -23,7 +53,75 @@ pub struct ClientTunnel {
     pub endpoints: Vec<SocketAddr>,
     /// The tunnel addresses.
     pub addresses: Vec<IpNetwork>,
+    /// Standby nodes and the one in use, when the config names any.
+    pub failover: Option<Arc<Failover>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
     host_routes: Vec<String>,
+}
+
+/// The `# KEY = value` comments of a config.
+fn nx1_comments<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    text.lines().filter_map(move |l| {
+        let (k, v) = l.trim().strip_prefix('#')?.split_once('=')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+/// Probes `probe` through the tunnel and moves the peer to the next server when the one in
+/// use stops answering.
+async fn watch(
+    device: Arc<Device>,
+    template: PeerConfig,
+    failover: Arc<Failover>,
+    bind: std::net::Ipv4Addr,
+    probe: SocketAddr,
+) {
+    let socket = match tokio::net::UdpSocket::bind((bind, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot probe the node: no failover");
+            return;
+        }
+    };
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut last_reply, mut moved_at) = (Instant::now(), Instant::now());
+    let mut seq = 0u64;
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                seq += 1;
+                let mut p = [0u8; 16];
+                p[..8].copy_from_slice(crate::egress::PROBE_MAGIC);
+                p[8..].copy_from_slice(&seq.to_be_bytes());
+                let _ = socket.send_to(&p, probe).await;
+                let now = Instant::now();
+                if now.duration_since(last_reply) < PROBE_TIMEOUT || now.duration_since(moved_at) < SETTLE {
+                    continue;
+                }
+                let n = failover.servers.len();
+                let mut current = failover.current.lock();
+                let (old, next) = (*current, (*current + 1) % n);
+                let (key, endpoint) = failover.servers[next];
+                device.remove_peer(&failover.servers[old].0);
+                let config = PeerConfig { public_key: key, endpoint: Some(endpoint), ..template.clone() };
+                if let Err(e) = device.upsert_peer(config) {
+                    tracing::warn!(error = %e, "cannot move the tunnel");
+                    continue;
+                }
+                *current = next;
+                failover.moves.fetch_add(1, Relaxed);
+                moved_at = now;
+                tracing::warn!(server = %key, %endpoint, "the node stopped answering; the tunnel moved to a standby node");
+            }
+            got = socket.recv_from(&mut buf) => {
+                if let Ok((16, from)) = got && from == probe && buf.starts_with(crate::egress::PROBE_MAGIC) {
+                    last_reply = Instant::now();
+                }
+            }
+        }
+    }
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -119,15 +217,49 @@ impl ClientTunnel {
             },
         )
         .with_context(|| format!("starting client interface {name}"))?;
+        // Standby nodes, when the config names them (one peer only: the node's).
+        let probe =
+            nx1_comments(config_text, PROBE_LINE).find_map(|p| p.parse::<SocketAddr>().ok());
+        let mut servers = Vec::new();
+        if let ([peer], Some(endpoint), Some(_)) =
+            (config.peers.as_slice(), endpoints.first(), probe)
+        {
+            servers.push((peer.public_key, *endpoint));
+            for line in nx1_comments(config_text, FALLBACK_LINE) {
+                let mut words = line.split_whitespace();
+                let (Some(key), Some(e)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(key) = PublicKey::from_base64(key) else {
+                    continue;
+                };
+                if let Ok(Some(addr)) = tokio::net::lookup_host(e).await.map(|mut a| a.next()) {
+                    servers.push((key, addr));
+                }
+            }
+        }
+        let failover = (servers.len() > 1).then(|| {
+            Arc::new(Failover {
+                servers,
+                ..Failover::default()
+            })
+        });
         let mut tunnel = Self {
             interface,
             endpoints: endpoints.clone(),
             addresses,
+            failover: failover.clone(),
+            watcher: None,
             host_routes: Vec::new(),
         };
-        // The endpoint's own route first, then the tunnel's routes; on failure `Drop` undoes.
-        // Any route that covers an endpoint would carry the tunnel's own datagrams into it.
-        for e in &endpoints {
+        // The endpoints' own routes first (the standby nodes' too), then the tunnel's routes;
+        // on failure `Drop` undoes. Any route that covers an endpoint would carry the
+        // tunnel's own datagrams into it.
+        let mut pinned = endpoints.clone();
+        if let Some(f) = &failover {
+            pinned.extend(f.servers.iter().skip(1).map(|(_, e)| *e));
+        }
+        for e in &pinned {
             if routes.iter().any(|r| r.contains(e.ip()))
                 && let Some(r) = pin_endpoint(e.ip())?
             {
@@ -145,6 +277,31 @@ impl ClientTunnel {
                 ip(&[family, "route", "replace", &dst, "dev", name])?;
             }
         }
+        let bind = tunnel
+            .addresses
+            .iter()
+            .find_map(|a| match a.network_address() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            });
+        if let (Some(failover), Some(probe), Some(bind), [peer]) =
+            (failover, probe, bind, config.peers.as_slice())
+        {
+            let template = PeerConfig {
+                public_key: peer.public_key,
+                allowed_ips: peer.allowed_ips.clone(),
+                endpoint: None,
+                persistent_keepalive: peer.persistent_keepalive,
+                preshared_key: None,
+            };
+            tunnel.watcher = Some(tokio::spawn(watch(
+                tunnel.interface.device().clone(),
+                template,
+                failover,
+                bind,
+                probe,
+            )));
+        }
         Ok(tunnel)
     }
 
@@ -159,6 +316,9 @@ impl ClientTunnel {
 
 impl Drop for ClientTunnel {
     fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
         // Routes through the TUN device vanish with it; the pinned endpoint routes do not.
         for dst in self.host_routes.drain(..) {
             let family = if dst.contains(':') { "-6" } else { "-4" };

@@ -756,7 +756,7 @@ impl Config {
                     format!("{api_url:?} is not an http:// or https:// URL"),
                 ));
             }
-            if m.egress && !vpn.as_ref().is_some_and(|v| !v.exit) {
+            if m.egress && vpn.as_ref().is_none_or(|v| v.exit) {
                 return Err(invalid(
                     "mesh.egress",
                     "is for a node with a WireGuard interface that is not an exit itself ([vpn] enabled = true, exit = false)".into(),

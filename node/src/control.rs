@@ -196,6 +196,13 @@ pub struct PeerAdded {
     pub dns: Vec<std::net::IpAddr>,
     /// Keepalive for the client.
     pub persistent_keepalive: Option<u16>,
+    /// Other nodes that stand by for this client, (WireGuard key, endpoint): `nx1 connect`
+    /// moves to one of them when this node stops answering.
+    #[serde(default)]
+    pub fallbacks: Vec<(String, String)>,
+    /// Where `nx1 connect` probes the node through the tunnel ("ip:port").
+    #[serde(default)]
+    pub probe: Option<String>,
 }
 
 /// A registered client and its live state.
@@ -322,6 +329,15 @@ pub struct ClientStatus {
     pub rx_bytes: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// The WireGuard key of the server in use.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Standby nodes the tunnel can move to.
+    #[serde(default)]
+    pub standby_servers: usize,
+    /// Times the tunnel moved to a standby node.
+    #[serde(default)]
+    pub moves: u64,
 }
 
 /// The WireGuard part of a status report.
@@ -387,6 +403,9 @@ pub struct StatusReport {
     /// As an exit in a mesh: the links other nodes' clients come through.
     #[serde(default)]
     pub mesh_exit: Option<crate::egress::MeshExitStatus>,
+    /// Clients of other nodes this node stands by for.
+    #[serde(default)]
+    pub standby_clients: Option<usize>,
 }
 
 /// What the relay forwarded and dropped.

@@ -52,6 +52,8 @@ pub struct Node {
     pub mesh_exit: Option<Arc<crate::egress::MeshExit>>,
     /// Egress through the mesh's exits, when on.
     pub egress: Option<Arc<crate::egress::Egress>>,
+    /// Standing by for other nodes' clients, when in a mesh with WireGuard.
+    pub standby: Option<Arc<crate::standby::Standby>>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -137,12 +139,25 @@ impl Node {
             ),
         };
         let _changing = self.peer_changes.lock().await;
-        let record = peers::add(
+        // In a mesh, addresses are unique across the nodes that may take each other's
+        // clients, so a client keeps its addresses wherever it moves.
+        let taken: std::collections::HashSet<std::net::IpAddr> = match &self.mesh {
+            Some(m) => m
+                .clients()
+                .await
+                .into_iter()
+                .filter(|(r, _)| r.node != self.node_id)
+                .flat_map(|(r, _)| [r.ipv4.into(), r.ipv6.into()])
+                .collect(),
+            None => Default::default(),
+        };
+        let record = peers::add_avoiding(
             &self.store,
             name,
             &key.to_base64(),
             vpn.config.v4,
             vpn.config.v6,
+            &taken,
         )
         .await?;
         if let Err(e) = vpn.add_live(&record) {
@@ -151,6 +166,24 @@ impl Node {
             return Err(e);
         }
         tracing::info!(peer = %record.name, ipv4 = %record.ipv4, "peer added");
+        // Other nodes of the mesh stand by for it; its config names them.
+        let mut fallbacks = Vec::new();
+        if let Some(mesh) = &self.mesh
+            && !relayed
+        {
+            mesh.publish_client(&record.public_key, &record.name, record.ipv4, record.ipv6)
+                .await;
+            for m in mesh.directory().await.members.values() {
+                let r = &m.record;
+                if r.id == self.node_id || m.state != "live" {
+                    continue;
+                }
+                if let (Some(k), Some(e)) = (&r.wireguard_key, r.endpoints.first()) {
+                    fallbacks.push((k.clone(), e.clone()));
+                }
+            }
+            fallbacks.truncate(8);
+        }
         Ok(Response::PeerAdded(PeerAdded {
             name: record.name,
             ipv4: record.ipv4,
@@ -168,6 +201,9 @@ impl Node {
                 None if relayed => Some(25),
                 k => k,
             },
+            probe: (!fallbacks.is_empty())
+                .then(|| format!("{}:{}", vpn.config.v4.0, crate::egress::PROBE_PORT)),
+            fallbacks,
         }))
     }
 
@@ -243,6 +279,9 @@ impl Node {
         match peers::remove(&self.store, name).await? {
             Some(record) => {
                 vpn.remove_live(&record.public_key);
+                if let Some(mesh) = &self.mesh {
+                    mesh.withdraw_client(&record.public_key).await;
+                }
                 // Its own Guard rules went with it (ON DELETE CASCADE).
                 if let Some(guard) = &self.guard
                     && let Err(e) = guard.reload_rules(&self.store).await
@@ -515,6 +554,7 @@ impl Node {
             relay: self.relay.as_ref().map(|r| r.status()),
             egress: self.egress.as_ref().map(|e| e.status()),
             mesh_exit: self.mesh_exit.as_ref().map(|e| e.status()),
+            standby_clients: self.standby.as_ref().map(|s| s.adopted()),
             client: self.client.lock().await.as_ref().map(client_status),
             guard: self.guard.as_ref().map(|g| control::GuardStatus {
                 lists: g.list_names().to_vec(),
@@ -556,6 +596,15 @@ fn client_status(tunnel: &crate::client::ClientTunnel) -> control::ClientStatus 
             .map(|d| d.as_secs()),
         rx_bytes: stats.iter().map(|s| s.rx_bytes).sum(),
         tx_bytes: stats.iter().map(|s| s.tx_bytes).sum(),
+        server: stats.first().map(|s| s.public_key.to_base64()),
+        standby_servers: tunnel
+            .failover
+            .as_ref()
+            .map_or(0, |f| f.servers.len().saturating_sub(1)),
+        moves: tunnel
+            .failover
+            .as_ref()
+            .map_or(0, |f| f.moves.load(std::sync::atomic::Ordering::Relaxed)),
     }
 }
 
@@ -699,6 +748,17 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             );
         }
     }
+    let standby = match (&mesh, &vpn) {
+        (Some(mesh), Some(vpn)) => {
+            // This node's clients, shared so that other nodes can stand by for them.
+            for p in peers::list(&store).await? {
+                mesh.publish_client(&p.public_key, &p.name, p.ipv4, p.ipv6)
+                    .await;
+            }
+            Some(crate::standby::Standby::start(node_id.clone(), vpn, stop_rx.clone()).await?)
+        }
+        _ => None,
+    };
     // Removes the egress routing on every way out.
     let egress_guard = StopEgressOnDrop(egress.clone());
     let relay = if config.raw.relay.enabled {
@@ -731,6 +791,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         relay,
         mesh_exit,
         egress,
+        standby,
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,
@@ -791,6 +852,12 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
                         }
                         if let Some(egress) = &node.egress {
                             egress.follow(&dir);
+                        }
+                        if let (Some(standby), Some(vpn)) = (&node.standby, &node.vpn) {
+                            let _changing = node.peer_changes.lock().await;
+                            if let Err(e) = standby.follow(&mesh, vpn, &node.store).await {
+                                tracing::warn!(error = %e, "following the mesh's clients failed");
+                            }
                         }
                     }
                 }

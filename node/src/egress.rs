@@ -37,7 +37,8 @@ pub const TRANSIT_V4: &str = "100.64.0.0/10";
 pub const TRANSIT_V6: &str = "fd87:7e::/64";
 /// UDP port exits answer egress probes on, at their transit IPv4 address.
 pub const PROBE_PORT: u16 = 7872;
-const PROBE_MAGIC: &[u8; 8] = b"nx1probe";
+/// What every probe starts with.
+pub const PROBE_MAGIC: &[u8; 8] = b"nx1probe";
 /// The routing table and rule priority that send clients' traffic into the interface.
 const TABLE: &str = "51871";
 const RULE_PRIORITY: &str = "5187";

@@ -15,6 +15,7 @@ mod mesh;
 mod metrics;
 mod peers;
 mod relay;
+mod standby;
 mod store;
 mod uapi;
 mod vault;
@@ -548,7 +549,19 @@ fn client_config(
             persistent_keepalive: added.persistent_keepalive,
         }],
     };
-    Ok(zeroize::Zeroizing::new(config.render()))
+    let mut text = config.render();
+    // For `nx1 connect` (other clients ignore comments): the nodes that stand by for this
+    // client, and where to probe the node through the tunnel.
+    if let Some(probe) = &added.probe {
+        text.push_str(&format!("# {} = {probe}\n", crate::client::PROBE_LINE));
+    }
+    for (key, endpoint) in &added.fallbacks {
+        text.push_str(&format!(
+            "# {} = {key} {endpoint}\n",
+            crate::client::FALLBACK_LINE
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(text))
 }
 
 fn print_status(r: &control::StatusReport) {

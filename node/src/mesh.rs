@@ -210,6 +210,65 @@ impl SignedRecord {
     }
 }
 
+/// Gossip keys of client registrations start with this, followed by the client's key.
+pub const CLIENT_PREFIX: &str = "nx1.client.";
+const CLIENT_DOMAIN: &[u8] = b"nx1-client-registration/1\0";
+
+/// A WireGuard client registered on a node, shared with the mesh so that other nodes can
+/// take the client, with the same tunnel addresses, when its node goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRegistration {
+    /// The node it was registered on (which signs it).
+    pub node: String,
+    /// The client's WireGuard public key.
+    pub public_key: String,
+    /// Its name on that node.
+    pub name: String,
+    /// Its IPv4 tunnel address.
+    pub ipv4: std::net::Ipv4Addr,
+    /// Its IPv6 tunnel address.
+    pub ipv6: std::net::Ipv6Addr,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignedClient {
+    registration: String,
+    signature: String,
+}
+
+impl ClientRegistration {
+    fn sign(&self, key: &SigningKey) -> String {
+        let text = serde_json::to_string(self).expect("registrations serialize");
+        let mut msg = CLIENT_DOMAIN.to_vec();
+        msg.extend_from_slice(text.as_bytes());
+        serde_json::to_string(&SignedClient {
+            signature: STANDARD.encode(key.sign(&msg).to_bytes()),
+            registration: text,
+        })
+        .expect("registrations serialize")
+    }
+
+    /// A registration gossiped by `member`, if it is one, signed by that member and naming
+    /// it as the node.
+    fn verify(text: &str, member: &str) -> Option<ClientRegistration> {
+        if text.len() > MAX_RECORD {
+            return None;
+        }
+        let signed: SignedClient = serde_json::from_str(text).ok()?;
+        let r: ClientRegistration = serde_json::from_str(&signed.registration).ok()?;
+        if r.node != member {
+            return None;
+        }
+        let key: [u8; 32] = STANDARD.decode(&r.node).ok()?.try_into().ok()?;
+        let key = VerifyingKey::from_bytes(&key).ok()?;
+        let sig = Signature::from_slice(&STANDARD.decode(&signed.signature).ok()?).ok()?;
+        let mut msg = CLIENT_DOMAIN.to_vec();
+        msg.extend_from_slice(signed.registration.as_bytes());
+        key.verify(&msg, &sig).ok()?;
+        Some(r)
+    }
+}
+
 /// One member of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -343,6 +402,59 @@ impl Mesh {
             .await;
     }
 
+    /// Shares a client registered on this node with the mesh.
+    pub async fn publish_client(
+        &self,
+        public_key: &str,
+        name: &str,
+        ipv4: std::net::Ipv4Addr,
+        ipv6: std::net::Ipv6Addr,
+    ) {
+        let r = ClientRegistration {
+            node: self.node_id.clone(),
+            public_key: public_key.to_owned(),
+            name: name.to_owned(),
+            ipv4,
+            ipv6,
+        };
+        let text = r.sign(&self.key);
+        self.handle
+            .with_chitchat(|c| {
+                c.self_node_state()
+                    .set(format!("{CLIENT_PREFIX}{public_key}"), text.clone())
+            })
+            .await;
+    }
+
+    /// Withdraws a client this node shared.
+    pub async fn withdraw_client(&self, public_key: &str) {
+        self.handle
+            .with_chitchat(|c| {
+                c.self_node_state()
+                    .delete(&format!("{CLIENT_PREFIX}{public_key}"))
+            })
+            .await;
+    }
+
+    /// Every client registration in the mesh whose signature verifies (this node's own
+    /// included), with whether its node is live.
+    pub async fn clients(&self) -> Vec<(ClientRegistration, bool)> {
+        let chitchat = self.handle.chitchat();
+        let c = chitchat.lock().await;
+        let live: Vec<ChitchatId> = c.live_nodes().cloned().collect();
+        let mut out = Vec::new();
+        for (id, state) in c.node_states() {
+            for (key, value) in state.iter_prefix(CLIENT_PREFIX) {
+                if let Some(r) = ClientRegistration::verify(&value.value, &id.node_id)
+                    .filter(|r| key[CLIENT_PREFIX.len()..] == r.public_key)
+                {
+                    out.push((r, live.contains(id)));
+                }
+            }
+        }
+        out
+    }
+
     /// Tells the others this node is leaving, gives the news a few rounds to spread, and
     /// stops gossiping.
     pub async fn leave(self: Arc<Self>, interval: Duration) {
@@ -424,6 +536,32 @@ mod tests {
             expires,
             leaving: false,
         }
+    }
+
+    #[test]
+    fn client_registrations_verify_only_as_signed_by_their_node() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let id = STANDARD.encode(key.verifying_key().as_bytes());
+        let r = ClientRegistration {
+            node: id.clone(),
+            public_key: "K=".into(),
+            name: "laptop".into(),
+            ipv4: "10.87.0.2".parse().unwrap(),
+            ipv6: "fd00:87::2".parse().unwrap(),
+        };
+        let text = r.sign(&key);
+        assert_eq!(ClientRegistration::verify(&text, &id), Some(r.clone()));
+        // Gossiped by another member, altered, or signed by another key: refused.
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let other_id = STANDARD.encode(other.verifying_key().as_bytes());
+        assert_eq!(ClientRegistration::verify(&text, &other_id), None);
+        assert_eq!(
+            ClientRegistration::verify(&text.replace("10.87.0.2", "10.87.0.9"), &id),
+            None
+        );
+        let forged = ClientRegistration { ..r }.sign(&other);
+        assert_eq!(ClientRegistration::verify(&forged, &id), None);
+        assert_eq!(ClientRegistration::verify("garbage", &id), None);
     }
 
     #[test]

@@ -116,12 +116,27 @@ fn free_v6(node: (Ipv6Addr, u8), used: &HashSet<Ipv6Addr>) -> Option<Ipv6Addr> {
 
 /// Registers a peer with the next free addresses. Concurrent adds are serialised by the
 /// UNIQUE constraints: a lost race retries with fresh addresses.
+#[cfg(test)]
 pub async fn add(
     store: &Store,
     name: &str,
     public_key: &str,
     v4: (Ipv4Addr, u8),
     v6: (Ipv6Addr, u8),
+) -> Result<PeerRecord, PeerStoreError> {
+    add_avoiding(store, name, public_key, v4, v6, &HashSet::new()).await
+}
+
+/// Registers a peer with the next free addresses that are also not in `taken` (addresses
+/// the mesh's other nodes gave their clients). Concurrent adds are serialised by the UNIQUE
+/// constraints: a lost race retries with fresh addresses.
+pub async fn add_avoiding(
+    store: &Store,
+    name: &str,
+    public_key: &str,
+    v4: (Ipv4Addr, u8),
+    v6: (Ipv6Addr, u8),
+    taken: &HashSet<std::net::IpAddr>,
 ) -> Result<PeerRecord, PeerStoreError> {
     check_name(name)?;
     for _ in 0..8 {
@@ -132,8 +147,14 @@ pub async fn add(
         if let Some(p) = existing.iter().find(|p| p.public_key == public_key) {
             return Err(PeerStoreError::KeyTaken(p.name.clone()));
         }
-        let used4: HashSet<_> = existing.iter().map(|p| p.ipv4).collect();
-        let used6: HashSet<_> = existing.iter().map(|p| p.ipv6).collect();
+        let mut used4: HashSet<_> = existing.iter().map(|p| p.ipv4).collect();
+        let mut used6: HashSet<_> = existing.iter().map(|p| p.ipv6).collect();
+        for a in taken {
+            match a {
+                std::net::IpAddr::V4(a) => used4.insert(*a),
+                std::net::IpAddr::V6(a) => used6.insert(*a),
+            };
+        }
         let ipv4 = free_v4(v4, &used4).ok_or(PeerStoreError::PoolFull("IPv4"))?;
         let ipv6 = free_v6(v6, &used6).ok_or(PeerStoreError::PoolFull("IPv6"))?;
         let record = PeerRecord {
@@ -160,6 +181,34 @@ pub async fn add(
         }
     }
     Err(PeerStoreError::Contended)
+}
+
+/// Registers a peer with the addresses it already has (a client taken over from another
+/// node). A name in use gets a suffix.
+pub async fn insert(store: &Store, record: &PeerRecord) -> Result<PeerRecord, PeerStoreError> {
+    let mut record = record.clone();
+    let existing = list(store).await?;
+    if existing.iter().any(|p| p.public_key == record.public_key) {
+        return Err(PeerStoreError::KeyTaken(record.name));
+    }
+    let base: String = record.name.chars().take(56).collect();
+    let mut n = 1;
+    while existing.iter().any(|p| p.name == record.name) {
+        n += 1;
+        record.name = format!("{base}-{n}");
+    }
+    check_name(&record.name)?;
+    sqlx::query(
+        "INSERT INTO peers (name, public_key, ipv4, ipv6, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&record.name)
+    .bind(&record.public_key)
+    .bind(record.ipv4.to_string())
+    .bind(record.ipv6.to_string())
+    .bind(record.created_at)
+    .execute(store.pool())
+    .await?;
+    Ok(record)
 }
 
 /// Removes a peer; returns it if it existed.

@@ -1,0 +1,164 @@
+//! Standing by for the mesh's clients: every node with a WireGuard interface takes the
+//! clients other nodes registered (their signed registrations come by gossip) as live peers
+//! with the same tunnel addresses, so a client in `nx1 connect` mode whose node dies can move
+//! here and keep its addresses. When such a client has moved here and its node is gone, this
+//! node registers it as its own (and shares that), so it stays when the gossip forgets the
+//! dead node. It also answers the clients' probes on its tunnel address.
+
+use crate::mesh::{ClientRegistration, Mesh};
+use crate::peers::{self, PeerRecord};
+use crate::store::Store;
+use crate::vpn::VpnService;
+use nx1_vpn::IpNetwork;
+use nx1_vpn::keys::PublicKey;
+use nx1_vpn::peer::PeerConfig;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Clients this node stands by for.
+pub struct Standby {
+    own: String,
+    adopted: Mutex<BTreeMap<PublicKey, ClientRegistration>>,
+}
+
+/// A peer whose latest handshake is this recent is in use here.
+const IN_USE: Duration = Duration::from_secs(180);
+
+impl Standby {
+    /// Starts answering clients' probes on the node's tunnel IPv4 address.
+    pub async fn start(
+        own: String,
+        vpn: &VpnService,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Arc<Standby>> {
+        let pool = crate::vpn::pools(&vpn.config)[0];
+        let socket =
+            tokio::net::UdpSocket::bind((vpn.config.v4.0, crate::egress::PROBE_PORT)).await?;
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                tokio::select! {
+                    () = crate::daemon::stopped(&mut stop) => return,
+                    got = socket.recv_from(&mut buf) => {
+                        if let Ok((16, from)) = got
+                            && buf.starts_with(crate::egress::PROBE_MAGIC)
+                            && pool.contains(from.ip())
+                        {
+                            let _ = socket.send_to(&buf[..16], from).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Arc::new(Standby {
+            own,
+            adopted: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// Follows the mesh's registrations: adopts new ones, drops withdrawn ones, and takes
+    /// over the clients that moved here from a dead node.
+    pub async fn follow(&self, mesh: &Mesh, vpn: &VpnService, store: &Store) -> anyhow::Result<()> {
+        let local = peers::list(store).await?;
+        let local_keys: HashSet<&str> = local.iter().map(|p| p.public_key.as_str()).collect();
+        let local_addrs: HashSet<IpAddr> = local
+            .iter()
+            .flat_map(|p| [IpAddr::V4(p.ipv4), IpAddr::V6(p.ipv6)])
+            .collect();
+        let pools = crate::vpn::pools(&vpn.config);
+        let mut want: BTreeMap<PublicKey, (ClientRegistration, bool)> = BTreeMap::new();
+        for (r, node_live) in mesh.clients().await {
+            if r.node == self.own || local_keys.contains(r.public_key.as_str()) {
+                continue;
+            }
+            let Ok(key) = PublicKey::from_base64(&r.public_key) else {
+                continue;
+            };
+            let addrs = [IpAddr::V4(r.ipv4), IpAddr::V6(r.ipv6)];
+            // Only addresses this node can route, and that none of its own clients has.
+            if !addrs
+                .iter()
+                .all(|a| pools.iter().any(|p| p.contains(*a)) && !local_addrs.contains(a))
+            {
+                continue;
+            }
+            // Two nodes sharing the same client (after a take-over): a live one wins.
+            let keep = want.get(&key).is_none_or(|(_, live)| !live && node_live);
+            if keep {
+                want.insert(key, (r, node_live));
+            }
+        }
+        let mut takeovers = Vec::new();
+        {
+            let mut adopted = self.adopted.lock();
+            adopted.retain(|key, _| {
+                let keep = want.contains_key(key);
+                if !keep {
+                    vpn.device.remove_peer(key);
+                }
+                keep
+            });
+            for (key, (r, node_live)) in &want {
+                if !adopted.contains_key(key) {
+                    let config = PeerConfig {
+                        public_key: *key,
+                        allowed_ips: vec![
+                            IpNetwork::new(r.ipv4, 32).expect("a /32"),
+                            IpNetwork::new(r.ipv6, 128).expect("a /128"),
+                        ],
+                        endpoint: None,
+                        persistent_keepalive: None,
+                        preshared_key: None,
+                    };
+                    if let Err(e) = vpn.device.upsert_peer(config) {
+                        tracing::warn!(client = %key, error = %e, "cannot stand by for a client");
+                        continue;
+                    }
+                    adopted.insert(*key, r.clone());
+                }
+                let in_use = vpn
+                    .device
+                    .peer(key)
+                    .and_then(|s| s.last_handshake)
+                    .is_some_and(|t| {
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .saturating_sub(t)
+                            < IN_USE
+                    });
+                if !node_live && in_use {
+                    takeovers.push(r.clone());
+                }
+            }
+        }
+        for r in takeovers {
+            let record = PeerRecord {
+                name: r.name.clone(),
+                public_key: r.public_key.clone(),
+                ipv4: r.ipv4,
+                ipv6: r.ipv6,
+                created_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            };
+            let record = peers::insert(store, &record).await?;
+            mesh.publish_client(&record.public_key, &record.name, record.ipv4, record.ipv6)
+                .await;
+            if let Ok(key) = PublicKey::from_base64(&record.public_key) {
+                self.adopted.lock().remove(&key);
+            }
+            tracing::warn!(client = %record.name, from = %r.node, ipv4 = %record.ipv4, "took over a client whose node is gone");
+        }
+        Ok(())
+    }
+
+    /// Clients stood by for.
+    pub fn adopted(&self) -> usize {
+        self.adopted.lock().len()
+    }
+}
