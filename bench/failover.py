@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Exit failover benchmark: how long a standard WireGuard client's traffic stops when the exit
-its node uses dies (`kill -9`) or loses its uplink.
+"""Failover benchmark: how long a client's traffic stops when the exit its node uses dies
+(`kill -9`) or loses its uplink, and when the node an `nx1 connect` client uses dies.
 
     cli ── 198.18.1.0/24 ── A ── core 10.203.0.0/24 ── B, C, D ── inet 198.18.2.0/24 ── web
+     └──────────────────────────── core ───────┘
 
 A (`[vpn] exit = false`, `[mesh] egress = true`) holds the client's tunnel (wireguard-go,
 configured from `nx1 peer add`) and sends its traffic out through B, C or D (exits). The
 client pings web every 50 ms (`ping -D -i 0.05`); in each round the exit in use is killed
 with SIGKILL (then restarted), and its uplink is taken down (then up again). Reported per
 event: pings lost × 50 ms, and the longest silence between two answers (from ping's
-timestamps). Python 3.11 standard library only; needs root, iproute2, nftables, wireguard-go,
+timestamps). Then the same for a client in `nx1 connect` mode (an NX1 node in client mode in
+cli, on the core network, registered on one exit, with the others standing by): in each round
+the node it uses is killed and restarted. Python 3.11 standard library only; needs root, iproute2, nftables, wireguard-go,
 wireguard-tools and the release binary (`cargo build --release -p nx1-node`).
 """
 
@@ -70,6 +73,8 @@ def build_lab() -> None:
     veth(SW, "pw", None, WEB, "w0", f"{WEB_ADDR}/24")
     run(["ip", "-n", SW, "link", "set", "pw", "master", "inet"])
     veth(CLI, "c0", "198.18.1.2/24", NODES[0], "e0", "198.18.1.1/24")
+    veth(SW, "cc", None, CLI, "core", "10.203.0.9/24")
+    run(["ip", "-n", SW, "link", "set", "cc", "master", "core"])
     for i, ns in enumerate(NODES):
         veth(SW, f"c{i}", None, ns, "core", f"10.203.0.{i + 1}/24")
         run(["ip", "-n", SW, "link", "set", f"c{i}", "master", "core"])
@@ -154,9 +159,10 @@ def main() -> int:
     args = ap.parse_args()
     nx1 = os.path.abspath(args.nx1)
     cleanup()
-    results: dict[str, list[dict]] = {"kill": [], "uplink": []}
+    results: dict[str, list[dict]] = {"kill": [], "uplink": [], "connect": []}
     nodes: list[Node] = []
     client = None
+    client_node = None
     try:
         build_lab()
         root = tempfile.mkdtemp(prefix="nx1-failover-bench-")
@@ -194,7 +200,52 @@ def main() -> int:
             log(f"round {rnd}: uplink of exit {victim.i} down: {r}")
             run(["ip", "-n", victim.ns, "link", "set", "inet", "up"])
             wait("the uplink back", lambda: healthy_exits(a) == 3, 60)
+        client.terminate()
+        client.wait(timeout=10)
+        client = None
+        wait("wireguard-go to go", lambda: not os.path.exists(f"/var/run/wireguard/{CLIENT_IF}.sock"), 10)
+
+        # nx1 connect: registered on B, standing by on the others.
+        b = nodes[1]
+        conf = run([nx1, "--config", b.config, "peer", "add", "connect-bench"]).stdout
+        with open(path, "w") as f:
+            f.write(conf)
+        cdir = os.path.join(root, "client")
+        run([nx1, "init", "--dir", cdir])
+        cconf = os.path.join(cdir, "nx1.toml")
+        for section, key, value in (("log", "level", '"warn"'), ("api", "listen", '"127.0.0.1:0"'),
+                                    ("vpn", "enabled", "false")):
+            set_key(cconf, section, key, value)
+        cnode = subprocess.Popen(["ip", "netns", "exec", CLI, nx1, "--config", cconf, "up"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client_node = cnode
+        cstatus = lambda: json.loads(run([nx1, "--config", cconf, "status", "--json"]).stdout)
+        wait("the client node", lambda: run([nx1, "--config", cconf, "status"],
+                                            check=False).returncode == 0)
+        wait("every node standing by", lambda: all(
+            ((n.status() or {}).get("standby_clients") or 0) >= 1 for n in nodes if n is not b), 60)
+        run([nx1, "--config", cconf, "connect", path, "--interface", CLIENT_IF])
+        wait("a ping through nx1 connect",
+             lambda: run(["ping", "-c1", "-W1", WEB_ADDR], ns=CLI, check=False).returncode == 0)
+        for rnd in range(1, args.rounds + 1):
+            server = cstatus()["client"]["server"]
+            victim = next(n for n in nodes if n.status()["wireguard_public_key"] == server)
+            r = measure(lambda: victim.stop("KILL"))
+            results["connect"].append(r)
+            log(f"round {rnd}: kill -9 of the nx1 connect client's node {victim.i}: {r}")
+            victim.start()
+            wait("the killed node back", lambda: healthy_exits(a) == 3, 60)
+            wait("the killed node standing by again",
+                 lambda: run(["ping", "-c1", "-W1", WEB_ADDR], ns=CLI, check=False).returncode == 0)
+            time.sleep(3)
+        run([nx1, "--config", cconf, "disconnect"])
+        cnode.terminate()
+        cnode.wait(timeout=20)
+        client_node = None
     finally:
+        if client_node and client_node.poll() is None:
+            client_node.terminate()
+            client_node.wait(timeout=20)
         if client:
             client.terminate()
             client.wait(timeout=10)
@@ -208,7 +259,8 @@ def main() -> int:
     print("| event | gap: pings lost × 50 ms, median (min–max) | longest silence between answers, ms, median |")
     print("|---|---|---|")
     for event, label in (("kill", "`kill -9` of the exit in use"),
-                         ("uplink", "uplink of the exit in use down")):
+                         ("uplink", "uplink of the exit in use down"),
+                         ("connect", "`kill -9` of the node an `nx1 connect` client uses")):
         gaps = [r["gap_ms"] for r in results[event]]
         silences = [r["longest_silence_ms"] for r in results[event]
                     if r["longest_silence_ms"] is not None]

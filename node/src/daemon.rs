@@ -1011,6 +1011,18 @@ async fn start_mesh(
         .as_ref()
         .map(|_| wireguard.public_key().to_base64());
     let region = settings.region.clone();
+    // What it offers: as many clients as its IPv4 pool holds, and the relay's bandwidth cap.
+    let capacity = Capacity {
+        peers: config.vpn.as_ref().map_or(0, |v| {
+            let hosts = 1u64 << (32 - u32::from(v.v4.1));
+            hosts.saturating_sub(3).min(u64::from(u32::MAX)) as u32
+        }),
+        bandwidth_mbps: if config.raw.relay.enabled {
+            config.raw.relay.bandwidth_mbit
+        } else {
+            0
+        },
+    };
     let source: crate::mesh::RecordSource = Box::new(move || {
         let (peers, active_peers) = vpn.as_ref().map_or((0, 0), |v| {
             let stats = v.device.peer_stats();
@@ -1035,7 +1047,7 @@ async fn start_mesh(
             relay: relay.clone(),
             roles: roles.clone(),
             region: region.clone(),
-            capacity: Capacity::default(),
+            capacity: capacity.clone(),
             load: Load {
                 peers,
                 active_peers,
