@@ -183,6 +183,32 @@ fn a_standard_client_goes_through_a_relay_that_sees_only_ciphertext() {
     );
     assert!(lab.ping(WEB_V4, 2), "the tunnel survives the junk");
 
+    // Opting out of relay duty stops relaying at once, and the directory says so.
+    let out = lab.relay_nx1(&["contribute", "off"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!lab.ping(WEB_V4, 1), "relayed after opting out");
+    assert!(relay_dropped(&lab, "disabled") >= 1);
+    assert_eq!(relay_counter(&lab, "sessions"), 0);
+    eventually(
+        "the directory to drop the relay role",
+        Duration::from_secs(10),
+        || {
+            let status = lab.status()?;
+            let members = status["mesh"]["members"].as_array()?.clone();
+            members
+                .iter()
+                .any(|m| m["id"] == relay_id.as_str() && !m["roles"].to_string().contains("relay"))
+                .then_some(())
+        },
+    );
+    let out = lab.relay_nx1(&["contribute", "--json"]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["relay_on"], false, "{c}");
+    let out = lab.relay_nx1(&["contribute", "on"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The client handshakes again by itself (the relay forgot its session).
+    lab.ping_eventually(WEB_V4, Duration::from_secs(40));
+
     // A relay that restarts has forgotten every session: the client handshakes again by
     // itself (it gets no answer to its data) and carries on.
     lab.relay_node = None;

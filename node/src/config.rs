@@ -470,6 +470,17 @@ pub struct Config {
     pub mesh: MeshSection,
     /// `[relay]`
     pub relay: RelaySection,
+    /// `[contribute]`
+    pub contribute: ContributeSection,
+}
+
+/// `[contribute]`: what the node gives others, and its limits. `nx1 contribute` changes the
+/// same at run time (kept in the store, over these values).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContributeSection {
+    /// Cap in Mbit/s on relayed traffic and on traffic through the exit, each (0: none).
+    pub bandwidth_mbit: u32,
 }
 
 /// `[relay]`: relay duty, forwarding other people's WireGuard datagrams to exits without
@@ -1151,6 +1162,12 @@ listen_port = 51821
 endpoint = ""
 # Caps: sessions at once, and Mbit/s relayed both ways together (0: no cap).
 max_sessions = 1024
+bandwidth_mbit = 0
+
+[contribute]
+# Cap in Mbit/s on the traffic this node carries for others: what it relays and what leaves
+# through its exit, each held to it (0: no cap). `nx1 contribute --bandwidth N` changes it
+# at run time.
 bandwidth_mbit = 0
 "#,
         data_dir = d.node.data_dir.display(),

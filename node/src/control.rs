@@ -64,6 +64,15 @@ pub enum Request {
     },
     /// Re-read the block lists and local rules.
     GuardReload,
+    /// Contribution: read it, or turn relay duty on/off and set the bandwidth cap, at once.
+    Contribute {
+        /// Relay duty on (true) or off (false); unchanged if absent.
+        #[serde(default)]
+        relay: Option<bool>,
+        /// The cap on relayed and exited traffic in Mbit/s (0: none); unchanged if absent.
+        #[serde(default)]
+        bandwidth_mbit: Option<u32>,
+    },
     /// Turn a Guard category (a list by name, or dga, phishing, tunnelling, rebinding) off or
     /// back on for one peer.
     GuardCategory {
@@ -111,6 +120,7 @@ impl Request {
             Request::GuardCheck { .. } => "guard_check",
             Request::GuardFindings { .. } => "guard_findings",
             Request::GuardReload => "guard_reload",
+            Request::Contribute { .. } => "contribute",
             Request::GuardRule { .. } => "guard_rule",
             Request::GuardCategory { .. } => "guard_category",
         }
@@ -137,6 +147,8 @@ pub enum Response {
         /// The interface that was taken down.
         interface: String,
     },
+    /// Answer to [`Request::Contribute`].
+    Contribution(ContributionStatus),
     /// Answer to [`Request::GuardReload`].
     GuardReloaded {
         /// Lists in use.
@@ -406,6 +418,25 @@ pub struct StatusReport {
     /// Clients of other nodes this node stands by for.
     #[serde(default)]
     pub standby_clients: Option<usize>,
+}
+
+/// What this node contributes to the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContributionStatus {
+    /// Whether relay duty is set up (`[relay] enabled`).
+    pub relay_configured: bool,
+    /// Whether it relays now.
+    pub relay_on: bool,
+    /// Whether this node is an exit.
+    pub exit: bool,
+    /// The cap on relayed and exited traffic, each, in Mbit/s (0: none).
+    pub bandwidth_mbit: u32,
+    /// Bytes relayed so far (both ways).
+    pub relayed_bytes: u64,
+    /// Bytes through the exit's interface so far (both ways, all peers).
+    pub exited_bytes: u64,
+    /// Packets dropped for being over the cap (relay and exit).
+    pub over_cap_drops: u64,
 }
 
 /// What the relay forwarded and dropped.

@@ -13,6 +13,7 @@ use crate::vpn::VpnService;
 use anyhow::Context as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
@@ -87,6 +88,10 @@ impl Node {
             }
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
             Request::GuardReload => self.guard_reload().await,
+            Request::Contribute {
+                relay,
+                bandwidth_mbit,
+            } => self.contribute(relay, bandwidth_mbit).await,
             Request::GuardCategory {
                 category,
                 peer,
@@ -392,6 +397,70 @@ impl Node {
             peer: peer.into(),
             disabled: crate::guard::peer_categories(&self.store, peer).await?,
         })
+    }
+
+    async fn contribute(
+        &self,
+        relay: Option<bool>,
+        bandwidth_mbit: Option<u32>,
+    ) -> anyhow::Result<Response> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(on) = relay {
+            let Some(r) = &self.relay else {
+                anyhow::bail!(
+                    "relay duty is not set up on this node: set [relay] enabled = true (and its endpoint) in {}",
+                    self.config.path.display()
+                );
+            };
+            r.set_on(on);
+            self.store
+                .set_meta(CONTRIBUTE_RELAY, if on { "on" } else { "off" })
+                .await?;
+            if let Some(mesh) = &self.mesh {
+                // The directory learns it at once, not at the next re-signing.
+                mesh.refresh().await;
+            }
+            tracing::info!(relay = on, "relay duty changed");
+        }
+        if let Some(mbit) = bandwidth_mbit {
+            if let Some(r) = &self.relay {
+                r.set_cap(mbit);
+            }
+            if let Some(v) = self.vpn.as_ref().filter(|v| v.config.exit) {
+                v.device.budget.set_rate(u64::from(mbit) * 1_000_000 / 8);
+            }
+            self.store
+                .set_meta(CONTRIBUTE_BANDWIDTH, &mbit.to_string())
+                .await?;
+            tracing::info!(bandwidth_mbit = mbit, "contribution cap changed");
+        }
+        let cap = match self.store.meta(CONTRIBUTE_BANDWIDTH).await? {
+            Some(v) => v.parse().unwrap_or(0),
+            None => self.config.raw.contribute.bandwidth_mbit,
+        };
+        let exit = self.vpn.as_ref().filter(|v| v.config.exit);
+        Ok(Response::Contribution(control::ContributionStatus {
+            relay_configured: self.relay.is_some(),
+            relay_on: self.relay.as_ref().is_some_and(|r| r.on.load(Relaxed)),
+            exit: exit.is_some(),
+            bandwidth_mbit: cap,
+            relayed_bytes: self.relay.as_ref().map_or(0, |r| {
+                r.relay.counters.to_exit_bytes.load(Relaxed)
+                    + r.relay.counters.to_client_bytes.load(Relaxed)
+            }),
+            exited_bytes: exit.map_or(0, |v| {
+                v.device
+                    .peer_stats()
+                    .iter()
+                    .map(|s| s.rx_bytes + s.tx_bytes)
+                    .sum()
+            }),
+            over_cap_drops: exit.map_or(0, |v| v.device.counters.over_budget.load(Relaxed))
+                + self.relay.as_ref().map_or(0, |r| {
+                    r.relay.counters.drops[nx1_vpn::relay::Drop::OverBandwidth.index()]
+                        .load(Relaxed)
+                }),
+        }))
     }
 
     async fn guard_reload(&self) -> anyhow::Result<Response> {
@@ -717,10 +786,31 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     } else {
         None
     };
+    // What the owner last set with `nx1 contribute`, over the configuration.
+    let relay_on = Arc::new(AtomicBool::new(
+        config.raw.relay.enabled && store.meta(CONTRIBUTE_RELAY).await?.as_deref() != Some("off"),
+    ));
+    let cap_mbit = match store.meta(CONTRIBUTE_BANDWIDTH).await? {
+        Some(v) => v.parse().unwrap_or(config.raw.contribute.bandwidth_mbit),
+        None => config.raw.contribute.bandwidth_mbit,
+    };
+    if let Some(v) = vpn.as_ref().filter(|v| v.config.exit) {
+        v.device
+            .budget
+            .set_rate(u64::from(cap_mbit) * 1_000_000 / 8);
+    }
     let mesh = match &config.mesh {
-        Some(settings) => {
-            Some(start_mesh(settings, &config, &identity, &wireguard, vpn.clone()).await?)
-        }
+        Some(settings) => Some(
+            start_mesh(
+                settings,
+                &config,
+                &identity,
+                &wireguard,
+                vpn.clone(),
+                relay_on.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let (mut mesh_exit, mut egress) = (None, None);
@@ -762,7 +852,11 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     // Removes the egress routing on every way out.
     let egress_guard = StopEgressOnDrop(egress.clone());
     let relay = if config.raw.relay.enabled {
-        let relay = Arc::new(crate::relay::RelayService::start(&config.raw.relay)?);
+        let relay = Arc::new(crate::relay::RelayService::start(
+            &config.raw.relay,
+            relay_on.clone(),
+            cap_mbit,
+        )?);
         tracing::info!(port = relay.relay.port(), endpoint = ?relay.endpoint, "relay duty on");
         Some(relay)
     } else {
@@ -893,6 +987,10 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Store keys of what `nx1 contribute` set.
+const CONTRIBUTE_RELAY: &str = "contribute.relay";
+const CONTRIBUTE_BANDWIDTH: &str = "contribute.bandwidth_mbit";
+
 /// Resolves once the stop flag is set.
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -981,14 +1079,12 @@ async fn start_mesh(
     identity: &NodeIdentity,
     wireguard: &nx1_vpn::keys::PrivateKey,
     vpn: Option<Arc<VpnService>>,
+    relay_on: Arc<AtomicBool>,
 ) -> anyhow::Result<Arc<crate::mesh::Mesh>> {
     use crate::mesh::{Capacity, Load, NodeRecord, Role};
     let mut roles = Vec::new();
     if config.vpn.as_ref().is_some_and(|v| v.exit) {
         roles.push(Role::Exit);
-    }
-    if config.raw.relay.enabled {
-        roles.push(Role::Relay);
     }
     if config.raw.vault.enabled {
         roles.push(Role::Vault);
@@ -1045,7 +1141,15 @@ async fn start_mesh(
             endpoints: endpoints.clone(),
             api: api.clone(),
             relay: relay.clone(),
-            roles: roles.clone(),
+            // Relay duty as it is now (`nx1 contribute on|off`).
+            roles: {
+                let mut r = roles.clone();
+                if relay_on.load(std::sync::atomic::Ordering::Relaxed) {
+                    r.push(Role::Relay);
+                    r.sort();
+                }
+                r
+            },
             region: region.clone(),
             capacity: capacity.clone(),
             load: Load {

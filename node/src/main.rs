@@ -84,6 +84,19 @@ enum Command {
     },
     /// Client mode: take the tunnel down.
     Disconnect,
+    /// What this node gives the mesh: relay duty on or off, and the cap on what it carries
+    /// for others. Changes take effect at once and last across restarts.
+    Contribute {
+        /// `status`, `on` (relay for others) or `off` (stop relaying now).
+        #[arg(value_parser = ["status", "on", "off"], default_value = "status")]
+        action: String,
+        /// Cap in Mbit/s on relayed traffic and on traffic through the exit, each (0: none).
+        #[arg(long, value_name = "MBIT")]
+        bandwidth: Option<u32>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Guard, the threat filter: DNS verdicts, rules, and what it found.
     #[command(subcommand)]
     Guard(GuardCommand),
@@ -286,6 +299,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("unexpected answer from the daemon");
             };
             println!("disconnected {interface}");
+            Ok(())
+        }
+        Command::Contribute {
+            action,
+            bandwidth,
+            json,
+        } => {
+            let config = Config::load(&config_path(cli.config))?;
+            let request = control::Request::Contribute {
+                relay: match action.as_str() {
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    _ => None,
+                },
+                bandwidth_mbit: bandwidth,
+            };
+            let control::Response::Contribution(c) = ask(&config, request).await? else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!(
+                    "relay duty  {}",
+                    match (c.relay_configured, c.relay_on) {
+                        (false, _) => "not set up ([relay] enabled = false)",
+                        (true, true) => "on",
+                        (true, false) => "off",
+                    }
+                );
+                println!("exit        {}", if c.exit { "yes" } else { "no" });
+                println!(
+                    "cap         {}",
+                    if c.bandwidth_mbit == 0 {
+                        "none".to_owned()
+                    } else {
+                        format!(
+                            "{} Mbit/s each for relayed and exited traffic",
+                            c.bandwidth_mbit
+                        )
+                    }
+                );
+                println!(
+                    "carried     {} bytes relayed, {} bytes through the exit; {} packets over the cap dropped",
+                    c.relayed_bytes, c.exited_bytes, c.over_cap_drops
+                );
+            }
             Ok(())
         }
         Command::Guard(command) => {

@@ -6,7 +6,8 @@ use crate::mesh::{Directory, Role};
 use nx1_vpn::keys::PublicKey;
 use nx1_vpn::relay::{Drop, Exit, Relay, RelayLimits};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 /// A running relay and what it was told last.
@@ -15,6 +16,9 @@ pub struct RelayService {
     pub relay: Relay,
     /// The "host:port" published for clients, if any.
     pub endpoint: Option<String>,
+    /// Whether it relays now (`nx1 contribute on|off`); the node's record follows it.
+    pub on: Arc<AtomicBool>,
+    section: RelaySection,
     exits: parking_lot::Mutex<Vec<Exit>>,
 }
 
@@ -23,15 +27,33 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl RelayService {
     /// Binds the relay port and starts forwarding (to no exit until the directory names some).
-    pub fn start(section: &RelaySection) -> anyhow::Result<RelayService> {
-        let relay = Relay::start(section.listen_port, limits(section)).map_err(|e| {
+    pub fn start(
+        section: &RelaySection,
+        on: Arc<AtomicBool>,
+        cap_mbit: u32,
+    ) -> anyhow::Result<RelayService> {
+        let relay = Relay::start(section.listen_port, limits(section, cap_mbit)).map_err(|e| {
             anyhow::anyhow!("binding the relay on UDP {}: {e}", section.listen_port)
         })?;
+        relay.set_enabled(on.load(Relaxed));
         Ok(RelayService {
             relay,
             endpoint: (!section.endpoint.is_empty()).then(|| section.endpoint.clone()),
+            on,
+            section: section.clone(),
             exits: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Starts or stops relaying at once (stopping drops every session).
+    pub fn set_on(&self, on: bool) {
+        self.on.store(on, Relaxed);
+        self.relay.set_enabled(on);
+    }
+
+    /// Holds relayed traffic to `cap_mbit` (0: only `[relay] bandwidth_mbit`).
+    pub fn set_cap(&self, cap_mbit: u32) {
+        self.relay.set_limits(limits(&self.section, cap_mbit));
     }
 
     /// Points the relay at the live exits of `dir` (this node included, if it is one).
@@ -97,10 +119,15 @@ pub fn drops(relay: &Relay) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
-fn limits(section: &RelaySection) -> RelayLimits {
+/// The relay's caps: its own, and the node's contribution cap; the lower one holds.
+fn limits(section: &RelaySection, cap_mbit: u32) -> RelayLimits {
+    let mbit = match (section.bandwidth_mbit, cap_mbit) {
+        (0, c) | (c, 0) => c,
+        (a, b) => a.min(b),
+    };
     RelayLimits {
         max_sessions: section.max_sessions as usize,
-        bytes_per_second: u64::from(section.bandwidth_mbit) * 1_000_000 / 8,
+        bytes_per_second: u64::from(mbit) * 1_000_000 / 8,
     }
 }
 

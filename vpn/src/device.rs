@@ -73,6 +73,8 @@ pub struct DeviceCounters {
     pub no_endpoint: AtomicU64,
     /// Packets the inspector dropped.
     pub inspected_drops: AtomicU64,
+    /// Packets over the device's bandwidth cap.
+    pub over_budget: AtomicU64,
 }
 
 #[derive(Default)]
@@ -93,6 +95,8 @@ pub struct Device {
     pub(crate) peers: RwLock<PeerTable>,
     next_index: AtomicU32,
     pub(crate) inspector: std::sync::OnceLock<Arc<dyn Inspector>>,
+    /// The cap on data through the device, both ways together (none unless set).
+    pub budget: crate::budget::ByteBudget,
     /// Drops by reason.
     pub counters: DeviceCounters,
 }
@@ -114,6 +118,7 @@ impl Device {
             peers: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed)),
             inspector: std::sync::OnceLock::new(),
+            budget: crate::budget::ByteBudget::default(),
             counters: DeviceCounters::default(),
         }
     }

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod allowed_ips;
+pub mod budget;
 pub mod device;
 pub mod exit;
 pub mod io;
