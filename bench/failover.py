@@ -30,7 +30,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from relay import run, wait  # noqa: E402
+from relay import connect, run, wait  # noqa: E402
 from vault import set_key  # noqa: E402
 
 SW, CLI, WEB = "nx1f-sw", "nx1f-cli", "nx1f-web"
@@ -173,20 +173,7 @@ def main() -> int:
         wait("three healthy exits", lambda: healthy_exits(a) == 3, 60)
         conf = run([nx1, "--config", a.config, "peer", "add", "bench"]).stdout
         path = os.path.join(root, "client.conf")
-        with open(path, "w") as f:
-            f.write(conf)
-        with open(path + ".setconf", "w") as f:
-            f.write(run(["wg-quick", "strip", path]).stdout)
-        client = subprocess.Popen(["ip", "netns", "exec", CLI, "wireguard-go", "-f", CLIENT_IF],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait("wireguard-go", lambda: os.path.exists(f"/var/run/wireguard/{CLIENT_IF}.sock"), 10)
-        run(["wg", "setconf", CLIENT_IF, path + ".setconf"], ns=CLI)
-        address = next(l.split("=", 1)[1] for l in conf.splitlines() if l.startswith("Address"))
-        run(["ip", "-n", CLI, "addr", "add", address.split(",")[0].strip(), "dev", CLIENT_IF])
-        run(["ip", "-n", CLI, "link", "set", CLIENT_IF, "up"])
-        run(["ip", "-n", CLI, "route", "add", "default", "dev", CLIENT_IF])
-        wait("a ping through the tunnel",
-             lambda: run(["ping", "-c1", "-W1", WEB_ADDR], ns=CLI, check=False).returncode == 0)
+        client = connect(root, conf, ns=CLI, ifname=CLIENT_IF, route="default", target=WEB_ADDR)
         for rnd in range(1, args.rounds + 1):
             victim = active(a, nodes)
             r = measure(lambda: victim.stop("KILL"))

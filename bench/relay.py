@@ -121,25 +121,28 @@ def wait(what: str, check, timeout: float = 30) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def connect(root: str, conf_text: str) -> subprocess.Popen:
-    run(["ip", "link", "del", CLIENT_IF], ns=CLI, check=False)
-    conf = os.path.join(root, f"{CLIENT_IF}.conf")
+def connect(root: str, conf_text: str, ns: str = CLI, ifname: str = CLIENT_IF,
+            route: str = "198.18.2.0/24", target: str = WEB_ADDR) -> subprocess.Popen:
+    """wireguard-go as `ifname` in `ns` from a wg-quick config, `route` into it, up once
+    `target` answers a ping through it."""
+    run(["ip", "link", "del", ifname], ns=ns, check=False)
+    conf = os.path.join(root, f"{ifname}.conf")
     with open(conf, "w") as f:
         f.write(conf_text)
     stripped = run(["wg-quick", "strip", conf]).stdout
     setconf = os.path.join(root, "setconf.conf")
     with open(setconf, "w") as f:
         f.write(stripped)
-    wg = subprocess.Popen(["ip", "netns", "exec", CLI, "wireguard-go", "-f", CLIENT_IF],
+    wg = subprocess.Popen(["ip", "netns", "exec", ns, "wireguard-go", "-f", ifname],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait("wireguard-go", lambda: os.path.exists(f"/var/run/wireguard/{CLIENT_IF}.sock"), 10)
-    run(["wg", "setconf", CLIENT_IF, setconf], ns=CLI)
+    wait("wireguard-go", lambda: os.path.exists(f"/var/run/wireguard/{ifname}.sock"), 10)
+    run(["wg", "setconf", ifname, setconf], ns=ns)
     address = next(l.split("=", 1)[1] for l in conf_text.splitlines() if l.startswith("Address"))
-    run(["ip", "-n", CLI, "addr", "add", address.split(",")[0].strip(), "dev", CLIENT_IF])
-    run(["ip", "-n", CLI, "link", "set", CLIENT_IF, "up"])
-    run(["ip", "-n", CLI, "route", "add", "198.18.2.0/24", "dev", CLIENT_IF])
+    run(["ip", "-n", ns, "addr", "add", address.split(",")[0].strip(), "dev", ifname])
+    run(["ip", "-n", ns, "link", "set", ifname, "up"])
+    run(["ip", "-n", ns, "route", "add", route, "dev", ifname])
     wait("a ping through the tunnel",
-         lambda: run(["ping", "-c1", "-W1", WEB_ADDR], ns=CLI, check=False).returncode == 0)
+         lambda: run(["ping", "-c1", "-W1", target], ns=ns, check=False).returncode == 0)
     return wg
 
 

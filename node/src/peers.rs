@@ -166,15 +166,7 @@ pub async fn add_avoiding(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
         };
-        let inserted = sqlx::query("INSERT INTO peers (name, public_key, ipv4, ipv6, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&record.name)
-            .bind(&record.public_key)
-            .bind(record.ipv4.to_string())
-            .bind(record.ipv6.to_string())
-            .bind(record.created_at)
-            .execute(store.pool())
-            .await;
-        match inserted {
+        match insert_row(store, &record).await {
             Ok(_) => return Ok(record),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
             Err(e) => return Err(e.into()),
@@ -198,6 +190,11 @@ pub async fn insert(store: &Store, record: &PeerRecord) -> Result<PeerRecord, Pe
         record.name = format!("{base}-{n}");
     }
     check_name(&record.name)?;
+    insert_row(store, &record).await?;
+    Ok(record)
+}
+
+async fn insert_row(store: &Store, record: &PeerRecord) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO peers (name, public_key, ipv4, ipv6, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -207,8 +204,8 @@ pub async fn insert(store: &Store, record: &PeerRecord) -> Result<PeerRecord, Pe
     .bind(record.ipv6.to_string())
     .bind(record.created_at)
     .execute(store.pool())
-    .await?;
-    Ok(record)
+    .await
+    .map(|_| ())
 }
 
 /// Removes a peer; returns it if it existed.

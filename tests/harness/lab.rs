@@ -434,6 +434,66 @@ pub fn wireguard_go_client(ns: &Netns, dir: &Path, ifname: &str, wg_quick: &str)
     client
 }
 
+/// An HTTP server on port 8080 in `ns` that answers every GET with the address that asked
+/// (so a test behind NAT learns which exit its traffic left through).
+pub fn whoami_server(ns: &Netns) -> Background {
+    let server = Background(
+        ns.command("python3")
+            .args(["-c", "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n  b=s.client_address[0].encode()\n  s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();s.wfile.write(b)\n def log_message(s,*a): pass\nh.HTTPServer(('0.0.0.0',8080),H).serve_forever()"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    eventually("the whoami server", Duration::from_secs(10), || {
+        ns.sh("exec 3<>/dev/tcp/127.0.0.1/8080")
+            .status
+            .success()
+            .then_some(())
+    });
+    server
+}
+
+/// Pings `addr` from `ns` every 50 ms, `count` times, while `during` runs (2 s after the
+/// first ping); returns the icmp_seq numbers that were answered.
+pub fn pings_during(ns: &Netns, addr: &str, count: u32, during: impl FnOnce()) -> Vec<u32> {
+    let out = ns
+        .command("ping")
+        .args([
+            "-n",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            addr,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_secs(2));
+    during();
+    let output = out.wait_with_output().expect("ping");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Removes UAPI sockets (they are not per namespace) that killed nodes leave, when dropped.
+pub struct UapiSockets(pub Vec<String>);
+
+impl Drop for UapiSockets {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
+        }
+    }
+}
+
 /// The value of `Key = value` in an INI-style text.
 pub fn config_value(text: &str, key: &str) -> String {
     text.lines()

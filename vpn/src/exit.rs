@@ -97,19 +97,27 @@ pub fn ruleset(interface: &str, pools: &[IpNetwork]) -> String {
             "    {family} saddr {pool} oifname != \"{interface}\" masquerade\n"
         ));
     }
+    let forward = format!(
+        "    iifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         \x20   oifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         \x20   iifname \"{interface}\" oifname \"{interface}\" drop\n\
+         \x20   oifname \"{interface}\" ct state established,related accept\n\
+         \x20   oifname \"{interface}\" drop\n"
+    );
+    table_script(&table, &masquerade, &forward)
+}
+
+/// A table with a NAT chain (after routing) and a filter chain (forwarded packets).
+fn table_script(table: &str, nat: &str, forward: &str) -> String {
     format!(
         "table inet {table} {{\n\
          \x20 chain postrouting {{\n\
          \x20   type nat hook postrouting priority srcnat; policy accept;\n\
-         {masquerade}\
+         {nat}\
          \x20 }}\n\
          \x20 chain forward {{\n\
          \x20   type filter hook forward priority mangle; policy accept;\n\
-         \x20   iifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
-         \x20   oifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
-         \x20   iifname \"{interface}\" oifname \"{interface}\" drop\n\
-         \x20   oifname \"{interface}\" ct state established,related accept\n\
-         \x20   oifname \"{interface}\" drop\n\
+         {forward}\
          \x20 }}\n\
          }}\n"
     )
@@ -136,19 +144,10 @@ pub fn egress_ruleset(interface: &str, pools: &[IpNetwork], snat: &[std::net::Ip
              \x20   oifname \"{interface}\" {family} daddr {pool} drop\n"
         ));
     }
-    format!(
-        "table inet {table} {{\n\
-         \x20 chain postrouting {{\n\
-         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
-         {nat}\
-         \x20 }}\n\
-         \x20 chain forward {{\n\
-         \x20   type filter hook forward priority mangle; policy accept;\n\
-         \x20   oifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
-         {filter}\
-         \x20 }}\n\
-         }}\n"
-    )
+    let forward = format!(
+        "    oifname \"{interface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n{filter}"
+    );
+    table_script(&table, &nat, &forward)
 }
 
 fn enable_forwarding(path: &str, restore: &mut Vec<(PathBuf, String)>) -> Result<(), ExitError> {

@@ -358,37 +358,74 @@ fn udp_loop(
     counters: &IoCounters,
     stop: &AtomicBool,
 ) {
-    let mut slab = vec![0u8; RECV_BATCH * RECV_SLOT];
-    let mut metas = [RecvMeta::default(); RECV_BATCH];
+    let mut batch = RecvBatch::new();
     let mut scratch = vec![0u8; SCRATCH];
     let mut out = ReceiveSide {
         tun: TunBatch::new(tun, counters),
         udp: GsoBatch::new(udp, state, counters),
     };
-    // After a short batch the queue is most likely empty: wait in poll (which returns at once
-    // if it is not) instead of paying for a recvmmsg that would only say WouldBlock.
-    let mut drained = false;
     while !stop.load(Relaxed) {
-        if drained {
-            wait_for(udp, PollFlags::IN, TICK);
+        if batch.read(udp, state, TICK, |from, datagram| {
+            device.receive_datagram(from, datagram, &mut scratch, &mut out)
+        }) {
+            out.tun.flush();
+            out.udp.flush();
+        }
+    }
+}
+
+/// The receive side of a UDP socket: one `recvmmsg` into up to [`RECV_BATCH`] slots, each of
+/// which may hold a GRO run of datagrams. It owns its buffers for its whole life.
+pub(crate) struct RecvBatch {
+    slab: Vec<u8>,
+    metas: [RecvMeta; RECV_BATCH],
+    drained: bool,
+}
+
+impl RecvBatch {
+    pub(crate) fn new() -> Self {
+        Self {
+            slab: vec![0u8; RECV_BATCH * RECV_SLOT],
+            metas: [RecvMeta::default(); RECV_BATCH],
+            drained: false,
+        }
+    }
+
+    /// Reads what has arrived and hands each datagram to `each` (a zero-length one as an
+    /// empty slice); returns whether anything was read. After a short batch the queue is most
+    /// likely empty, so it first waits in poll for up to `idle` (poll returns at once if
+    /// something is there) instead of paying for a `recvmmsg` that would only say
+    /// WouldBlock.
+    pub(crate) fn read(
+        &mut self,
+        udp: &UdpSocket,
+        state: &UdpSocketState,
+        idle: Duration,
+        mut each: impl FnMut(SocketAddr, &[u8]),
+    ) -> bool {
+        if self.drained {
+            wait_for(udp, PollFlags::IN, idle);
         }
         let received = {
-            let mut chunks = slab.chunks_mut(RECV_SLOT);
+            let mut chunks = self.slab.chunks_mut(RECV_SLOT);
             let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("RECV_BATCH slots")));
-            state.recv(udp.into(), &mut iovs, &mut metas)
+            state.recv(udp.into(), &mut iovs, &mut self.metas)
         };
         match received {
             Ok(n) => {
-                drained = n < RECV_BATCH;
-                for (meta, slot) in metas[..n].iter().zip(slab.chunks(RECV_SLOT)) {
+                self.drained = n < RECV_BATCH;
+                for (meta, slot) in self.metas[..n].iter().zip(self.slab.chunks(RECV_SLOT)) {
+                    if meta.len == 0 {
+                        each(meta.addr, &[]);
+                        continue;
+                    }
                     // With GRO one slot holds several datagrams of `stride` bytes each.
                     for datagram in slot[..meta.len].chunks(meta.stride.max(1)) {
-                        device.receive_datagram(meta.addr, datagram, &mut scratch, &mut out);
+                        each(meta.addr, datagram);
                     }
                 }
-                out.tun.flush();
-                out.udp.flush();
+                n > 0
             }
             Err(e)
                 if matches!(
@@ -396,10 +433,15 @@ fn udp_loop(
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                self.drained = true;
+                false
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "udp receive failed");
                 std::thread::sleep(Duration::from_millis(10));
+                false
             }
         }
     }

@@ -21,7 +21,7 @@
 //! [`RelayTable`] is the routing logic over plain bytes and a clock it is given; [`Relay`]
 //! runs it on a UDP socket in a thread of its own, with the batched I/O of [`crate::io`].
 
-use crate::io::{GsoBatch, IoCounters, RECV_BATCH, RECV_SLOT, bind_udp, wait_for};
+use crate::io::{GsoBatch, IoCounters, RecvBatch, bind_udp};
 use crate::keys::PublicKey;
 use crate::peer::canonical;
 use crate::ratelimit::SourceLimiter;
@@ -29,10 +29,9 @@ use blake2::digest::consts::U16;
 use blake2::digest::{Digest, KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac};
 use parking_lot::Mutex;
-use quinn_udp::{RecvMeta, UdpSocketState};
-use rustix::event::PollFlags;
+use quinn_udp::UdpSocketState;
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -610,11 +609,9 @@ fn relay_loop(
     changed: &AtomicBool,
     changes: &Mutex<Changes>,
 ) {
-    let mut slab = vec![0u8; RECV_BATCH * RECV_SLOT];
-    let mut metas = [RecvMeta::default(); RECV_BATCH];
+    let mut batch = RecvBatch::new();
     let mut out = GsoBatch::new(udp, state, io_counters);
     let mut last_sweep = Instant::now();
-    let mut drained = false;
     while !stop.load(Relaxed) {
         if changed.swap(false, Relaxed) {
             let c = std::mem::take(&mut *changes.lock());
@@ -631,47 +628,16 @@ fn relay_loop(
             }
             counters.sessions.store(table.sessions() as u64, Relaxed);
         }
-        if drained {
-            wait_for(udp, PollFlags::IN, Duration::from_millis(100));
-        }
-        let received = {
-            let mut chunks = slab.chunks_mut(RECV_SLOT);
-            let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("RECV_BATCH slots")));
-            state.recv(udp.into(), &mut iovs, &mut metas)
-        };
         let now = Instant::now();
-        match received {
-            Ok(n) => {
-                drained = n < RECV_BATCH;
-                for (meta, slot) in metas[..n].iter().zip(slab.chunks(RECV_SLOT)) {
-                    if meta.len == 0 {
-                        counters.drops[Drop::Malformed.index()].fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    // With GRO one slot holds several datagrams of `stride` bytes each; runs
-                    // of them to one destination leave again as one GSO send.
-                    for datagram in slot[..meta.len].chunks(meta.stride.max(1)) {
-                        let verdict = table.route(meta.addr, datagram, now);
-                        counters.count(&verdict, datagram.len());
-                        if let Ok((dst, _)) = verdict {
-                            out.push(dst, datagram);
-                        }
-                    }
-                }
-                out.flush();
+        // Runs of datagrams to one destination leave again as one GSO send.
+        if batch.read(udp, state, Duration::from_millis(100), |from, datagram| {
+            let verdict = table.route(from, datagram, now);
+            counters.count(&verdict, datagram.len());
+            if let Ok((dst, _)) = verdict {
+                out.push(dst, datagram);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "relay receive failed");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        }) {
+            out.flush();
         }
         if now.saturating_duration_since(last_sweep) >= Duration::from_secs(1) {
             table.expire(now);
