@@ -10,8 +10,8 @@
 //! ```
 
 use nx1_tests::lab::{UapiSockets, pings_during, whoami_server};
-use nx1_tests::netns::{Netns, link, unique_tag};
-use nx1_tests::{Daemon, eventually, nx1, set_config, text};
+use nx1_tests::netns::{Netns, attach, unique_tag};
+use nx1_tests::{Daemon, eventually, init_node, nx1, set_config, text};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,11 +41,9 @@ fn an_nx1_connect_client_moves_to_a_standby_node_and_keeps_its_addresses() {
         switch.ip(&["link", "set", br, "up"]);
     }
     let web = Netns::new("web", &tag);
-    link(&switch, "pw", &[], &web, "w0", &[&format!("{WEB}/24")]);
-    switch.ip(&["link", "set", "pw", "master", "inet"]);
+    attach(&switch, "inet", "pw", &web, "w0", &[&format!("{WEB}/24")]);
     let cli = Netns::new("cli", &tag);
-    link(&switch, "pc", &[], &cli, "lan", &["10.204.0.9/24"]);
-    switch.ip(&["link", "set", "pc", "master", "lan"]);
+    attach(&switch, "lan", "pc", &cli, "lan", &["10.204.0.9/24"]);
 
     let mut spaces = Vec::new();
     let mut configs: Vec<PathBuf> = Vec::new();
@@ -54,35 +52,18 @@ fn an_nx1_connect_client_moves_to_a_standby_node_and_keeps_its_addresses() {
     for i in 1..=2u8 {
         let ns = Netns::new(&format!("x{i}"), &tag);
         let lan = format!("10.204.0.{i}");
-        link(
+        attach(
             &switch,
+            "lan",
             &format!("l{i}"),
-            &[],
             &ns,
             "lan",
             &[&format!("{lan}/24")],
         );
-        link(
-            &switch,
-            &format!("i{i}"),
-            &[],
-            &ns,
-            "inet",
-            &[&format!("198.18.2.1{i}/24")],
-        );
-        switch.ip(&["link", "set", &format!("l{i}"), "master", "lan"]);
-        switch.ip(&["link", "set", &format!("i{i}"), "master", "inet"]);
-        let dir = cwd.join(format!("x{i}"));
-        let out = nx1(&["init", "--dir", dir.to_str().unwrap()], cwd);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        ids.push(
-            text(&out.stdout)
-                .split_whitespace()
-                .nth(2)
-                .unwrap()
-                .to_owned(),
-        );
-        let config = dir.join("nx1.toml");
+        let inet = format!("198.18.2.1{i}/24");
+        attach(&switch, "inet", &format!("i{i}"), &ns, "inet", &[&inet]);
+        let (config, id) = init_node(&cwd.join(format!("x{i}")), cwd);
+        ids.push(id);
         let interface = format!("nx1k{tag}{i}");
         set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
         set_config(&config, "vpn", "interface", &format!("\"{interface}\""));
@@ -151,9 +132,7 @@ fn an_nx1_connect_client_moves_to_a_standby_node_and_keeps_its_addresses() {
 
     // The client: an nx1 node in client mode in `cli`.
     let client_dir = cwd.join("client");
-    let out = nx1(&["init", "--dir", client_dir.to_str().unwrap()], cwd);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let client_config = client_dir.join("nx1.toml");
+    let (client_config, _) = init_node(&client_dir, cwd);
     set_config(&client_config, "api", "listen", "\"127.0.0.1:0\"");
     set_config(&client_config, "vpn", "enabled", "false");
     let client_daemon = Daemon::start_in(

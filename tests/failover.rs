@@ -14,8 +14,8 @@
 //! its HTTP server says which one asked.
 
 use nx1_tests::lab::{UapiSockets, pings_during, whoami_server, wireguard_go_client};
-use nx1_tests::netns::{Netns, link, unique_tag};
-use nx1_tests::{Daemon, eventually, nx1, set_config, text};
+use nx1_tests::netns::{Netns, attach, link, unique_tag};
+use nx1_tests::{Daemon, eventually, init_node, nx1, set_config, text};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,33 +63,24 @@ fn the_clients_traffic_moves_to_another_exit_when_the_one_in_use_dies_or_loses_i
     }
     let cli = Netns::new("cli", &tag);
     let web = Netns::new("web", &tag);
-    link(&switch, "pw", &[], &web, "w0", &[&format!("{WEB}/24")]);
-    switch.ip(&["link", "set", "pw", "master", "inet"]);
+    attach(&switch, "inet", "pw", &web, "w0", &[&format!("{WEB}/24")]);
 
     // A (index 0) holds the client; B, C, D (1..=3) are exits.
     let mut nodes = Vec::new();
     for i in 0..4u8 {
         let ns = Netns::new(&format!("n{i}"), &tag);
         let core = format!("10.203.0.{}", i + 1);
-        link(
+        attach(
             &switch,
+            "core",
             &format!("c{i}"),
-            &[],
             &ns,
             "core",
             &[&format!("{core}/24")],
         );
-        switch.ip(&["link", "set", &format!("c{i}"), "master", "core"]);
         if i > 0 {
-            link(
-                &switch,
-                &format!("i{i}"),
-                &[],
-                &ns,
-                "inet",
-                &[&format!("198.18.2.1{i}/24")],
-            );
-            switch.ip(&["link", "set", &format!("i{i}"), "master", "inet"]);
+            let inet = format!("198.18.2.1{i}/24");
+            attach(&switch, "inet", &format!("i{i}"), &ns, "inet", &[&inet]);
         } else {
             link(
                 &cli,
@@ -100,15 +91,7 @@ fn the_clients_traffic_moves_to_another_exit_when_the_one_in_use_dies_or_loses_i
                 &["198.18.1.1/24"],
             );
         }
-        let dir = tmp.path().join(format!("n{i}"));
-        let out = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp.path());
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let id = text(&out.stdout)
-            .split_whitespace()
-            .nth(2)
-            .unwrap()
-            .to_owned();
-        let config = dir.join("nx1.toml");
+        let (config, id) = init_node(&tmp.path().join(format!("n{i}")), tmp.path());
         let interface = format!("nx1f{tag}{i}");
         set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
         set_config(&config, "vpn", "interface", &format!("\"{interface}\""));

@@ -23,14 +23,7 @@ struct MeshNode {
 impl MeshNode {
     fn init(tmp: &Path, name: &str, region: &str, bootstrap: Option<SocketAddr>) -> MeshNode {
         let dir = tmp.join(name);
-        let out = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let id = text(&out.stdout)
-            .split_whitespace()
-            .nth(2)
-            .expect("init prints the node id")
-            .to_owned();
-        let config = dir.join("nx1.toml");
+        let (config, id) = init_node(&dir, tmp);
         let api = format!("127.0.0.1:{}", free_tcp_port());
         let gossip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         set_config(&config, "vpn", "enabled", "false");
@@ -343,16 +336,8 @@ fn a_region_cut_off_is_routed_around_and_rejoins_when_the_link_comes_back() {
         let bridge = if i <= 2 { "bra" } else { "brb" };
         switch.ip(&["link", "set", &format!("p{i}"), "master", bridge]);
         let dir = tmp.path().join(format!("n{i}"));
-        let out = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp.path());
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        ids.push(
-            text(&out.stdout)
-                .split_whitespace()
-                .nth(2)
-                .unwrap()
-                .to_owned(),
-        );
-        let config = dir.join("nx1.toml");
+        let (config, id) = init_node(&dir, tmp.path());
+        ids.push(id);
         set_config(&config, "vpn", "enabled", "false");
         set_config(&config, "api", "listen", "\"127.0.0.1:7870\"");
         set_config(&config, "mesh", "enabled", "true");

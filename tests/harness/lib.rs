@@ -31,6 +31,18 @@ pub fn nx1_bin() -> PathBuf {
     bin
 }
 
+/// `nx1 init --dir DIR`, run in `cwd`: the new node's nx1.toml and its id.
+pub fn init_node(dir: &Path, cwd: &Path) -> (PathBuf, String) {
+    let out = nx1(&["init", "--dir", dir.to_str().unwrap()], cwd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .expect("init prints the node id")
+        .to_owned();
+    (dir.join("nx1.toml"), id)
+}
+
 /// Runs `nx1 ARGS` to completion (bounded by `timeout`) and returns its output.
 pub fn nx1(args: &[&str], cwd: &Path) -> Output {
     let child = Command::new(nx1_bin())

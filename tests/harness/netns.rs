@@ -91,3 +91,10 @@ pub fn link(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_ad
         ns.ip(&["link", "set", ifname, "up"]);
     }
 }
+
+/// Connects `ns` to `bridge` in `switch`: a veth pair with `port` on the bridge and `ifname`
+/// (with its addresses) in `ns`.
+pub fn attach(switch: &Netns, bridge: &str, port: &str, ns: &Netns, ifname: &str, addrs: &[&str]) {
+    link(switch, port, &[], ns, ifname, addrs);
+    switch.ip(&["link", "set", port, "master", bridge]);
+}
