@@ -187,6 +187,23 @@ impl MeshExit {
             .filter_map(|k| PublicKey::from_base64(k).ok())
             .filter(|k| *k != self.own)
             .collect();
+        // Relays' addresses (where they publish their relay and where they gossip from) are
+        // exempt from the per-source handshake limit.
+        let relays: Vec<IpAddr> = dir
+            .members
+            .values()
+            .filter(|m| m.record.roles.contains(&Role::Relay))
+            .flat_map(|m| {
+                let published = m
+                    .record
+                    .relay
+                    .as_deref()
+                    .and_then(|e| e.parse::<SocketAddr>().ok())
+                    .map(|a| a.ip());
+                published.into_iter().chain([m.gossip.ip()])
+            })
+            .collect();
+        self.device.set_relays(relays);
         let mut peers = self.peers.lock();
         peers.retain(|key| {
             let keep = want.contains(key);

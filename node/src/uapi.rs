@@ -97,6 +97,9 @@ async fn answer(node: &Node, request: &[u8]) -> zeroize::Zeroizing<String> {
                                     tracing::warn!(error = %e, "UAPI peer removal failed");
                                     return uapi::render_errno(5).into();
                                 }
+                                if let Some(mesh) = &node.mesh {
+                                    mesh.withdraw_client(&p.public_key).await;
+                                }
                                 tracing::info!(peer = %p.name, "peer removed over UAPI");
                             }
                         }

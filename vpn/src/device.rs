@@ -97,6 +97,10 @@ pub struct Device {
     pub(crate) inspector: std::sync::OnceLock<Arc<dyn Inspector>>,
     /// The cap on data through the device, both ways together (none unless set).
     pub budget: crate::budget::ByteBudget,
+    /// Addresses exempt from the per-source handshake limit: relays, whose many clients all
+    /// arrive from one address (a relay limits each of its clients itself). The device-wide
+    /// limit, which answers with cookies under load, still applies.
+    pub(crate) relays: RwLock<std::collections::HashSet<std::net::IpAddr>>,
     /// Drops by reason.
     pub counters: DeviceCounters,
 }
@@ -119,6 +123,7 @@ impl Device {
             next_index: AtomicU32::new(u32::from_le_bytes(seed)),
             inspector: std::sync::OnceLock::new(),
             budget: crate::budget::ByteBudget::default(),
+            relays: RwLock::new(std::collections::HashSet::new()),
             counters: DeviceCounters::default(),
         }
     }
@@ -126,6 +131,11 @@ impl Device {
     /// Installs the packet inspector (once; later calls are ignored and return false).
     pub fn set_inspector(&self, inspector: Arc<dyn Inspector>) -> bool {
         self.inspector.set(inspector).is_ok()
+    }
+
+    /// Replaces the addresses exempt from the per-source handshake limit (relays').
+    pub fn set_relays(&self, addrs: impl IntoIterator<Item = std::net::IpAddr>) {
+        *self.relays.write() = addrs.into_iter().map(|a| a.to_canonical()).collect();
     }
 
     /// The device's public key.

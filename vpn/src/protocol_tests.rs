@@ -255,6 +255,27 @@ fn a_flood_from_one_address_is_limited_per_source() {
 }
 
 #[test]
+fn a_relay_is_not_held_to_the_per_source_limit() {
+    let p = pair();
+    let mut buf = vec![0u8; 2048];
+    let init = stranger_initiation(&p);
+    let relay: SocketAddr = "198.18.5.6:51821".parse().unwrap();
+    p.server.set_relays(["198.18.5.6".parse().unwrap()]);
+    for _ in 0..50 {
+        p.server
+            .receive_datagram(relay, &init, &mut buf, &mut Capture::default());
+    }
+    assert_eq!(p.server.counters.rate_limited.load(Relaxed), 0);
+    // No longer a relay: limited like anyone.
+    p.server.set_relays([]);
+    for _ in 0..50 {
+        p.server
+            .receive_datagram(relay, &init, &mut buf, &mut Capture::default());
+    }
+    assert!(p.server.counters.rate_limited.load(Relaxed) >= 45);
+}
+
+#[test]
 fn a_cookie_reply_under_load_moves_no_endpoint() {
     let p = pair();
     let mut buf = vec![0u8; 2048];

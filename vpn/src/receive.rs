@@ -52,7 +52,9 @@ impl Device {
                         return;
                     }
                 }
-                if !self.source_limiter.allow(src.ip(), Instant::now()) {
+                if !self.relays.read().contains(&src.ip())
+                    && !self.source_limiter.allow(src.ip(), Instant::now())
+                {
                     self.counters.rate_limited.fetch_add(1, Relaxed);
                     return;
                 }
