@@ -25,6 +25,12 @@ use std::time::{Duration, Instant};
 
 /// The comment key naming a standby node: `# nx1-fallback = KEY HOST:PORT`.
 pub const FALLBACK_LINE: &str = "nx1-fallback";
+/// The comment key naming the node: `# nx1-node = NODE-ID`.
+pub const NODE_LINE: &str = "nx1-node";
+/// The comment key naming where usage receipts go: `# nx1-receipts = IP:PORT`.
+pub const RECEIPTS_LINE: &str = "nx1-receipts";
+/// How often the client signs a receipt for its session.
+pub const RECEIPT_EVERY: Duration = Duration::from_secs(2);
 /// The comment key naming where to probe the node: `# nx1-probe = IP:PORT`.
 pub const PROBE_LINE: &str = "nx1-probe";
 /// Probes go this often.
@@ -55,7 +61,10 @@ pub struct ClientTunnel {
     pub addresses: Vec<IpNetwork>,
     /// Standby nodes and the one in use, when the config names any.
     pub failover: Option<Arc<Failover>>,
+    /// The last usage receipt signed for the session, when the config says where they go.
+    pub last_receipt: Arc<parking_lot::Mutex<Option<crate::credits::Receipt>>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    signer: Option<tokio::task::JoinHandle<()>>,
     host_routes: Vec<String>,
 }
 
@@ -65,6 +74,61 @@ fn nx1_comments<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = &'a str
         let (k, v) = l.trim().strip_prefix('#')?.split_once('=')?;
         (k.trim() == key).then(|| v.trim())
     })
+}
+
+/// Signs a cumulative receipt for the session with the node in use every
+/// [`RECEIPT_EVERY`] and sends it through the tunnel. A session is one tunnel with one node:
+/// a move to a standby node starts another (its counters start at zero with the new peer).
+async fn sign_receipts(
+    device: Arc<Device>,
+    nodes: std::collections::HashMap<PublicKey, String>,
+    to: SocketAddr,
+    bind: std::net::Ipv4Addr,
+    account: ed25519_dalek::SigningKey,
+    client_key: String,
+    last: Arc<parking_lot::Mutex<Option<crate::credits::Receipt>>>,
+) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let socket = match tokio::net::UdpSocket::bind((bind, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot send usage receipts");
+            return;
+        }
+    };
+    let account_id = b64.encode(account.verifying_key().as_bytes());
+    let mut sessions: std::collections::HashMap<PublicKey, (String, Instant)> = Default::default();
+    let mut every = tokio::time::interval(RECEIPT_EVERY);
+    loop {
+        every.tick().await;
+        let Some(stats) = device.peer_stats().into_iter().next() else {
+            continue;
+        };
+        let Some(node) = nodes.get(&stats.public_key) else {
+            continue;
+        };
+        let (session, since) = sessions.entry(stats.public_key).or_insert_with(|| {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).expect("the operating system has no random numbers");
+            (b64.encode(id), Instant::now())
+        });
+        let receipt = crate::credits::Receipt {
+            v: 1,
+            session: session.clone(),
+            account: account_id.clone(),
+            client_key: client_key.clone(),
+            node: node.clone(),
+            bytes_up: stats.tx_bytes,
+            bytes_down: stats.rx_bytes,
+            seconds: since.elapsed().as_secs(),
+        };
+        let signed = crate::credits::SignedReceipt::sign(&receipt, &account);
+        let text = serde_json::to_vec(&signed).expect("receipts serialize");
+        if socket.send_to(&text, to).await.is_ok() {
+            *last.lock() = Some(receipt);
+        }
+    }
 }
 
 /// Probes `probe` through the tunnel and moves the peer to the next server when the one in
@@ -171,10 +235,16 @@ fn pin_endpoint(endpoint: IpAddr) -> anyhow::Result<Option<String>> {
 
 impl ClientTunnel {
     /// Brings the tunnel up as `name`.
-    pub async fn start(config_text: &str, name: &str) -> anyhow::Result<Self> {
+    /// Brings the tunnel up as `name`; `account` signs its usage receipts.
+    pub async fn start(
+        config_text: &str,
+        name: &str,
+        account: ed25519_dalek::SigningKey,
+    ) -> anyhow::Result<Self> {
         let config = wg_quick::parse(config_text).context("wg-quick config")?;
         let key = PrivateKey::from_base64(config.interface.private_key.as_deref().unwrap_or(""))
             .map_err(|e| anyhow::anyhow!("PrivateKey: {e}"))?;
+        let client_key = key.public_key().to_base64();
         if config.peers.is_empty() {
             bail!("the config has no [Peer]");
         }
@@ -221,6 +291,13 @@ impl ClientTunnel {
         let probe =
             nx1_comments(config_text, PROBE_LINE).find_map(|p| p.parse::<SocketAddr>().ok());
         let mut servers = Vec::new();
+        let mut node_ids = std::collections::HashMap::new();
+        if let (Some(peer), Some(node)) = (
+            config.peers.first(),
+            nx1_comments(config_text, NODE_LINE).next(),
+        ) {
+            node_ids.insert(peer.public_key, node.to_owned());
+        }
         if let ([peer], Some(endpoint), Some(_)) =
             (config.peers.as_slice(), endpoints.first(), probe)
         {
@@ -233,6 +310,9 @@ impl ClientTunnel {
                 let Ok(key) = PublicKey::from_base64(key) else {
                     continue;
                 };
+                if let Some(node) = words.next() {
+                    node_ids.insert(key, node.to_owned());
+                }
                 if let Ok(Some(addr)) = tokio::net::lookup_host(e).await.map(|mut a| a.next()) {
                     servers.push((key, addr));
                 }
@@ -249,7 +329,9 @@ impl ClientTunnel {
             endpoints: endpoints.clone(),
             addresses,
             failover: failover.clone(),
+            last_receipt: Arc::default(),
             watcher: None,
+            signer: None,
             host_routes: Vec::new(),
         };
         // The endpoints' own routes first (the standby nodes' too), then the tunnel's routes;
@@ -284,6 +366,19 @@ impl ClientTunnel {
                 IpAddr::V4(v4) => Some(v4),
                 IpAddr::V6(_) => None,
             });
+        let receipts_to =
+            nx1_comments(config_text, RECEIPTS_LINE).find_map(|p| p.parse::<SocketAddr>().ok());
+        if let (Some(to), Some(bind)) = (receipts_to, bind) {
+            tunnel.signer = Some(tokio::spawn(sign_receipts(
+                tunnel.interface.device().clone(),
+                node_ids,
+                to,
+                bind,
+                account,
+                client_key,
+                tunnel.last_receipt.clone(),
+            )));
+        }
         if let (Some(failover), Some(probe), Some(bind), [peer]) =
             (failover, probe, bind, config.peers.as_slice())
         {
@@ -316,8 +411,11 @@ impl ClientTunnel {
 
 impl Drop for ClientTunnel {
     fn drop(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            w.abort();
+        for task in [self.watcher.take(), self.signer.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
         // Routes through the TUN device vanish with it; the pinned endpoint routes do not.
         for dst in self.host_routes.drain(..) {

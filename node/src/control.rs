@@ -64,6 +64,8 @@ pub enum Request {
     },
     /// Re-read the block lists and local rules.
     GuardReload,
+    /// Usage this node carried, as its clients' accounts signed it.
+    Credits,
     /// Contribution: read it, or turn relay duty on/off and set the bandwidth cap, at once.
     Contribute {
         /// Relay duty on (true) or off (false); unchanged if absent.
@@ -120,6 +122,7 @@ impl Request {
             Request::GuardCheck { .. } => "guard_check",
             Request::GuardFindings { .. } => "guard_findings",
             Request::GuardReload => "guard_reload",
+            Request::Credits => "credits",
             Request::Contribute { .. } => "contribute",
             Request::GuardRule { .. } => "guard_rule",
             Request::GuardCategory { .. } => "guard_category",
@@ -147,6 +150,8 @@ pub enum Response {
         /// The interface that was taken down.
         interface: String,
     },
+    /// Answer to [`Request::Credits`].
+    Credits(CreditsStatus),
     /// Answer to [`Request::Contribute`].
     Contribution(ContributionStatus),
     /// Answer to [`Request::GuardReload`].
@@ -208,10 +213,16 @@ pub struct PeerAdded {
     pub dns: Vec<std::net::IpAddr>,
     /// Keepalive for the client.
     pub persistent_keepalive: Option<u16>,
-    /// Other nodes that stand by for this client, (WireGuard key, endpoint): `nx1 connect`
-    /// moves to one of them when this node stops answering.
+    /// Other nodes that stand by for this client, (WireGuard key, endpoint, node id):
+    /// `nx1 connect` moves to one of them when this node stops answering.
     #[serde(default)]
-    pub fallbacks: Vec<(String, String)>,
+    pub fallbacks: Vec<(String, String, String)>,
+    /// This node's id (usage receipts name it).
+    #[serde(default)]
+    pub node_id: String,
+    /// Where `nx1 connect` sends its usage receipts through the tunnel ("ip:port").
+    #[serde(default)]
+    pub receipts: Option<String>,
     /// Where `nx1 connect` probes the node through the tunnel ("ip:port").
     #[serde(default)]
     pub probe: Option<String>,
@@ -350,6 +361,9 @@ pub struct ClientStatus {
     /// Times the tunnel moved to a standby node.
     #[serde(default)]
     pub moves: u64,
+    /// The last usage receipt signed for the session.
+    #[serde(default)]
+    pub last_receipt: Option<crate::credits::Receipt>,
 }
 
 /// The WireGuard part of a status report.
@@ -418,6 +432,17 @@ pub struct StatusReport {
     /// Clients of other nodes this node stands by for.
     #[serde(default)]
     pub standby_clients: Option<usize>,
+}
+
+/// Usage this node carried, from the receipts its clients signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditsStatus {
+    /// Signed usage by account.
+    pub accounts: Vec<crate::credits::AccountUsage>,
+    /// Receipts taken (new sessions and raised totals) since start.
+    pub receipts_taken: u64,
+    /// Receipts refused since start, by reason.
+    pub receipts_refused: Vec<(String, u64)>,
 }
 
 /// What this node contributes to the mesh.

@@ -55,6 +55,10 @@ pub struct Node {
     pub egress: Option<Arc<crate::egress::Egress>>,
     /// Standing by for other nodes' clients, when in a mesh with WireGuard.
     pub standby: Option<Arc<crate::standby::Standby>>,
+    /// Usage receipts taken from clients.
+    pub receipts: Arc<crate::credits::ReceiptCounters>,
+    /// The node's identity, which in client mode is also the account that signs receipts.
+    pub account: zeroize::Zeroizing<[u8; 32]>,
     /// Serialises peer changes, so the store and the live device never disagree.
     pub peer_changes: tokio::sync::Mutex<()>,
 }
@@ -88,6 +92,7 @@ impl Node {
             }
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
             Request::GuardReload => self.guard_reload().await,
+            Request::Credits => self.credits().await,
             Request::Contribute {
                 relay,
                 bandwidth_mbit,
@@ -184,7 +189,7 @@ impl Node {
                     continue;
                 }
                 if let (Some(k), Some(e)) = (&r.wireguard_key, r.endpoints.first()) {
-                    fallbacks.push((k.clone(), e.clone()));
+                    fallbacks.push((k.clone(), e.clone(), r.id.clone()));
                 }
             }
             fallbacks.truncate(8);
@@ -209,6 +214,12 @@ impl Node {
             probe: (!fallbacks.is_empty())
                 .then(|| format!("{}:{}", vpn.config.v4.0, crate::egress::PROBE_PORT)),
             fallbacks,
+            node_id: self.node_id.clone(),
+            receipts: Some(format!(
+                "{}:{}",
+                vpn.config.v4.0,
+                crate::credits::RECEIPT_PORT
+            )),
         }))
     }
 
@@ -399,6 +410,21 @@ impl Node {
         })
     }
 
+    async fn credits(&self) -> anyhow::Result<Response> {
+        use std::sync::atomic::Ordering::Relaxed;
+        Ok(Response::Credits(control::CreditsStatus {
+            accounts: crate::credits::usage(&self.store).await?,
+            receipts_taken: self.receipts.taken.load(Relaxed),
+            receipts_refused: self
+                .receipts
+                .refused
+                .lock()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+        }))
+    }
+
     async fn contribute(
         &self,
         relay: Option<bool>,
@@ -543,7 +569,8 @@ impl Node {
                 c.name()
             );
         }
-        let tunnel = crate::client::ClientTunnel::start(config, interface).await?;
+        let account = ed25519_dalek::SigningKey::from_bytes(&self.account);
+        let tunnel = crate::client::ClientTunnel::start(config, interface, account).await?;
         tracing::info!(interface, endpoints = ?tunnel.endpoints, "client tunnel up");
         let status = client_status(&tunnel);
         *client = Some(tunnel);
@@ -674,6 +701,7 @@ fn client_status(tunnel: &crate::client::ClientTunnel) -> control::ClientStatus 
             .failover
             .as_ref()
             .map_or(0, |f| f.moves.load(std::sync::atomic::Ordering::Relaxed)),
+        last_receipt: tunnel.last_receipt.lock().clone(),
     }
 }
 
@@ -849,6 +877,19 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let receipts = Arc::new(crate::credits::ReceiptCounters::default());
+    if let Some(vpn) = &vpn {
+        crate::credits::serve(
+            store.clone(),
+            node_id.clone(),
+            vpn.device.clone(),
+            vpn.config.v4.0,
+            receipts.clone(),
+            stop_rx.clone(),
+        )
+        .await
+        .context("binding the receipt port")?;
+    }
     // Removes the egress routing on every way out.
     let egress_guard = StopEgressOnDrop(egress.clone());
     let relay = if config.raw.relay.enabled {
@@ -886,6 +927,8 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         mesh_exit,
         egress,
         standby,
+        receipts,
+        account: zeroize::Zeroizing::new(identity.signing_key().to_bytes()),
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),
         node_id,

@@ -5,6 +5,7 @@
 mod client;
 mod config;
 mod control;
+mod credits;
 mod daemon;
 mod egress;
 mod guard;
@@ -84,6 +85,12 @@ enum Command {
     },
     /// Client mode: take the tunnel down.
     Disconnect,
+    /// Usage this node carried for its clients, as their accounts signed it.
+    Credits {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// What this node gives the mesh: relay duty on or off, and the cap on what it carries
     /// for others. Changes take effect at once and last across restarts.
     Contribute {
@@ -299,6 +306,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("unexpected answer from the daemon");
             };
             println!("disconnected {interface}");
+            Ok(())
+        }
+        Command::Credits { json } => {
+            let config = Config::load(&config_path(cli.config))?;
+            let control::Response::Credits(c) = ask(&config, control::Request::Credits).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!(
+                    "{} receipts taken, {} refused",
+                    c.receipts_taken,
+                    c.receipts_refused.iter().map(|(_, n)| n).sum::<u64>()
+                );
+                for (why, n) in &c.receipts_refused {
+                    println!("  refused {n} ({why})");
+                }
+                for a in &c.accounts {
+                    println!(
+                        "{}  {} sessions, {} bytes up, {} bytes down, {} s (signed)",
+                        a.account, a.sessions, a.bytes_up, a.bytes_down, a.seconds
+                    );
+                }
+            }
             Ok(())
         }
         Command::Contribute {
@@ -610,14 +643,25 @@ fn client_config(
         }],
     };
     let mut text = config.render();
-    // For `nx1 connect` (other clients ignore comments): the nodes that stand by for this
-    // client, and where to probe the node through the tunnel.
+    // For `nx1 connect` (other clients ignore comments): the node, where usage receipts go,
+    // the nodes that stand by for this client, and where to probe the node.
+    text.push_str(&format!(
+        "# {} = {}\n",
+        crate::client::NODE_LINE,
+        added.node_id
+    ));
+    if let Some(receipts) = &added.receipts {
+        text.push_str(&format!(
+            "# {} = {receipts}\n",
+            crate::client::RECEIPTS_LINE
+        ));
+    }
     if let Some(probe) = &added.probe {
         text.push_str(&format!("# {} = {probe}\n", crate::client::PROBE_LINE));
     }
-    for (key, endpoint) in &added.fallbacks {
+    for (key, endpoint, node) in &added.fallbacks {
         text.push_str(&format!(
-            "# {} = {key} {endpoint}\n",
+            "# {} = {key} {endpoint} {node}\n",
             crate::client::FALLBACK_LINE
         ));
     }

@@ -262,6 +262,16 @@ impl Device {
         peer.map(|p| p.stats())
     }
 
+    /// The key of the peer whose allowed IPs hold `addr` (the tunnel a packet from `addr`
+    /// came through).
+    pub fn peer_for(&self, addr: std::net::IpAddr) -> Option<PublicKey> {
+        self.peers
+            .read()
+            .routes
+            .lookup(addr)
+            .map(|p| p.public_key())
+    }
+
     pub(crate) fn peer_by_index(&self, receiver_index: u32) -> Option<Arc<Peer>> {
         self.peers
             .read()

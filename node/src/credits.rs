@@ -1,0 +1,434 @@
+//! Usage receipts: what a client's account signs for the traffic a node carried for it.
+//!
+//! A client in `nx1 connect` mode signs, every few seconds, a *cumulative* receipt for its
+//! session — session id, its account (an ed25519 key), its tunnel's WireGuard key, this node,
+//! bytes up and down, seconds — and sends it through the tunnel to the node's tunnel address.
+//! The node keeps only the highest receipt of each session. The rules make redemption
+//! idempotent and unforgeable: a receipt must verify under the account it names and name this
+//! node; a session belongs to the first account and tunnel that used it; totals never go
+//! down (a lower one is refused, an equal one changes nothing). A node therefore holds, for
+//! every session, exactly what the client signed, and can claim no more.
+
+use crate::store::Store;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+/// UDP port on the node's tunnel address that takes receipts.
+pub const RECEIPT_PORT: u16 = 7873;
+/// What a receipt signature covers before the receipt's bytes.
+const DOMAIN: &[u8] = b"nx1-usage-receipt/1\0";
+/// Largest signed receipt taken (it travels in one datagram).
+pub const MAX_RECEIPT: usize = 1024;
+
+/// Cumulative usage of one session, as the client's account signs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Format.
+    pub v: u8,
+    /// Random session id (base64, 16 bytes), new for every tunnel.
+    pub session: String,
+    /// The account (base64 ed25519 public key) that signs.
+    pub account: String,
+    /// The tunnel's WireGuard public key.
+    pub client_key: String,
+    /// The node (its id) that carried the traffic.
+    pub node: String,
+    /// Bytes the client sent (WireGuard datagrams), since the session began.
+    pub bytes_up: u64,
+    /// Bytes it received.
+    pub bytes_down: u64,
+    /// Seconds since the session began.
+    pub seconds: u64,
+}
+
+/// A receipt as sent: its exact JSON text and the account's signature over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    /// The receipt's JSON.
+    pub receipt: String,
+    /// Base64 ed25519 signature over the domain label and `receipt`.
+    pub signature: String,
+}
+
+/// Why a receipt was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// Not a receipt.
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+    /// The signature does not verify under the account it names.
+    #[error("bad signature")]
+    Signature,
+    /// For another node.
+    #[error("the receipt is for node {0}, not this one")]
+    OtherNode(String),
+    /// Sent from a tunnel other than the one it names.
+    #[error("sent through another tunnel than the one it names")]
+    WrongTunnel,
+    /// The session belongs to another account or tunnel.
+    #[error("session {0} belongs to another account or tunnel")]
+    SessionTaken(String),
+    /// A total went down.
+    #[error("totals went down ({field}: {was} → {now})")]
+    Decreasing {
+        /// Which total.
+        field: &'static str,
+        /// What the node holds.
+        was: u64,
+        /// What the receipt says.
+        now: u64,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl ReceiptError {
+    /// A short label for metrics and status.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReceiptError::Malformed(_) => "malformed",
+            ReceiptError::Signature => "signature",
+            ReceiptError::OtherNode(_) => "other_node",
+            ReceiptError::WrongTunnel => "wrong_tunnel",
+            ReceiptError::SessionTaken(_) => "session_taken",
+            ReceiptError::Decreasing { .. } => "decreasing",
+            ReceiptError::Store(_) => "store",
+        }
+    }
+}
+
+impl From<sqlx::Error> for ReceiptError {
+    fn from(e: sqlx::Error) -> Self {
+        ReceiptError::Store(e.to_string())
+    }
+}
+
+impl SignedReceipt {
+    /// Signs `receipt` with the account key (whose public half must be `receipt.account`).
+    pub fn sign(receipt: &Receipt, account: &SigningKey) -> SignedReceipt {
+        let text = serde_json::to_string(receipt).expect("receipts serialize");
+        let mut msg = DOMAIN.to_vec();
+        msg.extend_from_slice(text.as_bytes());
+        SignedReceipt {
+            signature: STANDARD.encode(account.sign(&msg).to_bytes()),
+            receipt: text,
+        }
+    }
+
+    /// The receipt, if it is well-formed and signed by the account it names.
+    pub fn verify(&self) -> Result<Receipt, ReceiptError> {
+        if self.receipt.len() > MAX_RECEIPT {
+            return Err(ReceiptError::Malformed("too long".into()));
+        }
+        let r: Receipt = serde_json::from_str(&self.receipt)
+            .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        if r.v != 1 {
+            return Err(ReceiptError::Malformed(format!("format {}", r.v)));
+        }
+        let key: [u8; 32] = STANDARD
+            .decode(&r.account)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ReceiptError::Malformed("account is not a key".into()))?;
+        let key = VerifyingKey::from_bytes(&key)
+            .map_err(|_| ReceiptError::Malformed("account is not a key".into()))?;
+        let sig = STANDARD
+            .decode(&self.signature)
+            .ok()
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .ok_or(ReceiptError::Signature)?;
+        let mut msg = DOMAIN.to_vec();
+        msg.extend_from_slice(self.receipt.as_bytes());
+        key.verify(&msg, &sig)
+            .map_err(|_| ReceiptError::Signature)?;
+        Ok(r)
+    }
+}
+
+/// What taking a receipt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// A new session.
+    New,
+    /// Higher totals for a known session.
+    Raised,
+    /// The same totals again: nothing changed.
+    Same,
+}
+
+/// Takes a receipt that arrived through the tunnel of `sender` (its WireGuard key). Receipts
+/// are taken one at a time (one task reads them), so read-then-write is enough here.
+pub async fn take(
+    store: &Store,
+    node_id: &str,
+    sender: &str,
+    signed: &SignedReceipt,
+    now: i64,
+) -> Result<(Receipt, Taken), ReceiptError> {
+    let r = signed.verify()?;
+    if r.node != node_id {
+        return Err(ReceiptError::OtherNode(r.node));
+    }
+    if r.client_key != sender {
+        return Err(ReceiptError::WrongTunnel);
+    }
+    let held = sqlx::query(
+        "SELECT account, client_key, bytes_up, bytes_down, seconds FROM usage_receipts WHERE session = $1",
+    )
+    .bind(&r.session)
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(held) = held else {
+        sqlx::query(
+            "INSERT INTO usage_receipts (session, account, client_key, bytes_up, bytes_down, seconds, receipt, signature, first_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&r.session)
+        .bind(&r.account)
+        .bind(&r.client_key)
+        .bind(r.bytes_up as i64)
+        .bind(r.bytes_down as i64)
+        .bind(r.seconds as i64)
+        .bind(&signed.receipt)
+        .bind(&signed.signature)
+        .bind(now)
+        .execute(store.pool())
+        .await?;
+        return Ok((r, Taken::New));
+    };
+    let (account, client_key): (String, String) = (held.try_get(0)?, held.try_get(1)?);
+    if account != r.account || client_key != r.client_key {
+        return Err(ReceiptError::SessionTaken(r.session));
+    }
+    let was = [
+        held.try_get::<i64, _>(2)? as u64,
+        held.try_get::<i64, _>(3)? as u64,
+        held.try_get::<i64, _>(4)? as u64,
+    ];
+    let now_totals = [r.bytes_up, r.bytes_down, r.seconds];
+    for ((field, was), now) in ["bytes_up", "bytes_down", "seconds"]
+        .into_iter()
+        .zip(was)
+        .zip(now_totals)
+    {
+        if now < was {
+            return Err(ReceiptError::Decreasing { field, was, now });
+        }
+    }
+    if was == now_totals {
+        return Ok((r, Taken::Same));
+    }
+    sqlx::query(
+        "UPDATE usage_receipts SET bytes_up = $1, bytes_down = $2, seconds = $3, receipt = $4, signature = $5, updated_at = $6 WHERE session = $7",
+    )
+    .bind(r.bytes_up as i64)
+    .bind(r.bytes_down as i64)
+    .bind(r.seconds as i64)
+    .bind(&signed.receipt)
+    .bind(&signed.signature)
+    .bind(now)
+    .bind(&r.session)
+    .execute(store.pool())
+    .await?;
+    Ok((r, Taken::Raised))
+}
+
+/// Receipts taken and refused, for `nx1 credits` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReceiptCounters {
+    /// Receipts taken (new sessions and raised totals).
+    pub taken: std::sync::atomic::AtomicU64,
+    /// Refused, by reason.
+    pub refused: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+/// Takes receipts on the node's tunnel IPv4 address, one at a time, from its own clients.
+pub async fn serve(
+    store: Store,
+    node_id: String,
+    device: std::sync::Arc<nx1_vpn::device::Device>,
+    address: std::net::Ipv4Addr,
+    counters: std::sync::Arc<ReceiptCounters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let socket = tokio::net::UdpSocket::bind((address, RECEIPT_PORT)).await?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2 * MAX_RECEIPT];
+        loop {
+            let (n, from) = tokio::select! {
+                () = crate::daemon::stopped(&mut stop) => return,
+                got = socket.recv_from(&mut buf) => match got {
+                    Ok(got) => got,
+                    Err(_) => continue,
+                },
+            };
+            let result = match (
+                serde_json::from_slice::<SignedReceipt>(&buf[..n]),
+                device.peer_for(from.ip()),
+            ) {
+                (Err(e), _) => Err(ReceiptError::Malformed(e.to_string())),
+                (Ok(_), None) => Err(ReceiptError::WrongTunnel),
+                (Ok(signed), Some(sender)) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    take(&store, &node_id, &sender.to_base64(), &signed, now).await
+                }
+            };
+            match result {
+                Ok((r, taken)) => {
+                    if taken != Taken::Same {
+                        counters
+                            .taken
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tracing::debug!(session = %r.session, up = r.bytes_up, down = r.bytes_down, "receipt taken");
+                }
+                Err(e) => {
+                    *counters.refused.lock().entry(e.label()).or_default() += 1;
+                    tracing::debug!(%from, error = %e, "receipt refused");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One account's usage on this node, from its receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountUsage {
+    /// The account.
+    pub account: String,
+    /// Sessions with a receipt.
+    pub sessions: u64,
+    /// Bytes up, signed.
+    pub bytes_up: u64,
+    /// Bytes down, signed.
+    pub bytes_down: u64,
+    /// Seconds, signed.
+    pub seconds: u64,
+}
+
+/// Every account's signed usage on this node.
+pub async fn usage(store: &Store) -> Result<Vec<AccountUsage>, ReceiptError> {
+    let rows = sqlx::query(
+        "SELECT account, COUNT(*), CAST(SUM(bytes_up) AS BIGINT), CAST(SUM(bytes_down) AS BIGINT), CAST(SUM(seconds) AS BIGINT) FROM usage_receipts GROUP BY account ORDER BY account",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AccountUsage {
+                account: row.try_get(0)?,
+                sessions: row.try_get::<i64, _>(1)? as u64,
+                bytes_up: row.try_get::<i64, _>(2)? as u64,
+                bytes_down: row.try_get::<i64, _>(3)? as u64,
+                seconds: row.try_get::<i64, _>(4)? as u64,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestDb;
+
+    fn receipt(account: &SigningKey, session: &str, up: u64, down: u64, secs: u64) -> Receipt {
+        Receipt {
+            v: 1,
+            session: session.into(),
+            account: STANDARD.encode(account.verifying_key().as_bytes()),
+            client_key: "CLIENT=".into(),
+            node: "NODE=".into(),
+            bytes_up: up,
+            bytes_down: down,
+            seconds: secs,
+        }
+    }
+
+    async fn rules(db: TestDb) {
+        let store = Store::open(&db.database, 2).await.unwrap();
+        let alice = SigningKey::from_bytes(&[1; 32]);
+        let mallory = SigningKey::from_bytes(&[2; 32]);
+        let take = |s: SignedReceipt, sender: &'static str| {
+            let store = store.clone();
+            async move { super::take(&store, "NODE=", sender, &s, 100).await }
+        };
+        let first = SignedReceipt::sign(&receipt(&alice, "S1", 10, 20, 1), &alice);
+        assert_eq!(take(first.clone(), "CLIENT=").await.unwrap().1, Taken::New);
+        // Replayed: nothing changes. Raised: taken.
+        assert_eq!(take(first.clone(), "CLIENT=").await.unwrap().1, Taken::Same);
+        let more = SignedReceipt::sign(&receipt(&alice, "S1", 15, 25, 2), &alice);
+        assert_eq!(
+            take(more.clone(), "CLIENT=").await.unwrap().1,
+            Taken::Raised
+        );
+        // The old one again is a decrease.
+        assert!(matches!(
+            take(first, "CLIENT=").await,
+            Err(ReceiptError::Decreasing {
+                field: "bytes_up",
+                ..
+            })
+        ));
+        // Forged: totals changed after signing, or signed by another key.
+        let mut forged = more.clone();
+        forged.receipt = forged
+            .receipt
+            .replace("\"bytes_up\":15", "\"bytes_up\":9999");
+        assert_eq!(take(forged, "CLIENT=").await, Err(ReceiptError::Signature));
+        let mut r = receipt(&alice, "S1", 9999, 9999, 9);
+        let wrong_key = SignedReceipt::sign(&r, &mallory);
+        assert_eq!(
+            take(wrong_key, "CLIENT=").await,
+            Err(ReceiptError::Signature)
+        );
+        // Another account cannot take over the session.
+        r = receipt(&mallory, "S1", 9999, 9999, 9);
+        assert!(matches!(
+            take(SignedReceipt::sign(&r, &mallory), "CLIENT=").await,
+            Err(ReceiptError::SessionTaken(_))
+        ));
+        // Another node's receipt, or one sent through another tunnel.
+        let mut other = receipt(&alice, "S2", 1, 1, 1);
+        other.node = "ELSEWHERE=".into();
+        assert!(matches!(
+            take(SignedReceipt::sign(&other, &alice), "CLIENT=").await,
+            Err(ReceiptError::OtherNode(_))
+        ));
+        let s3 = SignedReceipt::sign(&receipt(&alice, "S3", 1, 1, 1), &alice);
+        assert_eq!(take(s3, "OTHER=").await, Err(ReceiptError::WrongTunnel));
+        // Garbage.
+        for junk in ["", "{}", "[]", &"x".repeat(2000)] {
+            let j = SignedReceipt {
+                receipt: junk.into(),
+                signature: more.signature.clone(),
+            };
+            assert!(take(j, "CLIENT=").await.is_err());
+        }
+        // The usage is exactly what was signed.
+        let u = usage(&store).await.unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (u[0].sessions, u[0].bytes_up, u[0].bytes_down, u[0].seconds),
+            (1, 15, 25, 2)
+        );
+        store.close().await;
+        db.drop_now().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_takes_only_signed_rising_receipts() {
+        rules(TestDb::sqlite()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_takes_only_signed_rising_receipts() {
+        rules(TestDb::postgres().await).await;
+    }
+}
