@@ -17,6 +17,84 @@ fn json(config: &Path, args: &[&str], cwd: &Path) -> Option<serde_json::Value> {
         .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// An nx1 node in client mode in `cli`, connected with `conf_text`: its config, its account
+/// (node id) and the running daemon.
+fn connect_client(lab: &ExitLab, conf_text: &str) -> (std::path::PathBuf, String, Daemon) {
+    let cwd = lab.dir.path().to_owned();
+    let (client, account) = init_node(&cwd.join("client"), &cwd);
+    set_config(&client, "api", "listen", "\"127.0.0.1:0\"");
+    set_config(&client, "vpn", "enabled", "false");
+    let daemon = Daemon::start_in(Some(&lab.cli), Some(&client), &cwd, &cwd.join("client.log"));
+    eventually("the client node", Duration::from_secs(30), || {
+        json(&client, &["status", "--json"], &cwd)
+    });
+    let conf = cwd.join("nx1-client.conf");
+    std::fs::write(&conf, conf_text).unwrap();
+    let out = nx1(
+        &[
+            "--config",
+            client.to_str().unwrap(),
+            "connect",
+            conf.to_str().unwrap(),
+            "--interface",
+            &format!("nx1m{}", lab.tag),
+        ],
+        &cwd,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (client, account, daemon)
+}
+
+#[test]
+fn a_client_that_signs_nothing_is_cut_off_and_a_signing_one_is_not() {
+    let mut lab = ExitLab::new();
+    set_config(&lab.config, "credits", "require_receipts", "true");
+    set_config(&lab.config, "credits", "unpaid_allowance_kb", "1024");
+    lab.start_node();
+    lab.start_web_server(&"x".repeat(3_000_000));
+    let cwd = lab.dir.path().to_owned();
+    let cut_off = |lab: &ExitLab| -> Vec<String> {
+        let c = json(&lab.config, &["credits", "--json"], &cwd).unwrap();
+        serde_json::from_value(c["cut_off"].clone()).unwrap()
+    };
+    let fetch = |lab: &ExitLab| -> usize {
+        let out = lab.in_cli(&format!(
+            "curl -s --max-time 30 http://{WEB_V4}:8080/hello.txt | wc -c"
+        ));
+        text(&out.stdout).trim().parse().unwrap_or(0)
+    };
+
+    // A standard WireGuard client signs nothing: cut off once it runs 1 MiB ahead.
+    let plain = lab.add_peer("plain");
+    lab.connect_client(&plain);
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+    fetch(&lab);
+    eventually("the plain client cut off", Duration::from_secs(10), || {
+        cut_off(&lab).contains(&"plain".to_owned()).then_some(())
+    });
+    assert!(!lab.ping(WEB_V4, 2), "a cut-off client still gets through");
+    lab.disconnect_client();
+
+    // An nx1 connect client signs as it goes: it carries several times the allowance.
+    let (client, _, daemon) = connect_client(&lab, &lab.add_peer("metered"));
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+    for _ in 0..3 {
+        assert_eq!(fetch(&lab), 3_000_000, "a signing client's download");
+    }
+    eventually(
+        "the metered client paid up",
+        Duration::from_secs(10),
+        || {
+            let answer =
+                json(&client, &["status", "--json"], &cwd)?["client"]["node_answer"].clone();
+            (answer["cut_off"] == false && !cut_off(&lab).contains(&"metered".to_owned()))
+                .then_some(())
+        },
+    );
+    assert!(lab.ping(WEB_V4, 2));
+    assert!(daemon.stop_with(libc::SIGTERM).success());
+}
+
 #[test]
 fn the_exit_keeps_exactly_what_the_clients_account_signed() {
     let mut lab = ExitLab::new();
@@ -32,27 +110,7 @@ fn the_exit_keeps_exactly_what_the_clients_account_signed() {
 
     // The client: an nx1 node in client mode in `cli`; its identity is the account.
     let cwd = lab.dir.path().to_owned();
-    let (client, account) = init_node(&cwd.join("client"), &cwd);
-    set_config(&client, "api", "listen", "\"127.0.0.1:0\"");
-    set_config(&client, "vpn", "enabled", "false");
-    let daemon = Daemon::start_in(Some(&lab.cli), Some(&client), &cwd, &cwd.join("client.log"));
-    eventually("the client node", Duration::from_secs(30), || {
-        json(&client, &["status", "--json"], &cwd)
-    });
-    let conf = cwd.join("laptop.conf");
-    std::fs::write(&conf, &conf_text).unwrap();
-    let out = nx1(
-        &[
-            "--config",
-            client.to_str().unwrap(),
-            "connect",
-            conf.to_str().unwrap(),
-            "--interface",
-            &format!("nx1m{}", lab.tag),
-        ],
-        &cwd,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (client, account, daemon) = connect_client(&lab, &conf_text);
     lab.ping_eventually(WEB_V4, Duration::from_secs(20));
     for _ in 0..5 {
         let got = lab.in_cli(&format!(

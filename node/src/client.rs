@@ -61,8 +61,9 @@ pub struct ClientTunnel {
     pub addresses: Vec<IpNetwork>,
     /// Standby nodes and the one in use, when the config names any.
     pub failover: Option<Arc<Failover>>,
-    /// The last usage receipt signed for the session, when the config says where they go.
-    pub last_receipt: Arc<parking_lot::Mutex<Option<crate::credits::Receipt>>>,
+    /// The last usage receipt signed and the node's answer, when the config says where
+    /// receipts go.
+    pub receipts: Arc<Receipts>,
     watcher: Option<tokio::task::JoinHandle<()>>,
     signer: Option<tokio::task::JoinHandle<()>>,
     host_routes: Vec<String>,
@@ -76,6 +77,15 @@ fn nx1_comments<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = &'a str
     })
 }
 
+/// The last receipt a tunnel signed, and what the node answered.
+#[derive(Debug, Default)]
+pub struct Receipts {
+    /// The last receipt sent.
+    pub last: parking_lot::Mutex<Option<crate::credits::Receipt>>,
+    /// The node's answer to the last receipt it answered.
+    pub answer: parking_lot::Mutex<Option<crate::credits::ReceiptAnswer>>,
+}
+
 /// Signs a cumulative receipt for the session with the node in use every
 /// [`RECEIPT_EVERY`] and sends it through the tunnel. A session is one tunnel with one node:
 /// a move to a standby node starts another (its counters start at zero with the new peer).
@@ -86,7 +96,7 @@ async fn sign_receipts(
     bind: std::net::Ipv4Addr,
     account: ed25519_dalek::SigningKey,
     client_key: String,
-    last: Arc<parking_lot::Mutex<Option<crate::credits::Receipt>>>,
+    state: Arc<Receipts>,
 ) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -126,7 +136,20 @@ async fn sign_receipts(
         let signed = crate::credits::SignedReceipt::sign(&receipt, &account);
         let text = serde_json::to_vec(&signed).expect("receipts serialize");
         if socket.send_to(&text, to).await.is_ok() {
-            *last.lock() = Some(receipt);
+            *state.last.lock() = Some(receipt);
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+            && from == to
+            && let Ok(a) = serde_json::from_slice::<crate::credits::ReceiptAnswer>(&buf[..n])
+        {
+            if a.cut_off && !state.answer.lock().as_ref().is_some_and(|old| old.cut_off) {
+                tracing::warn!(
+                    "the node cut this tunnel off: out of credits — contribute or top up"
+                );
+            }
+            *state.answer.lock() = Some(a);
         }
     }
 }
@@ -329,7 +352,7 @@ impl ClientTunnel {
             endpoints: endpoints.clone(),
             addresses,
             failover: failover.clone(),
-            last_receipt: Arc::default(),
+            receipts: Arc::default(),
             watcher: None,
             signer: None,
             host_routes: Vec::new(),
@@ -376,7 +399,7 @@ impl ClientTunnel {
                 bind,
                 account,
                 client_key,
-                tunnel.last_receipt.clone(),
+                tunnel.receipts.clone(),
             )));
         }
         if let (Some(failover), Some(probe), Some(bind), [peer]) =

@@ -472,6 +472,28 @@ pub struct Config {
     pub relay: RelaySection,
     /// `[contribute]`
     pub contribute: ContributeSection,
+    /// `[credits]`
+    pub credits: CreditsSection,
+}
+
+/// `[credits]`: metering clients by the usage receipts their accounts sign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreditsSection {
+    /// Cut off a client whose traffic runs ahead of its signed receipts by more than the
+    /// allowance (standard clients sign none; `nx1 connect` signs every 2 s).
+    pub require_receipts: bool,
+    /// Unpaid traffic (KiB of WireGuard datagrams, both ways) a client may run ahead.
+    pub unpaid_allowance_kb: u64,
+}
+
+impl Default for CreditsSection {
+    fn default() -> Self {
+        Self {
+            require_receipts: false,
+            unpaid_allowance_kb: 4096,
+        }
+    }
 }
 
 /// `[contribute]`: what the node gives others, and its limits. `nx1 contribute` changes the
@@ -1169,6 +1191,13 @@ bandwidth_mbit = 0
 # through its exit, each held to it (0: no cap). `nx1 contribute --bandwidth N` changes it
 # at run time.
 bandwidth_mbit = 0
+
+[credits]
+# Meter clients by the usage receipts their accounts sign (`nx1 connect` signs every 2 s;
+# standard WireGuard clients sign none): a client whose traffic runs ahead of what it signed
+# by more than the allowance (KiB) is cut off until its receipts catch up.
+require_receipts = false
+unpaid_allowance_kb = 4096
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

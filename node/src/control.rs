@@ -364,6 +364,9 @@ pub struct ClientStatus {
     /// The last usage receipt signed for the session.
     #[serde(default)]
     pub last_receipt: Option<crate::credits::Receipt>,
+    /// The node's answer to it (refused, or the tunnel cut off for unpaid usage).
+    #[serde(default)]
+    pub node_answer: Option<crate::credits::ReceiptAnswer>,
 }
 
 /// The WireGuard part of a status report.
@@ -443,6 +446,10 @@ pub struct CreditsStatus {
     pub receipts_taken: u64,
     /// Receipts refused since start, by reason.
     pub receipts_refused: Vec<(String, u64)>,
+    /// Whether clients must sign receipts (`[credits] require_receipts`).
+    pub require_receipts: bool,
+    /// Clients cut off now for unpaid usage, by name.
+    pub cut_off: Vec<String>,
 }
 
 /// What this node contributes to the mesh.

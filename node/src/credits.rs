@@ -246,13 +246,93 @@ pub struct ReceiptCounters {
     pub refused: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
-/// Takes receipts on the node's tunnel IPv4 address, one at a time, from its own clients.
+/// What each client signed since this node started: per tunnel key, per session, the
+/// session's bytes (up + down). Compared with what the node carried for that tunnel.
+#[derive(Debug, Default)]
+pub struct Meter {
+    signed: parking_lot::Mutex<
+        std::collections::HashMap<String, std::collections::HashMap<String, u64>>,
+    >,
+}
+
+impl Meter {
+    fn record(&self, r: &Receipt) {
+        self.signed
+            .lock()
+            .entry(r.client_key.clone())
+            .or_default()
+            .insert(r.session.clone(), r.bytes_up.saturating_add(r.bytes_down));
+    }
+
+    /// Bytes a tunnel's receipts cover, over all its sessions.
+    pub fn signed(&self, client_key: &str) -> u64 {
+        self.signed
+            .lock()
+            .get(client_key)
+            .map_or(0, |s| s.values().sum())
+    }
+}
+
+/// The node's answer to a receipt, sent back to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptAnswer {
+    /// Why the receipt was refused, if it was.
+    pub refused: Option<String>,
+    /// Whether the tunnel is cut off for unpaid usage.
+    pub cut_off: bool,
+}
+
+/// Cuts off, every second, the clients whose carried traffic runs more than `allowance`
+/// bytes ahead of what they signed, and lets them through again once it no longer does.
+pub fn enforce(
+    store: Store,
+    device: std::sync::Arc<nx1_vpn::device::Device>,
+    meter: std::sync::Arc<Meter>,
+    allowance: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = crate::daemon::stopped(&mut stop) => return,
+                _ = every.tick() => {}
+            }
+            let Ok(clients) = crate::peers::list(&store).await else {
+                continue;
+            };
+            for c in clients {
+                let Ok(key) = nx1_vpn::keys::PublicKey::from_base64(&c.public_key) else {
+                    continue;
+                };
+                let Some(stats) = device.peer(&key) else {
+                    continue;
+                };
+                let carried = stats.rx_bytes + stats.tx_bytes;
+                let unpaid = carried.saturating_sub(meter.signed(&c.public_key));
+                let cut = unpaid > allowance;
+                if device.is_restricted(&key) != cut {
+                    device.set_restricted(&key, cut);
+                    if cut {
+                        tracing::warn!(peer = %c.name, unpaid, "out of credits: cut off until its receipts catch up");
+                    } else {
+                        tracing::info!(peer = %c.name, "paid up: through again");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Takes receipts on the node's tunnel IPv4 address, one at a time, from its own clients,
+/// and answers each.
 pub async fn serve(
     store: Store,
     node_id: String,
     device: std::sync::Arc<nx1_vpn::device::Device>,
     address: std::net::Ipv4Addr,
     counters: std::sync::Arc<ReceiptCounters>,
+    meter: std::sync::Arc<Meter>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let socket = tokio::net::UdpSocket::bind((address, RECEIPT_PORT)).await?;
@@ -279,8 +359,14 @@ pub async fn serve(
                     take(&store, &node_id, &sender.to_base64(), &signed, now).await
                 }
             };
+            let sender = device.peer_for(from.ip());
+            let answer = ReceiptAnswer {
+                refused: result.as_ref().err().map(|e| e.to_string()),
+                cut_off: sender.is_some_and(|k| device.is_restricted(&k)),
+            };
             match result {
                 Ok((r, taken)) => {
+                    meter.record(&r);
                     if taken != Taken::Same {
                         counters
                             .taken
@@ -292,6 +378,9 @@ pub async fn serve(
                     *counters.refused.lock().entry(e.label()).or_default() += 1;
                     tracing::debug!(%from, error = %e, "receipt refused");
                 }
+            }
+            if let Ok(text) = serde_json::to_vec(&answer) {
+                let _ = socket.send_to(&text, from).await;
             }
         }
     });

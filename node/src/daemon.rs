@@ -412,7 +412,19 @@ impl Node {
 
     async fn credits(&self) -> anyhow::Result<Response> {
         use std::sync::atomic::Ordering::Relaxed;
+        let mut cut_off = Vec::new();
+        if let Some(vpn) = &self.vpn {
+            for p in peers::list(&self.store).await? {
+                if nx1_vpn::keys::PublicKey::from_base64(&p.public_key)
+                    .is_ok_and(|k| vpn.device.is_restricted(&k))
+                {
+                    cut_off.push(p.name);
+                }
+            }
+        }
         Ok(Response::Credits(control::CreditsStatus {
+            require_receipts: self.config.raw.credits.require_receipts,
+            cut_off,
             accounts: crate::credits::usage(&self.store).await?,
             receipts_taken: self.receipts.taken.load(Relaxed),
             receipts_refused: self
@@ -701,7 +713,8 @@ fn client_status(tunnel: &crate::client::ClientTunnel) -> control::ClientStatus 
             .failover
             .as_ref()
             .map_or(0, |f| f.moves.load(std::sync::atomic::Ordering::Relaxed)),
-        last_receipt: tunnel.last_receipt.lock().clone(),
+        last_receipt: tunnel.receipts.last.lock().clone(),
+        node_answer: tunnel.receipts.answer.lock().clone(),
     }
 }
 
@@ -879,16 +892,33 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     };
     let receipts = Arc::new(crate::credits::ReceiptCounters::default());
     if let Some(vpn) = &vpn {
+        let meter = Arc::new(crate::credits::Meter::default());
         crate::credits::serve(
             store.clone(),
             node_id.clone(),
             vpn.device.clone(),
             vpn.config.v4.0,
             receipts.clone(),
+            meter.clone(),
             stop_rx.clone(),
         )
         .await
         .context("binding the receipt port")?;
+        let c = &config.raw.credits;
+        if c.require_receipts {
+            vpn.device
+                .set_receipt_address(Some(std::net::SocketAddrV4::new(
+                    vpn.config.v4.0,
+                    crate::credits::RECEIPT_PORT,
+                )));
+            crate::credits::enforce(
+                store.clone(),
+                vpn.device.clone(),
+                meter,
+                c.unpaid_allowance_kb.saturating_mul(1024),
+                stop_rx.clone(),
+            );
+        }
     }
     // Removes the egress routing on every way out.
     let egress_guard = StopEgressOnDrop(egress.clone());

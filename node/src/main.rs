@@ -325,6 +325,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for (why, n) in &c.receipts_refused {
                     println!("  refused {n} ({why})");
                 }
+                if c.require_receipts {
+                    println!(
+                        "clients must sign receipts; cut off now: {}",
+                        if c.cut_off.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            c.cut_off.join(", ")
+                        }
+                    );
+                }
                 for a in &c.accounts {
                     println!(
                         "{}  {} sessions, {} bytes up, {} bytes down, {} s (signed)",

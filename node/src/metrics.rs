@@ -191,6 +191,7 @@ pub fn device_drops(device: &Device) -> Vec<(&'static str, u64)> {
         ("no_endpoint", c.no_endpoint.load(Relaxed)),
         ("guard", c.inspected_drops.load(Relaxed)),
         ("over_budget", c.over_budget.load(Relaxed)),
+        ("unpaid", c.unpaid.load(Relaxed)),
     ]
 }
 

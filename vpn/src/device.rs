@@ -75,6 +75,8 @@ pub struct DeviceCounters {
     pub inspected_drops: AtomicU64,
     /// Packets over the device's bandwidth cap.
     pub over_budget: AtomicU64,
+    /// Packets of peers cut off for unpaid usage.
+    pub unpaid: AtomicU64,
 }
 
 #[derive(Default)]
@@ -101,6 +103,8 @@ pub struct Device {
     /// arrive from one address (a relay limits each of its clients itself). The device-wide
     /// limit, which answers with cookies under load, still applies.
     pub(crate) relays: RwLock<std::collections::HashSet<std::net::IpAddr>>,
+    /// The one destination a cut-off peer may still reach: where usage receipts go.
+    pub(crate) receipt_address: RwLock<Option<std::net::SocketAddrV4>>,
     /// Drops by reason.
     pub counters: DeviceCounters,
 }
@@ -124,6 +128,7 @@ impl Device {
             inspector: std::sync::OnceLock::new(),
             budget: crate::budget::ByteBudget::default(),
             relays: RwLock::new(std::collections::HashSet::new()),
+            receipt_address: RwLock::new(None),
             counters: DeviceCounters::default(),
         }
     }
@@ -136,6 +141,48 @@ impl Device {
     /// Replaces the addresses exempt from the per-source handshake limit (relays').
     pub fn set_relays(&self, addrs: impl IntoIterator<Item = std::net::IpAddr>) {
         *self.relays.write() = addrs.into_iter().map(|a| a.to_canonical()).collect();
+    }
+
+    /// Sets where a cut-off peer may still send (UDP over IPv4): the node's receipt port.
+    pub fn set_receipt_address(&self, addr: Option<std::net::SocketAddrV4>) {
+        *self.receipt_address.write() = addr;
+    }
+
+    /// Cuts a peer off (only its datagrams to the receipt address pass, nothing goes to it)
+    /// or lets it through again. Returns false if there is no such peer.
+    pub fn set_restricted(&self, key: &PublicKey, restricted: bool) -> bool {
+        match self.peers.read().by_key.get(key) {
+            Some(p) => {
+                p.restricted.store(restricted, Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a peer is cut off.
+    pub fn is_restricted(&self, key: &PublicKey) -> bool {
+        self.peers
+            .read()
+            .by_key
+            .get(key)
+            .is_some_and(|p| p.restricted.load(Relaxed))
+    }
+
+    /// Whether a cut-off peer's packet may still pass: UDP to the receipt address.
+    pub(crate) fn to_receipt_address(&self, packet: &[u8]) -> bool {
+        let Some(to) = *self.receipt_address.read() else {
+            return false;
+        };
+        // IPv4, UDP, not a fragment past the first: destination address and port.
+        let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+        packet.len() >= ihl + 8
+            && packet[0] >> 4 == 4
+            && ihl >= 20
+            && packet[9] == 17
+            && u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff == 0
+            && packet[16..20] == to.ip().octets()
+            && u16::from_be_bytes([packet[ihl + 2], packet[ihl + 3]]) == to.port()
     }
 
     /// The device's public key.

@@ -84,6 +84,8 @@ pub struct Peer {
     /// Whether the device's inspector sees this peer's packets (not for mesh links, whose
     /// traffic was inspected where it entered the mesh).
     pub(crate) inspect: bool,
+    /// Cut off for unpaid usage: only datagrams to the device's receipt address pass.
+    pub(crate) restricted: std::sync::atomic::AtomicBool,
     endpoint: RwLock<Option<SocketAddr>>,
     /// Traffic counters.
     pub counters: PeerCounters,
@@ -97,6 +99,7 @@ impl Peer {
             index,
             tunn: Mutex::new(tunn),
             inspect,
+            restricted: std::sync::atomic::AtomicBool::new(false),
             counters: PeerCounters::default(),
         }
     }

@@ -355,3 +355,36 @@ fn the_default_route_moves_between_peers_at_once() {
     assert!(device.set_default_route(None));
     assert_eq!(sent_to(&device, &mut buf), None);
 }
+
+#[test]
+fn a_cut_off_peer_reaches_only_the_receipt_address() {
+    let p = pair();
+    let to_web = ipv4_packet([10, 87, 0, 2], [198, 18, 2, 2], b"a");
+    assert_eq!(exchange(&p, &to_web, p.client_addr).len(), 1);
+    let client = p.client.public_key();
+    p.server
+        .set_receipt_address(Some("10.87.0.1:7873".parse().unwrap()));
+    assert!(p.server.set_restricted(&client, true));
+    assert!(p.server.is_restricted(&client));
+    assert!(exchange(&p, &to_web, p.client_addr).is_empty());
+    assert_eq!(p.server.counters.unpaid.load(Relaxed), 1);
+    let mut receipt = ipv4_packet([10, 87, 0, 2], [10, 87, 0, 1], b"receipt");
+    receipt[22..24].copy_from_slice(&7873u16.to_be_bytes());
+    assert_eq!(exchange(&p, &receipt, p.client_addr).len(), 1);
+    // Another port on the same address is not the receipt address.
+    let mut other = receipt.clone();
+    other[22..24].copy_from_slice(&53u16.to_be_bytes());
+    assert!(exchange(&p, &other, p.client_addr).is_empty());
+    // Nothing goes to it either.
+    let mut out = Capture::default();
+    let mut buf = vec![0u8; 2048];
+    p.server.send_packet(
+        &ipv4_packet([198, 18, 2, 2], [10, 87, 0, 2], b"b"),
+        &mut buf,
+        &mut out,
+    );
+    assert!(out.network.is_empty());
+    // Paid up again: through.
+    assert!(p.server.set_restricted(&client, false));
+    assert_eq!(exchange(&p, &to_web, p.client_addr).len(), 1);
+}

@@ -166,6 +166,9 @@ impl Device {
         if !owner_ok {
             self.counters.bad_source.fetch_add(1, Relaxed);
             peer.count_drop();
+        } else if peer.restricted.load(Relaxed) && !self.to_receipt_address(packet) {
+            self.counters.unpaid.fetch_add(1, Relaxed);
+            peer.count_drop();
         } else if !self.budget.spend(packet.len()) {
             self.counters.over_budget.fetch_add(1, Relaxed);
             peer.count_drop();

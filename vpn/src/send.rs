@@ -18,6 +18,11 @@ impl Device {
             self.counters.no_route.fetch_add(1, Relaxed);
             return;
         };
+        if peer.restricted.load(Relaxed) {
+            self.counters.unpaid.fetch_add(1, Relaxed);
+            peer.count_drop();
+            return;
+        }
         if !self.budget.spend(packet.len()) {
             self.counters.over_budget.fetch_add(1, Relaxed);
             peer.count_drop();
