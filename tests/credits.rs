@@ -149,6 +149,18 @@ fn the_exit_keeps_exactly_what_the_clients_account_signed() {
         (n("malformed") >= 1 && n("signature") + n("wrong_tunnel") >= 1).then_some(())
     });
 
+    let status = lab.status().unwrap();
+    let metrics = lab.exit.sh(&format!(
+        "curl -sS --max-time 5 http://{}/metrics",
+        status["http_listen"].as_str().unwrap()
+    ));
+    let metrics = text(&metrics.stdout);
+    assert!(metrics.contains("nx1_receipts_taken_total"), "{metrics}");
+    assert!(
+        metrics.contains("nx1_receipts_refused_total{reason=\"malformed\"} 1"),
+        "{metrics}"
+    );
+
     // With the traffic over, the exit holds exactly the client's last signed totals.
     eventually(
         "the exit to hold the last signed receipt",

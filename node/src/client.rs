@@ -23,14 +23,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// The comment key naming a standby node: `# nx1-fallback = KEY HOST:PORT`.
+/// The comment key naming a standby node: `# nx1-fallback = KEY HOST:PORT NODE-ID`.
 pub const FALLBACK_LINE: &str = "nx1-fallback";
 /// The comment key naming the node: `# nx1-node = NODE-ID`.
 pub const NODE_LINE: &str = "nx1-node";
 /// The comment key naming where usage receipts go: `# nx1-receipts = IP:PORT`.
 pub const RECEIPTS_LINE: &str = "nx1-receipts";
-/// How often the client signs a receipt for its session.
+/// The client signs a receipt for its session at least this often …
 pub const RECEIPT_EVERY: Duration = Duration::from_secs(2);
+/// … and sooner once this many bytes went through since the last one, so a fast client's
+/// receipts keep up with its traffic (and within a node's unpaid allowance).
+pub const RECEIPT_BYTES: u64 = 256 << 10;
 /// The comment key naming where to probe the node: `# nx1-probe = IP:PORT`.
 pub const PROBE_LINE: &str = "nx1-probe";
 /// Probes go this often.
@@ -109,7 +112,8 @@ async fn sign_receipts(
     };
     let account_id = b64.encode(account.verifying_key().as_bytes());
     let mut sessions: std::collections::HashMap<PublicKey, (String, Instant)> = Default::default();
-    let mut every = tokio::time::interval(RECEIPT_EVERY);
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    let (mut in_use, mut sent_at, mut sent_bytes) = (None, Instant::now(), 0u64);
     loop {
         every.tick().await;
         let Some(stats) = device.peer_stats().into_iter().next() else {
@@ -118,6 +122,18 @@ async fn sign_receipts(
         let Some(node) = nodes.get(&stats.public_key) else {
             continue;
         };
+        // A move to another node (or back to one used before) starts a new session: the
+        // new peer's counters start at zero.
+        if in_use != Some(stats.public_key) {
+            sessions.remove(&stats.public_key);
+            in_use = Some(stats.public_key);
+            sent_bytes = 0;
+        }
+        let total = stats.tx_bytes + stats.rx_bytes;
+        if sent_at.elapsed() < RECEIPT_EVERY && total.saturating_sub(sent_bytes) < RECEIPT_BYTES {
+            continue;
+        }
+        (sent_at, sent_bytes) = (Instant::now(), total);
         let (session, since) = sessions.entry(stats.public_key).or_insert_with(|| {
             let mut id = [0u8; 16];
             getrandom::fill(&mut id).expect("the operating system has no random numbers");

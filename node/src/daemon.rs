@@ -946,6 +946,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             flows.clone(),
             vault.as_deref(),
             relay.clone(),
+            receipts.clone(),
         ),
         vpn,
         client: tokio::sync::Mutex::new(None),

@@ -831,6 +831,27 @@ fn print_status(r: &control::StatusReport) {
             c.rx_bytes,
             c.tx_bytes
         );
+        if c.standby_servers > 0 {
+            println!(
+                "    {} standby nodes, moved {} times",
+                c.standby_servers, c.moves
+            );
+        }
+        if let Some(r) = &c.last_receipt {
+            println!(
+                "    last receipt signed: {} B up, {} B down, {} s",
+                r.bytes_up, r.bytes_down, r.seconds
+            );
+        }
+        match &c.node_answer {
+            Some(a) if a.cut_off => {
+                println!("    CUT OFF by the node: out of credits — contribute or top up")
+            }
+            Some(crate::credits::ReceiptAnswer {
+                refused: Some(why), ..
+            }) => println!("    the node refused the last receipt: {why}"),
+            _ => {}
+        }
     }
 }
 

@@ -68,6 +68,7 @@ impl Metrics {
         flows: Option<Arc<crate::guard::FlowGuard>>,
         vault: Option<&crate::vault::VaultService>,
         relay: Option<Arc<crate::relay::RelayService>>,
+        receipts: Arc<crate::credits::ReceiptCounters>,
     ) -> Self {
         let mut registry = Registry::with_prefix("nx1");
         registry.register(
@@ -130,6 +131,7 @@ impl Metrics {
         if let Some(relay) = relay {
             registry.register_collector(Box::new(RelayCollector(relay)));
         }
+        registry.register_collector(Box::new(ReceiptCollector(receipts)));
         Self {
             registry,
             uptime_seconds,
@@ -253,6 +255,37 @@ impl Collector for VpnCollector {
         )?;
         for (reason, value) in device_drops(&self.0.device) {
             ConstCounter::new(value).encode(family.encode_family(&ReasonLabel { reason })?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the usage-receipt counters at each scrape.
+struct ReceiptCollector(Arc<crate::credits::ReceiptCounters>);
+
+impl std::fmt::Debug for ReceiptCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiptCollector")
+    }
+}
+
+impl Collector for ReceiptCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let taken = encoder.encode_descriptor(
+            "receipts_taken",
+            "Usage receipts taken (new sessions and raised totals)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.taken.load(Relaxed)).encode(taken)?;
+        let mut family = encoder.encode_descriptor(
+            "receipts_refused",
+            "Usage receipts refused, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in self.0.refused.lock().iter() {
+            ConstCounter::new(*n).encode(family.encode_family(&ReasonLabel { reason })?)?;
         }
         Ok(())
     }
@@ -416,7 +449,7 @@ mod tests {
 
     #[test]
     fn exposition_carries_counters_and_build_info() {
-        let m = Metrics::new("abc=", None, None, None, None, None);
+        let m = Metrics::new("abc=", None, None, None, None, None, Arc::default());
         m.control_requests
             .get_or_create(&CommandLabel { command: "status" })
             .inc();

@@ -169,20 +169,23 @@ impl Device {
             .is_some_and(|p| p.restricted.load(Relaxed))
     }
 
-    /// Whether a cut-off peer's packet may still pass: UDP to the receipt address.
-    pub(crate) fn to_receipt_address(&self, packet: &[u8]) -> bool {
-        let Some(to) = *self.receipt_address.read() else {
+    /// Whether a cut-off peer's packet may still pass: UDP to the receipt address (its
+    /// receipts) or, the other way, from it (the node's answers).
+    pub(crate) fn receipt_traffic(&self, packet: &[u8], to_node: bool) -> bool {
+        let Some(node) = *self.receipt_address.read() else {
             return false;
         };
-        // IPv4, UDP, not a fragment past the first: destination address and port.
+        // IPv4, UDP, not a fragment past the first: the node's address and port on the
+        // right side.
         let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+        let (addr, port) = if to_node { (16, 2) } else { (12, 0) };
         packet.len() >= ihl + 8
             && packet[0] >> 4 == 4
             && ihl >= 20
             && packet[9] == 17
             && u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff == 0
-            && packet[16..20] == to.ip().octets()
-            && u16::from_be_bytes([packet[ihl + 2], packet[ihl + 3]]) == to.port()
+            && packet[addr..addr + 4] == node.ip().octets()
+            && u16::from_be_bytes([packet[ihl + port], packet[ihl + port + 1]]) == node.port()
     }
 
     /// The device's public key.

@@ -375,7 +375,7 @@ fn a_cut_off_peer_reaches_only_the_receipt_address() {
     let mut other = receipt.clone();
     other[22..24].copy_from_slice(&53u16.to_be_bytes());
     assert!(exchange(&p, &other, p.client_addr).is_empty());
-    // Nothing goes to it either.
+    // Nothing goes to it either, but the node's answers to its receipts.
     let mut out = Capture::default();
     let mut buf = vec![0u8; 2048];
     p.server.send_packet(
@@ -384,6 +384,10 @@ fn a_cut_off_peer_reaches_only_the_receipt_address() {
         &mut out,
     );
     assert!(out.network.is_empty());
+    let mut answer = ipv4_packet([10, 87, 0, 1], [10, 87, 0, 2], b"answer");
+    answer[20..22].copy_from_slice(&7873u16.to_be_bytes());
+    p.server.send_packet(&answer, &mut buf, &mut out);
+    assert_eq!(out.network.len(), 1);
     // Paid up again: through.
     assert!(p.server.set_restricted(&client, false));
     assert_eq!(exchange(&p, &to_web, p.client_addr).len(), 1);

@@ -166,7 +166,7 @@ impl Device {
         if !owner_ok {
             self.counters.bad_source.fetch_add(1, Relaxed);
             peer.count_drop();
-        } else if peer.restricted.load(Relaxed) && !self.to_receipt_address(packet) {
+        } else if peer.restricted.load(Relaxed) && !self.receipt_traffic(packet, true) {
             self.counters.unpaid.fetch_add(1, Relaxed);
             peer.count_drop();
         } else if !self.budget.spend(packet.len()) {

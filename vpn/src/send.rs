@@ -18,7 +18,7 @@ impl Device {
             self.counters.no_route.fetch_add(1, Relaxed);
             return;
         };
-        if peer.restricted.load(Relaxed) {
+        if peer.restricted.load(Relaxed) && !self.receipt_traffic(packet, false) {
             self.counters.unpaid.fetch_add(1, Relaxed);
             peer.count_drop();
             return;
