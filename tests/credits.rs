@@ -126,13 +126,17 @@ fn the_exit_keeps_exactly_what_the_clients_account_signed() {
         (a["account"] == account.as_str() && a["bytes_down"].as_u64()? > 1000).then_some(())
     });
 
-    // What is not a receipt, or not signed by the account it names, is refused.
+    // What is not a receipt, or not signed by the account it names, is refused (sent a few
+    // times, 300 ms apart: the node takes one receipt per 50 ms from a tunnel).
     let forged = format!(
-        "import socket,json,base64\n\
+        "import socket,json,base64,time\n\
          r=json.dumps({{'v':1,'session':'AAAAAAAAAAAAAAAAAAAAAA==','account':'{account}','client_key':'x','node':'{node_id}','bytes_up':10**12,'bytes_down':10**12,'seconds':1}})\n\
          s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-         s.sendto(json.dumps({{'receipt':r,'signature':base64.b64encode(bytes(64)).decode()}}).encode(),('10.87.0.1',7873))\n\
-         s.sendto(b'not a receipt',('10.87.0.1',7873))"
+         for _ in range(3):\n\
+         \x20time.sleep(0.3)\n\
+         \x20s.sendto(json.dumps({{'receipt':r,'signature':base64.b64encode(bytes(64)).decode()}}).encode(),('10.87.0.1',7873))\n\
+         \x20time.sleep(0.3)\n\
+         \x20s.sendto(b'not a receipt',('10.87.0.1',7873))"
     );
     let sent = lab.in_cli(&format!("python3 -c \"{forged}\""));
     assert!(sent.status.success(), "{}", text(&sent.stderr));
@@ -157,7 +161,7 @@ fn the_exit_keeps_exactly_what_the_clients_account_signed() {
     let metrics = text(&metrics.stdout);
     assert!(metrics.contains("nx1_receipts_taken_total"), "{metrics}");
     assert!(
-        metrics.contains("nx1_receipts_refused_total{reason=\"malformed\"} 1"),
+        metrics.contains("nx1_receipts_refused_total{reason=\"malformed\"}"),
         "{metrics}"
     );
 

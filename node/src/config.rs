@@ -521,6 +521,9 @@ pub struct RelaySection {
     pub max_sessions: u32,
     /// Data relayed, both ways together, in Mbit/s; 0: no cap.
     pub bandwidth_mbit: u32,
+    /// Also relay to exits at private addresses (RFC 1918, 100.64/10, unique-local): for a
+    /// mesh on one private network. Loopback, link-local and multicast never.
+    pub allow_private_exits: bool,
 }
 
 impl Default for RelaySection {
@@ -531,6 +534,7 @@ impl Default for RelaySection {
             endpoint: String::new(),
             max_sessions: 1024,
             bandwidth_mbit: 0,
+            allow_private_exits: false,
         }
     }
 }
@@ -1185,6 +1189,9 @@ endpoint = ""
 # Caps: sessions at once, and Mbit/s relayed both ways together (0: no cap).
 max_sessions = 1024
 bandwidth_mbit = 0
+# Also relay to exits at private addresses (RFC 1918, 100.64.0.0/10, fd00::/8), for a mesh
+# on one private network. Loopback, link-local and multicast addresses never.
+allow_private_exits = false
 
 [contribute]
 # Cap in Mbit/s on the traffic this node carries for others: what it relays and what leaves

@@ -22,6 +22,10 @@ pub const RECEIPT_PORT: u16 = 7873;
 const DOMAIN: &[u8] = b"nx1-usage-receipt/1\0";
 /// Largest signed receipt taken (it travels in one datagram).
 pub const MAX_RECEIPT: usize = 1024;
+/// New sessions one tunnel may start per hour (a client starts one per connect or move).
+pub const SESSIONS_PER_HOUR: i64 = 64;
+/// Receipts taken from one tunnel at most this often; faster ones are dropped unanswered.
+pub const RECEIPT_GAP: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Cumulative usage of one session, as the client's account signs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,12 @@ pub enum ReceiptError {
     /// The session belongs to another account or tunnel.
     #[error("session {0} belongs to another account or tunnel")]
     SessionTaken(String),
+    /// A total beyond what the store holds (2^63 − 1).
+    #[error("a total is out of range")]
+    OutOfRange,
+    /// Too many new sessions from one tunnel.
+    #[error("too many new sessions from this tunnel in the last hour")]
+    TooManySessions,
     /// A total went down.
     #[error("totals went down ({field}: {was} → {now})")]
     Decreasing {
@@ -96,6 +106,8 @@ impl ReceiptError {
             ReceiptError::WrongTunnel => "wrong_tunnel",
             ReceiptError::SessionTaken(_) => "session_taken",
             ReceiptError::Decreasing { .. } => "decreasing",
+            ReceiptError::OutOfRange => "out_of_range",
+            ReceiptError::TooManySessions => "too_many_sessions",
             ReceiptError::Store(_) => "store",
         }
     }
@@ -176,6 +188,12 @@ pub async fn take(
     if r.client_key != sender {
         return Err(ReceiptError::WrongTunnel);
     }
+    if [r.bytes_up, r.bytes_down, r.seconds]
+        .iter()
+        .any(|&t| t > i64::MAX as u64)
+    {
+        return Err(ReceiptError::OutOfRange);
+    }
     let held = sqlx::query(
         "SELECT account, client_key, bytes_up, bytes_down, seconds FROM usage_receipts WHERE session = $1",
     )
@@ -183,6 +201,16 @@ pub async fn take(
     .fetch_optional(store.pool())
     .await?;
     let Some(held) = held else {
+        let recent: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM usage_receipts WHERE client_key = $1 AND first_at > $2",
+        )
+        .bind(&r.client_key)
+        .bind(now - 3600)
+        .fetch_one(store.pool())
+        .await?;
+        if recent >= SESSIONS_PER_HOUR {
+            return Err(ReceiptError::TooManySessions);
+        }
         sqlx::query(
             "INSERT INTO usage_receipts (session, account, client_key, bytes_up, bytes_down, seconds, receipt, signature, first_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
@@ -257,11 +285,13 @@ pub struct Meter {
 
 impl Meter {
     fn record(&self, r: &Receipt) {
-        self.signed
-            .lock()
-            .entry(r.client_key.clone())
-            .or_default()
-            .insert(r.session.clone(), r.bytes_up.saturating_add(r.bytes_down));
+        let mut signed = self.signed.lock();
+        let sessions = signed.entry(r.client_key.clone()).or_default();
+        // Bounded like the store: no more sessions than a tunnel may start in an hour.
+        if sessions.len() >= SESSIONS_PER_HOUR as usize && !sessions.contains_key(&r.session) {
+            return;
+        }
+        sessions.insert(r.session.clone(), r.bytes_up.saturating_add(r.bytes_down));
     }
 
     /// Bytes a tunnel's receipts cover, over all its sessions.
@@ -269,7 +299,7 @@ impl Meter {
         self.signed
             .lock()
             .get(client_key)
-            .map_or(0, |s| s.values().sum())
+            .map_or(0, |s| s.values().fold(0u64, |a, b| a.saturating_add(*b)))
     }
 }
 
@@ -338,6 +368,8 @@ pub async fn serve(
     let socket = tokio::net::UdpSocket::bind((address, RECEIPT_PORT)).await?;
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2 * MAX_RECEIPT];
+        let mut last_from: std::collections::HashMap<std::net::IpAddr, std::time::Instant> =
+            Default::default();
         loop {
             let (n, from) = tokio::select! {
                 () = crate::daemon::stopped(&mut stop) => return,
@@ -346,6 +378,20 @@ pub async fn serve(
                     Err(_) => continue,
                 },
             };
+            // One at a time per tunnel address: a flood from one client cannot hold up the
+            // others' receipts (each costs a database write).
+            let at = std::time::Instant::now();
+            if last_from
+                .get(&from.ip())
+                .is_some_and(|t| at.duration_since(*t) < RECEIPT_GAP)
+            {
+                *counters.refused.lock().entry("rate_limited").or_default() += 1;
+                continue;
+            }
+            last_from.insert(from.ip(), at);
+            if last_from.len() > 65_536 {
+                last_from.retain(|_, t| at.duration_since(*t) < RECEIPT_GAP);
+            }
             let result = match (
                 serde_json::from_slice::<SignedReceipt>(&buf[..n]),
                 device.peer_for(from.ip()),
@@ -492,6 +538,18 @@ mod tests {
         ));
         let s3 = SignedReceipt::sign(&receipt(&alice, "S3", 1, 1, 1), &alice);
         assert_eq!(take(s3, "OTHER=").await, Err(ReceiptError::WrongTunnel));
+        // Totals the store cannot hold, and too many new sessions from one tunnel.
+        let huge = SignedReceipt::sign(&receipt(&alice, "S9", u64::MAX, 1, 1), &alice);
+        assert_eq!(take(huge, "CLIENT=").await, Err(ReceiptError::OutOfRange));
+        for i in 0..SESSIONS_PER_HOUR - 1 {
+            let s = SignedReceipt::sign(&receipt(&alice, &format!("N{i}"), 0, 0, 0), &alice);
+            assert_eq!(take(s, "CLIENT=").await.unwrap().1, Taken::New);
+        }
+        let one_more = SignedReceipt::sign(&receipt(&alice, "LAST", 0, 0, 0), &alice);
+        assert_eq!(
+            take(one_more, "CLIENT=").await,
+            Err(ReceiptError::TooManySessions)
+        );
         // Garbage.
         for junk in ["", "{}", "[]", &"x".repeat(2000)] {
             let j = SignedReceipt {
@@ -505,7 +563,7 @@ mod tests {
         assert_eq!(u.len(), 1);
         assert_eq!(
             (u[0].sessions, u[0].bytes_up, u[0].bytes_down, u[0].seconds),
-            (1, 15, 25, 2)
+            (SESSIONS_PER_HOUR as u64, 15, 25, 2)
         );
         store.close().await;
         db.drop_now().await;

@@ -879,6 +879,8 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             );
         }
     }
+    // Removes the egress routing on every way out.
+    let egress_guard = StopEgressOnDrop(egress.clone());
     let standby = match (&mesh, &vpn) {
         (Some(mesh), Some(vpn)) => {
             // This node's clients, shared so that other nodes can stand by for them.
@@ -920,8 +922,6 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             );
         }
     }
-    // Removes the egress routing on every way out.
-    let egress_guard = StopEgressOnDrop(egress.clone());
     let relay = if config.raw.relay.enabled {
         let relay = Arc::new(crate::relay::RelayService::start(
             &config.raw.relay,
@@ -1013,7 +1013,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
                         let refused = mesh.refused_now.lock().clone();
                         node.metrics.observe_mesh(&dir, &refused);
                         if let Some(relay) = &node.relay {
-                            relay.follow(&dir).await;
+                            relay.follow(&dir);
                         }
                         if let Some(exit) = &node.mesh_exit {
                             exit.follow(&dir);
@@ -1053,8 +1053,10 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         tunnel.stop();
     }
     drop(uapi_guard);
-    drop(egress_guard);
+    // The interface first, so no client packet leaves by the main table once the egress
+    // rules are gone.
     drop(vpn_guard);
+    drop(egress_guard);
     drop(socket_guard);
     node.store.close().await;
     tracing::info!("stopped");

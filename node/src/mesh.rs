@@ -256,7 +256,7 @@ impl ClientRegistration {
         }
         let signed: SignedClient = serde_json::from_str(text).ok()?;
         let r: ClientRegistration = serde_json::from_str(&signed.registration).ok()?;
-        if r.node != member {
+        if r.node != member || crate::peers::check_name(&r.name).is_err() {
             return None;
         }
         let key: [u8; 32] = STANDARD.decode(&r.node).ok()?.try_into().ok()?;
@@ -439,20 +439,35 @@ impl Mesh {
     /// Every client registration in the mesh whose signature verifies (this node's own
     /// included), with whether its node is live.
     pub async fn clients(&self) -> Vec<(ClientRegistration, bool)> {
-        let chitchat = self.handle.chitchat();
-        let c = chitchat.lock().await;
-        let live: Vec<ChitchatId> = c.live_nodes().cloned().collect();
-        let mut out = Vec::new();
-        for (id, state) in c.node_states() {
-            for (key, value) in state.iter_prefix(CLIENT_PREFIX) {
-                if let Some(r) = ClientRegistration::verify(&value.value, &id.node_id)
-                    .filter(|r| key[CLIENT_PREFIX.len()..] == r.public_key)
-                {
-                    out.push((r, live.contains(id)));
-                }
-            }
-        }
-        out
+        // Copied out under the lock, verified after it: signature checks must not hold up
+        // the gossip.
+        let gossiped: Vec<(String, String, String, bool)> = {
+            let chitchat = self.handle.chitchat();
+            let c = chitchat.lock().await;
+            let live: Vec<ChitchatId> = c.live_nodes().cloned().collect();
+            c.node_states()
+                .iter()
+                .flat_map(|(id, state)| {
+                    let is_live = live.contains(id);
+                    state.iter_prefix(CLIENT_PREFIX).map(move |(key, value)| {
+                        (
+                            key[CLIENT_PREFIX.len()..].to_owned(),
+                            value.value.clone(),
+                            id.node_id.to_string(),
+                            is_live,
+                        )
+                    })
+                })
+                .collect()
+        };
+        gossiped
+            .into_iter()
+            .filter_map(|(key, text, member, live)| {
+                ClientRegistration::verify(&text, &member)
+                    .filter(|r| r.public_key == key)
+                    .map(|r| (r, live))
+            })
+            .collect()
     }
 
     /// Tells the others this node is leaving, gives the news a few rounds to spread, and

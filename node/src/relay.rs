@@ -8,7 +8,6 @@ use nx1_vpn::relay::{Drop, Exit, Relay, RelayLimits};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
 
 /// A running relay and what it was told last.
 pub struct RelayService {
@@ -21,9 +20,6 @@ pub struct RelayService {
     section: RelaySection,
     exits: parking_lot::Mutex<Vec<Exit>>,
 }
-
-/// How long resolving one exit's endpoint name may take.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl RelayService {
     /// Binds the relay port and starts forwarding (to no exit until the directory names some).
@@ -57,7 +53,7 @@ impl RelayService {
     }
 
     /// Points the relay at the live exits of `dir` (this node included, if it is one).
-    pub async fn follow(&self, dir: &Directory) {
+    pub fn follow(&self, dir: &Directory) {
         let mut exits = Vec::new();
         for member in dir.members.values() {
             let r = &member.record;
@@ -71,14 +67,19 @@ impl RelayService {
             else {
                 continue;
             };
-            for endpoint in &r.endpoints {
-                if let Some(addr) = resolve(endpoint).await {
-                    exits.push(Exit {
-                        public_key: key,
-                        addr,
-                    });
-                    break;
-                }
+            // Literal addresses only (a name would make this wait on DNS every second), and
+            // only where an exit can be: the directory is self-signed claims, and a relay must
+            // not be a way to send datagrams to its own host's or network's services.
+            if let Some(addr) = r
+                .endpoints
+                .iter()
+                .filter_map(|e| e.parse::<SocketAddr>().ok())
+                .find(|a| forwardable(a, self.section.allow_private_exits))
+            {
+                exits.push(Exit {
+                    public_key: key,
+                    addr,
+                });
             }
         }
         exits.sort_by_key(|e| (e.public_key, e.addr));
@@ -131,14 +132,61 @@ fn limits(section: &RelaySection, cap_mbit: u32) -> RelayLimits {
     }
 }
 
-/// An endpoint as an address: literal, or looked up (bounded in time).
-async fn resolve(endpoint: &str) -> Option<SocketAddr> {
-    if let Ok(addr) = endpoint.parse() {
-        return Some(addr);
+/// Whether the relay may send to `addr`: never loopback, unspecified, multicast, broadcast,
+/// link-local or port 0; private networks (RFC 1918, shared 100.64/10, unique-local) only
+/// when `[relay] allow_private_exits` says so.
+fn forwardable(addr: &SocketAddr, allow_private: bool) -> bool {
+    use std::net::IpAddr;
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let (never, private) = match ip {
+        IpAddr::V4(v4) => (
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local(),
+            v4.is_private() || (v4.octets()[0] == 100 && v4.octets()[1] & 0xc0 == 64),
+        ),
+        IpAddr::V6(v6) => (
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local(),
+            v6.is_unique_local(),
+        ),
+    };
+    addr.port() != 0 && !never && (allow_private || !private)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_forwards_only_to_addresses_an_exit_can_have() {
+        for (addr, private_ok, public_only) in [
+            ("198.51.100.7:51820", true, true),
+            ("[2001:db8::1]:51820", true, true),
+            ("192.168.1.5:51820", true, false),
+            ("10.0.0.1:51820", true, false),
+            ("100.64.1.1:51820", true, false),
+            ("[fd00::1]:51820", true, false),
+            ("127.0.0.1:11211", false, false),
+            ("[::1]:53", false, false),
+            ("[::ffff:127.0.0.1]:53", false, false),
+            ("0.0.0.0:51820", false, false),
+            ("224.0.0.1:51820", false, false),
+            ("255.255.255.255:51820", false, false),
+            ("169.254.1.1:51820", false, false),
+            ("[fe80::1]:51820", false, false),
+            ("198.51.100.7:0", false, false),
+        ] {
+            let a: SocketAddr = addr.parse().unwrap();
+            assert_eq!(forwardable(&a, true), private_ok, "{addr}");
+            assert_eq!(forwardable(&a, false), public_only, "{addr}");
+        }
     }
-    tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(endpoint))
-        .await
-        .ok()?
-        .ok()?
-        .next()
 }

@@ -65,39 +65,62 @@ impl Standby {
     pub async fn follow(&self, mesh: &Mesh, vpn: &VpnService, store: &Store) -> anyhow::Result<()> {
         let local = peers::list(store).await?;
         let local_keys: HashSet<&str> = local.iter().map(|p| p.public_key.as_str()).collect();
-        let local_addrs: HashSet<IpAddr> = local
+        // Addresses taken: this node's own, its clients'.
+        let mut taken: HashSet<IpAddr> = local
             .iter()
             .flat_map(|p| [IpAddr::V4(p.ipv4), IpAddr::V6(p.ipv6)])
             .collect();
+        taken.insert(IpAddr::V4(vpn.config.v4.0));
+        taken.insert(IpAddr::V6(vpn.config.v6.0));
         let pools = crate::vpn::pools(&vpn.config);
+        // Keys that are not clients to stand by for: members' own WireGuard keys (their mesh
+        // links live under them) and every peer of this device that standby did not add.
+        let members: HashSet<String> = mesh
+            .directory()
+            .await
+            .members
+            .values()
+            .filter_map(|m| m.record.wireguard_key.clone())
+            .collect();
+        let adopted_now: HashSet<PublicKey> = self.adopted.lock().keys().copied().collect();
+        let mut registrations = mesh.clients().await;
+        // Live nodes' registrations first: after a take-over, two nodes share a client.
+        registrations.sort_by_key(|(_, live)| !live);
         let mut want: BTreeMap<PublicKey, (ClientRegistration, bool)> = BTreeMap::new();
-        for (r, node_live) in mesh.clients().await {
-            if r.node == self.own || local_keys.contains(r.public_key.as_str()) {
+        for (r, node_live) in registrations {
+            if r.node == self.own
+                || local_keys.contains(r.public_key.as_str())
+                || members.contains(&r.public_key)
+            {
                 continue;
             }
             let Ok(key) = PublicKey::from_base64(&r.public_key) else {
                 continue;
             };
-            let addrs = [IpAddr::V4(r.ipv4), IpAddr::V6(r.ipv6)];
-            // Only addresses this node can route, and that none of its own clients has.
-            if !addrs
-                .iter()
-                .all(|a| pools.iter().any(|p| p.contains(*a)) && !local_addrs.contains(a))
+            if want.contains_key(&key)
+                || key == vpn.device.public_key()
+                || (vpn.device.peer(&key).is_some() && !adopted_now.contains(&key))
             {
                 continue;
             }
-            // Two nodes sharing the same client (after a take-over): a live one wins.
-            let keep = want.get(&key).is_none_or(|(_, live)| !live && node_live);
-            if keep {
-                want.insert(key, (r, node_live));
+            let addrs = [IpAddr::V4(r.ipv4), IpAddr::V6(r.ipv6)];
+            // Only addresses this node can route and nobody here has, each given once.
+            if !addrs
+                .iter()
+                .all(|a| pools.iter().any(|p| p.contains(*a)) && !taken.contains(a))
+            {
+                continue;
             }
+            taken.extend(addrs);
+            want.insert(key, (r, node_live));
         }
         let mut takeovers = Vec::new();
         {
             let mut adopted = self.adopted.lock();
             adopted.retain(|key, _| {
                 let keep = want.contains_key(key);
-                if !keep {
+                // One that became this node's own client stays in the device.
+                if !keep && !local_keys.contains(key.to_base64().as_str()) {
                     vpn.device.remove_peer(key);
                 }
                 keep
@@ -146,7 +169,14 @@ impl Standby {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64),
             };
-            let record = peers::insert(store, &record).await?;
+            // One bad registration must not hold up the others.
+            let record = match peers::insert(store, &record).await {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(client = %r.public_key, error = %e, "cannot take a client over");
+                    continue;
+                }
+            };
             mesh.publish_client(&record.public_key, &record.name, record.ipv4, record.ipv6)
                 .await;
             if let Ok(key) = PublicKey::from_base64(&record.public_key) {

@@ -41,8 +41,14 @@ use std::time::{Duration, Instant};
 /// An initiation whose response has not come within this long is forgotten (WireGuard's
 /// REKEY_TIMEOUT: the client has sent a new one by then).
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
-/// A session idle this long is forgotten (WireGuard's REJECT_AFTER_TIME: its keys are void).
+/// A session idle this long is forgotten.
 pub const SESSION_IDLE: Duration = Duration::from_secs(180);
+/// A session this old is forgotten whatever it carries: WireGuard's keys are void 180 s after
+/// the handshake (REJECT_AFTER_TIME), and the client has rekeyed long before.
+pub const SESSION_MAX_AGE: Duration = Duration::from_secs(185);
+/// Sessions one client address may hold at once (a client needs one, two around a rekey), so
+/// one source cannot fill the relay's session cap.
+pub const SESSIONS_PER_SOURCE: usize = 8;
 /// Most initiations waiting for a response at once.
 pub const MAX_PENDING: usize = 4096;
 
@@ -66,7 +72,7 @@ pub struct Exit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayLimits {
     /// Sessions held at once; initiations beyond are dropped. A client holds one session, two
-    /// for a while after each rekey.
+    /// for a while after each rekey (sessions end 185 s after their handshake).
     pub max_sessions: usize,
     /// Bytes of data forwarded per second, both ways together (0: no cap).
     pub bytes_per_second: u64,
@@ -187,6 +193,7 @@ struct Session {
     exit: SocketAddr,
     client: SocketAddr,
     client_index: u32,
+    created: Instant,
     last: Instant,
 }
 
@@ -334,14 +341,16 @@ impl RelayTable {
             (RESPONSE, true) => self.response(from, datagram, now),
             (COOKIE, true) => self.cookie(from, datagram),
             ((DATA, n), _) if n >= DATA_MIN => {
+                let route = if from_exit {
+                    self.exit_data(from, datagram, now)?
+                } else {
+                    self.client_data(from, datagram, now)?
+                };
+                // Only data of a session spends the budget: junk cannot use it up.
                 if !self.bucket.take(n, now) {
                     return Err(Drop::OverBandwidth);
                 }
-                if from_exit {
-                    self.exit_data(from, datagram, now)
-                } else {
-                    self.client_data(from, datagram, now)
-                }
+                Ok(route)
             }
             (RESPONSE | COOKIE, false) => Err(Drop::WrongSide),
             _ => Err(Drop::Malformed),
@@ -402,7 +411,14 @@ impl RelayTable {
             .pending
             .remove(&(exit, client_index))
             .ok_or(Drop::NoSession)?;
-        if self.sessions.len() >= self.limits.max_sessions
+        let client_ip = pending.client.ip();
+        let of_this_client = self
+            .sessions
+            .values()
+            .filter(|s| s.client.ip() == client_ip)
+            .count();
+        if (self.sessions.len() >= self.limits.max_sessions
+            || of_this_client >= SESSIONS_PER_SOURCE)
             && !self.sessions.contains_key(&exit_index)
         {
             return Err(Drop::SessionsFull);
@@ -415,6 +431,7 @@ impl RelayTable {
                 exit,
                 client: pending.client,
                 client_index,
+                created: now,
                 last: now,
             },
         ) {
@@ -479,7 +496,8 @@ impl RelayTable {
             .retain(|_, p| now.saturating_duration_since(p.at) < PENDING_TIMEOUT);
         let to_client = &mut self.to_client;
         self.sessions.retain(|_, s| {
-            let keep = now.saturating_duration_since(s.last) < SESSION_IDLE;
+            let keep = now.saturating_duration_since(s.last) < SESSION_IDLE
+                && now.saturating_duration_since(s.created) < SESSION_MAX_AGE;
             if !keep {
                 to_client.remove(&(s.exit, s.client_index));
             }
@@ -756,6 +774,20 @@ mod tests {
             Ok((moved, Direction::ToClient))
         );
         assert_eq!(t.sessions(), 1);
+        // Sessions end when their keys do, busy or not.
+        let mut busy = now;
+        while busy < now + SESSION_MAX_AGE {
+            busy += Duration::from_secs(60);
+            t.route(moved, &message(4, 32, 0x55, 0), busy).unwrap();
+            t.expire(busy);
+        }
+        assert_eq!(t.sessions(), 0);
+        // (again, for the idle case)
+        let init = initiation_to(&b.public_key());
+        t.route(addr(CLIENT), &init, now).unwrap();
+        t.route(addr(EXIT_B), &message(2, 92, 0x55, index_at(&init, 4)), now)
+            .unwrap();
+        assert_eq!(t.sessions(), 1);
         // Idle sessions are forgotten.
         t.expire(now + SESSION_IDLE);
         assert_eq!(t.sessions(), 0);
@@ -861,6 +893,46 @@ mod tests {
         t.set_enabled(false);
         assert_eq!(t.sessions(), 0);
         assert_eq!(t.route(addr(CLIENT), &data, later), Err(Drop::Disabled));
+    }
+
+    #[test]
+    fn one_source_cannot_hold_every_session_and_junk_spends_no_budget() {
+        let a = PrivateKey::generate();
+        let limits = RelayLimits {
+            max_sessions: 100,
+            bytes_per_second: 1_000_000,
+        };
+        let (mut t, now) = table(&[(a.public_key(), EXIT_A)], limits);
+        let mut at = now;
+        for i in 0..20u32 {
+            at += Duration::from_secs(1);
+            let init = initiation_to(&a.public_key());
+            t.route(addr(CLIENT), &init, at).unwrap();
+            let r = t.route(
+                addr(EXIT_A),
+                &message(2, 92, 1000 + i, index_at(&init, 4)),
+                at,
+            );
+            assert_eq!(r.is_ok(), (i as usize) < SESSIONS_PER_SOURCE, "{i}");
+        }
+        // Another client still gets one.
+        let init = initiation_to(&a.public_key());
+        t.route(addr("198.51.100.8:1"), &init, at).unwrap();
+        assert!(
+            t.route(addr(EXIT_A), &message(2, 92, 7, index_at(&init, 4)), at)
+                .is_ok()
+        );
+        // Data for no session: dropped as such, the budget untouched.
+        for _ in 0..1000 {
+            assert_eq!(
+                t.route(addr(CLIENT), &message(4, 1400, 0xdead, 0), at),
+                Err(Drop::NoSession)
+            );
+        }
+        assert!(
+            t.route(addr(CLIENT), &message(4, 1400, 1000, 0), at)
+                .is_ok()
+        );
     }
 
     #[test]
