@@ -1189,7 +1189,7 @@ endpoint = ""
 # Caps: sessions at once, and Mbit/s relayed both ways together (0: no cap).
 max_sessions = 1024
 bandwidth_mbit = 0
-# Also relay to exits at private addresses (RFC 1918, 100.64.0.0/10, fd00::/8), for a mesh
+# Also relay to exits at private addresses (RFC 1918, 100.64.0.0/10, fc00::/7), for a mesh
 # on one private network. Loopback, link-local and multicast addresses never.
 allow_private_exits = false
 

@@ -278,28 +278,42 @@ pub struct ReceiptCounters {
 /// session's bytes (up + down). Compared with what the node carried for that tunnel.
 #[derive(Debug, Default)]
 pub struct Meter {
-    signed: parking_lot::Mutex<
-        std::collections::HashMap<String, std::collections::HashMap<String, u64>>,
-    >,
+    signed: parking_lot::Mutex<std::collections::HashMap<String, TunnelMeter>>,
+}
+
+/// One tunnel's signed bytes: its latest sessions, and the sum of older ones.
+#[derive(Debug, Default)]
+struct TunnelMeter {
+    retired: u64,
+    sessions: std::collections::VecDeque<(String, u64)>,
 }
 
 impl Meter {
     fn record(&self, r: &Receipt) {
         let mut signed = self.signed.lock();
-        let sessions = signed.entry(r.client_key.clone()).or_default();
-        // Bounded like the store: no more sessions than a tunnel may start in an hour.
-        if sessions.len() >= SESSIONS_PER_HOUR as usize && !sessions.contains_key(&r.session) {
-            return;
+        let t = signed.entry(r.client_key.clone()).or_default();
+        let bytes = r.bytes_up.saturating_add(r.bytes_down);
+        match t.sessions.iter_mut().find(|(s, _)| *s == r.session) {
+            Some((_, b)) => *b = bytes,
+            None => {
+                t.sessions.push_back((r.session.clone(), bytes));
+                // Bounded: the oldest sessions (whose totals no longer change) are summed.
+                if t.sessions.len() > SESSIONS_PER_HOUR as usize
+                    && let Some((_, old)) = t.sessions.pop_front()
+                {
+                    t.retired = t.retired.saturating_add(old);
+                }
+            }
         }
-        sessions.insert(r.session.clone(), r.bytes_up.saturating_add(r.bytes_down));
     }
 
     /// Bytes a tunnel's receipts cover, over all its sessions.
     pub fn signed(&self, client_key: &str) -> u64 {
-        self.signed
-            .lock()
-            .get(client_key)
-            .map_or(0, |s| s.values().fold(0u64, |a, b| a.saturating_add(*b)))
+        self.signed.lock().get(client_key).map_or(0, |t| {
+            t.sessions
+                .iter()
+                .fold(t.retired, |a, (_, b)| a.saturating_add(*b))
+        })
     }
 }
 
@@ -567,6 +581,21 @@ mod tests {
         );
         store.close().await;
         db.drop_now().await;
+    }
+
+    #[test]
+    fn the_meter_sums_every_session_in_bounded_memory() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let m = Meter::default();
+        for i in 0..200 {
+            m.record(&receipt(&key, &format!("S{i}"), 10, 5, 1));
+        }
+        // A later receipt of the newest session raises it, not a new one.
+        m.record(&receipt(&key, "S199", 20, 5, 2));
+        assert_eq!(m.signed("CLIENT="), 199 * 15 + 25);
+        assert_eq!(m.signed("OTHER="), 0);
+        let t = m.signed.lock();
+        assert!(t["CLIENT="].sessions.len() <= SESSIONS_PER_HOUR as usize);
     }
 
     #[tokio::test]
