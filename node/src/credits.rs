@@ -10,9 +10,7 @@
 //! every session, exactly what the client signed, and can claim no more.
 
 use crate::store::Store;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
@@ -122,13 +120,8 @@ impl From<sqlx::Error> for ReceiptError {
 impl SignedReceipt {
     /// Signs `receipt` with the account key (whose public half must be `receipt.account`).
     pub fn sign(receipt: &Receipt, account: &SigningKey) -> SignedReceipt {
-        let text = serde_json::to_string(receipt).expect("receipts serialize");
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(text.as_bytes());
-        SignedReceipt {
-            signature: STANDARD.encode(account.sign(&msg).to_bytes()),
-            receipt: text,
-        }
+        let (receipt, signature) = crate::signed::sign(DOMAIN, receipt, account);
+        SignedReceipt { receipt, signature }
     }
 
     /// The receipt, if it is well-formed and signed by the account it names.
@@ -141,22 +134,14 @@ impl SignedReceipt {
         if r.v != 1 {
             return Err(ReceiptError::Malformed(format!("format {}", r.v)));
         }
-        let key: [u8; 32] = STANDARD
-            .decode(&r.account)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| ReceiptError::Malformed("account is not a key".into()))?;
-        let key = VerifyingKey::from_bytes(&key)
-            .map_err(|_| ReceiptError::Malformed("account is not a key".into()))?;
-        let sig = STANDARD
-            .decode(&self.signature)
-            .ok()
-            .and_then(|b| Signature::from_slice(&b).ok())
-            .ok_or(ReceiptError::Signature)?;
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(self.receipt.as_bytes());
-        key.verify(&msg, &sig)
-            .map_err(|_| ReceiptError::Signature)?;
+        crate::signed::verify(DOMAIN, &self.receipt, &self.signature, &r.account).map_err(|e| {
+            match e {
+                crate::signed::SignatureError::BadKey => {
+                    ReceiptError::Malformed("account is not a key".into())
+                }
+                crate::signed::SignatureError::BadSignature => ReceiptError::Signature,
+            }
+        })?;
         Ok(r)
     }
 }
@@ -486,6 +471,8 @@ pub async fn usage(store: &Store) -> Result<Vec<AccountUsage>, ReceiptError> {
 mod tests {
     use super::*;
     use crate::store::testing::TestDb;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
 
     fn receipt(account: &SigningKey, session: &str, up: u64, down: u64, secs: u64) -> Receipt {
         Receipt {

@@ -16,6 +16,7 @@ mod mesh;
 mod metrics;
 mod peers;
 mod relay;
+mod signed;
 mod standby;
 mod store;
 mod uapi;

@@ -11,11 +11,12 @@
 //! gossip layer keeps it. Leaving is part of the record too (`leaving: true`, signed), so
 //! only the node itself can take itself out of the directory.
 
+use crate::signed::SignatureError;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -160,13 +161,8 @@ fn now_unix() -> i64 {
 impl SignedRecord {
     /// Signs `record` with `key` (whose public half must be `record.id`).
     pub fn sign(record: &NodeRecord, key: &SigningKey) -> SignedRecord {
-        let text = serde_json::to_string(record).expect("records serialize");
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(text.as_bytes());
-        SignedRecord {
-            signature: STANDARD.encode(key.sign(&msg).to_bytes()),
-            record: text,
-        }
+        let (record, signature) = crate::signed::sign(DOMAIN, record, key);
+        SignedRecord { record, signature }
     }
 
     /// Checks a record gossiped by `member` at Unix time `now`: well-formed, signed by the
@@ -183,20 +179,12 @@ impl SignedRecord {
         if record.v != 1 {
             return Err(RecordError::Version(record.v));
         }
-        let key: [u8; 32] = STANDARD
-            .decode(&record.id)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(RecordError::BadId)?;
-        let key = VerifyingKey::from_bytes(&key).map_err(|_| RecordError::BadId)?;
-        let sig = STANDARD
-            .decode(&self.signature)
-            .ok()
-            .and_then(|b| Signature::from_slice(&b).ok())
-            .ok_or(RecordError::Signature)?;
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(self.record.as_bytes());
-        key.verify(&msg, &sig).map_err(|_| RecordError::Signature)?;
+        crate::signed::verify(DOMAIN, &self.record, &self.signature, &record.id).map_err(|e| {
+            match e {
+                SignatureError::BadKey => RecordError::BadId,
+                SignatureError::BadSignature => RecordError::Signature,
+            }
+        })?;
         if record.id != member {
             return Err(RecordError::WrongMember {
                 member: member.to_owned(),
@@ -238,12 +226,10 @@ struct SignedClient {
 
 impl ClientRegistration {
     fn sign(&self, key: &SigningKey) -> String {
-        let text = serde_json::to_string(self).expect("registrations serialize");
-        let mut msg = CLIENT_DOMAIN.to_vec();
-        msg.extend_from_slice(text.as_bytes());
+        let (registration, signature) = crate::signed::sign(CLIENT_DOMAIN, self, key);
         serde_json::to_string(&SignedClient {
-            signature: STANDARD.encode(key.sign(&msg).to_bytes()),
-            registration: text,
+            registration,
+            signature,
         })
         .expect("registrations serialize")
     }
@@ -259,12 +245,13 @@ impl ClientRegistration {
         if r.node != member || crate::peers::check_name(&r.name).is_err() {
             return None;
         }
-        let key: [u8; 32] = STANDARD.decode(&r.node).ok()?.try_into().ok()?;
-        let key = VerifyingKey::from_bytes(&key).ok()?;
-        let sig = Signature::from_slice(&STANDARD.decode(&signed.signature).ok()?).ok()?;
-        let mut msg = CLIENT_DOMAIN.to_vec();
-        msg.extend_from_slice(signed.registration.as_bytes());
-        key.verify(&msg, &sig).ok()?;
+        crate::signed::verify(
+            CLIENT_DOMAIN,
+            &signed.registration,
+            &signed.signature,
+            &r.node,
+        )
+        .ok()?;
         Some(r)
     }
 }
