@@ -4,7 +4,7 @@
 //! pools, so only a masquerading exit gets answers from it.
 
 use crate::netns::{Netns, link, must, unique_tag};
-use crate::{Daemon, eventually, nx1, set_config, text};
+use crate::{Daemon, eventually, init_node, nx1, set_config, text};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -130,10 +130,7 @@ impl ExitLab {
             &["198.18.2.2/24", "2001:2:0:2::2/64"],
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("node");
-        let out = nx1(&["init", "--dir", data.to_str().unwrap()], dir.path());
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let config = data.join("nx1.toml");
+        let (config, _) = init_node(&dir.path().join("node"), dir.path());
         let node_if = format!("nx1e{tag}");
         set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
         set_config(&config, "vpn", "interface", &format!("\"{node_if}\""));
@@ -156,10 +153,7 @@ impl ExitLab {
                 "listen",
                 &format!("\"{EXIT_RELAY_ADDR}:7871\""),
             );
-            let data = dir.path().join("relay");
-            let out = nx1(&["init", "--dir", data.to_str().unwrap()], dir.path());
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            let rc = data.join("nx1.toml");
+            let (rc, _) = init_node(&dir.path().join("relay"), dir.path());
             set_config(&rc, "api", "listen", "\"127.0.0.1:0\"");
             set_config(&rc, "vpn", "enabled", "false");
             set_config(&rc, "mesh", "enabled", "true");

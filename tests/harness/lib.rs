@@ -315,10 +315,7 @@ impl PgDatabase {
     /// `nx1 init`s a node in `tmp/dir` that keeps its state in this database (no WireGuard
     /// interface, HTTP API on a free port) and returns its config file.
     pub fn node(&self, tmp: &Path, dir: &str) -> std::path::PathBuf {
-        let dir = tmp.join(dir);
-        let init = nx1(&["init", "--dir", dir.to_str().unwrap()], tmp);
-        assert!(init.status.success(), "{}", text(&init.stderr));
-        let config = dir.join("nx1.toml");
+        let (config, _) = init_node(&tmp.join(dir), tmp);
         set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
         set_config(&config, "vpn", "enabled", "false");
         set_config(
