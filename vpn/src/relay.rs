@@ -51,6 +51,9 @@ pub const SESSION_MAX_AGE: Duration = Duration::from_secs(185);
 pub const SESSIONS_PER_SOURCE: usize = 8;
 /// Most initiations waiting for a response at once.
 pub const MAX_PENDING: usize = 4096;
+/// Once the pending table is half full, one client address may hold at most this many of
+/// them, so a few sources cannot fill it for everyone.
+pub const PENDING_PER_SOURCE: usize = 16;
 
 const INITIATION: (u8, usize) = (1, 148);
 const RESPONSE: (u8, usize) = (2, 92);
@@ -382,10 +385,16 @@ impl RelayTable {
             })
             .map(|e| e.addr)
             .ok_or(Drop::NoExit)?;
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() >= MAX_PENDING / 2 {
             self.pending
                 .retain(|_, p| now.saturating_duration_since(p.at) < PENDING_TIMEOUT);
-            if self.pending.len() >= MAX_PENDING {
+            // Counted only under pressure: a full scan per initiation while it lasts.
+            let of_this_source = self
+                .pending
+                .values()
+                .filter(|p| p.client.ip() == from.ip())
+                .count();
+            if self.pending.len() >= MAX_PENDING || of_this_source >= PENDING_PER_SOURCE {
                 return Err(Drop::SessionsFull);
             }
         }
@@ -678,8 +687,13 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// A real initiation from boringtun towards `exit`, with `sender` as its index.
+    /// A real initiation from boringtun towards `exit`.
     fn initiation_to(exit: &PublicKey) -> Vec<u8> {
+        initiation_with(exit, 7)
+    }
+
+    /// A real initiation from boringtun towards `exit`, from a peer with index `index`.
+    fn initiation_with(exit: &PublicKey, index: u32) -> Vec<u8> {
         use boringtun::noise::{Tunn, TunnResult};
         use boringtun::x25519;
         let client = PrivateKey::generate();
@@ -688,7 +702,7 @@ mod tests {
             x25519::PublicKey::from(exit.0),
             None,
             None,
-            7,
+            index,
             None,
         );
         let mut buf = vec![0u8; 256];
@@ -933,6 +947,30 @@ mod tests {
             t.route(addr(CLIENT), &message(4, 1400, 1000, 0), at)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn few_sources_cannot_fill_the_pending_handshakes() {
+        let a = PrivateKey::generate();
+        let (mut t, now) = table(&[(a.public_key(), EXIT_A)], ROOMY);
+        // Many sources fill half the table, within their rates …
+        let at = now;
+        for i in 0..(MAX_PENDING / 2) as u32 {
+            let from = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 1));
+            t.route(from, &initiation_with(&a.public_key(), i + 100), at)
+                .unwrap();
+        }
+        // … then one source may hold only a few more.
+        let flooder = addr("198.51.100.200:9");
+        let mut taken = 0;
+        for step in 0..60u32 {
+            let when = at + Duration::from_millis(60 * u64::from(step));
+            let init = initiation_with(&a.public_key(), 10_000 + step);
+            if t.route(flooder, &init, when).is_ok() {
+                taken += 1;
+            }
+        }
+        assert!(taken <= PENDING_PER_SOURCE, "{taken}");
     }
 
     #[test]
