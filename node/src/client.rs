@@ -227,7 +227,8 @@ async fn watch(
     }
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
+/// Runs iproute2's `ip ARGS…` and returns what it printed, or its error in one line.
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(args)
         .output()

@@ -391,20 +391,21 @@ pub async fn serve(
             if last_from.len() > 65_536 {
                 last_from.retain(|_, t| at.duration_since(*t) < RECEIPT_GAP);
             }
-            let result = match (
-                serde_json::from_slice::<SignedReceipt>(&buf[..n]),
-                device.peer_for(from.ip()),
-            ) {
+            let sender = device.peer_for(from.ip());
+            let result = match (serde_json::from_slice::<SignedReceipt>(&buf[..n]), sender) {
                 (Err(e), _) => Err(ReceiptError::Malformed(e.to_string())),
                 (Ok(_), None) => Err(ReceiptError::WrongTunnel),
                 (Ok(signed), Some(sender)) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
-                    take(&store, &node_id, &sender.to_base64(), &signed, now).await
+                    take(
+                        &store,
+                        &node_id,
+                        &sender.to_base64(),
+                        &signed,
+                        crate::now_unix(),
+                    )
+                    .await
                 }
             };
-            let sender = device.peer_for(from.ip());
             let answer = ReceiptAnswer {
                 refused: result.as_ref().err().map(|e| e.to_string()),
                 cut_off: sender.is_some_and(|k| device.is_restricted(&k)),

@@ -604,21 +604,12 @@ impl Node {
     fn vpn_status(&self) -> Option<VpnStatus> {
         let vpn = self.vpn.as_ref()?;
         let stats = vpn.device.peer_stats();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         Some(VpnStatus {
             interface: vpn.config.interface.clone(),
             listen_port: vpn.port,
             exit_table: vpn.exit_table.clone(),
             peers: stats.len(),
-            active_peers: stats
-                .iter()
-                .filter(|s| {
-                    s.last_handshake
-                        .is_some_and(|t| now.saturating_sub(t).as_secs() < 180)
-                })
-                .count(),
+            active_peers: stats.iter().filter(|s| s.is_active()).count(),
             drops: crate::metrics::device_drops(&vpn.device)
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -1023,7 +1014,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
                         }
                         if let (Some(standby), Some(vpn)) = (&node.standby, &node.vpn) {
                             let _changing = node.peer_changes.lock().await;
-                            if let Err(e) = standby.follow(&mesh, vpn, &node.store).await {
+                            if let Err(e) = standby.follow(&mesh, &dir, vpn, &node.store).await {
                                 tracing::warn!(error = %e, "following the mesh's clients failed");
                             }
                         }
@@ -1198,16 +1189,7 @@ async fn start_mesh(
     let source: crate::mesh::RecordSource = Box::new(move || {
         let (peers, active_peers) = vpn.as_ref().map_or((0, 0), |v| {
             let stats = v.device.peer_stats();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let active = stats
-                .iter()
-                .filter(|s| {
-                    s.last_handshake
-                        .is_some_and(|t| now.saturating_sub(t).as_secs() < 180)
-                })
-                .count();
+            let active = stats.iter().filter(|s| s.is_active()).count();
             (stats.len() as u32, active as u32)
         });
         NodeRecord {

@@ -15,6 +15,7 @@
 //! one table write, no handshake, since that link is already up. A standard client notices a
 //! pause, and new connections leave from another exit's address.
 
+use crate::client::ip;
 use crate::mesh::{Directory, Role};
 use anyhow::Context as _;
 use nx1_vpn::IpNetwork;
@@ -78,23 +79,6 @@ pub fn transit_networks() -> Vec<IpNetwork> {
         TRANSIT_V4.parse().expect("v4 transit"),
         TRANSIT_V6.parse().expect("v6 transit"),
     ]
-}
-
-/// Runs `ip ARGS…`.
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (install iproute2)")?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    }
 }
 
 /// Gives the interface this node's transit addresses and routes the transit networks into it.

@@ -152,12 +152,6 @@ impl RecordError {
     }
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl SignedRecord {
     /// Signs `record` with `key` (whose public half must be `record.id`).
     pub fn sign(record: &NodeRecord, key: &SigningKey) -> SignedRecord {
@@ -365,7 +359,7 @@ impl Mesh {
     }
 
     fn fill(node_id: &str, source: &RecordSource, leaving: bool) -> NodeRecord {
-        let now = now_unix();
+        let now = crate::now_unix();
         let mut r = source();
         r.v = 1;
         r.id = node_id.to_owned();
@@ -467,7 +461,7 @@ impl Mesh {
 
     /// The directory as this node sees it now.
     pub async fn directory(&self) -> Directory {
-        let now = now_unix();
+        let now = crate::now_unix();
         let chitchat = self.handle.chitchat();
         let c = chitchat.lock().await;
         let live: Vec<ChitchatId> = c.live_nodes().cloned().collect();

@@ -162,9 +162,7 @@ pub async fn add_avoiding(
             public_key: public_key.to_owned(),
             ipv4,
             ipv6,
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            created_at: crate::now_unix(),
         };
         match insert_row(store, &record).await {
             Ok(_) => return Ok(record),

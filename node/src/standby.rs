@@ -5,7 +5,7 @@
 //! node registers it as its own (and shares that), so it stays when the gossip forgets the
 //! dead node. It also answers the clients' probes on its tunnel address.
 
-use crate::mesh::{ClientRegistration, Mesh};
+use crate::mesh::{ClientRegistration, Directory, Mesh};
 use crate::peers::{self, PeerRecord};
 use crate::store::Store;
 use crate::vpn::VpnService;
@@ -16,7 +16,6 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// Clients this node stands by for.
@@ -24,9 +23,6 @@ pub struct Standby {
     own: String,
     adopted: Mutex<BTreeMap<PublicKey, ClientRegistration>>,
 }
-
-/// A peer whose latest handshake is this recent is in use here.
-const IN_USE: Duration = Duration::from_secs(180);
 
 impl Standby {
     /// Starts answering clients' probes on the node's tunnel IPv4 address.
@@ -62,7 +58,13 @@ impl Standby {
 
     /// Follows the mesh's registrations: adopts new ones, drops withdrawn ones, and takes
     /// over the clients that moved here from a dead node.
-    pub async fn follow(&self, mesh: &Mesh, vpn: &VpnService, store: &Store) -> anyhow::Result<()> {
+    pub async fn follow(
+        &self,
+        mesh: &Mesh,
+        dir: &Directory,
+        vpn: &VpnService,
+        store: &Store,
+    ) -> anyhow::Result<()> {
         let local = peers::list(store).await?;
         let local_keys: HashSet<&str> = local.iter().map(|p| p.public_key.as_str()).collect();
         // Addresses taken: this node's own, its clients'.
@@ -75,9 +77,7 @@ impl Standby {
         let pools = crate::vpn::pools(&vpn.config);
         // Keys that are not clients to stand by for: members' own WireGuard keys (their mesh
         // links live under them) and every peer of this device that standby did not add.
-        let members: HashSet<String> = mesh
-            .directory()
-            .await
+        let members: HashSet<String> = dir
             .members
             .values()
             .filter_map(|m| m.record.wireguard_key.clone())
@@ -143,17 +143,7 @@ impl Standby {
                     }
                     adopted.insert(*key, r.clone());
                 }
-                let in_use = vpn
-                    .device
-                    .peer(key)
-                    .and_then(|s| s.last_handshake)
-                    .is_some_and(|t| {
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap_or_default()
-                            .saturating_sub(t)
-                            < IN_USE
-                    });
+                let in_use = vpn.device.peer(key).is_some_and(|s| s.is_active());
                 if !node_live && in_use {
                     takeovers.push(r.clone());
                 }
@@ -165,9 +155,7 @@ impl Standby {
                 public_key: r.public_key.clone(),
                 ipv4: r.ipv4,
                 ipv6: r.ipv6,
-                created_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64),
+                created_at: crate::now_unix(),
             };
             // One bad registration must not hold up the others.
             let record = match peers::insert(store, &record).await {

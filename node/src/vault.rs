@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long a login challenge stays valid.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
@@ -187,12 +187,6 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n.max(1)).expect("at least 1"))
@@ -370,7 +364,7 @@ async fn register(
         .bind(r.auth_key)
         .bind(r.manifest_key)
         .bind(r.wrapped_key)
-        .bind(now_unix())
+        .bind(crate::now_unix())
         .execute(svc.store.pool())
         .await?;
     if res.rows_affected() == 0 {
@@ -466,7 +460,7 @@ async fn login(
     }
     let token: [u8; 32] = nx1_vault::crypto::random();
     let token = URL_SAFE_NO_PAD.encode(token);
-    let now = now_unix();
+    let now = crate::now_unix();
     sqlx::query("DELETE FROM vault_sessions WHERE expires_at < $1")
         .bind(now)
         .execute(svc.store.pool())
@@ -503,7 +497,7 @@ impl FromRequestParts<Arc<VaultService>> for Authed {
                 .fetch_optional(svc.store.pool())
                 .await?
                 .ok_or_else(|| unauthorized("unknown token"))?;
-        if row.try_get::<i64, _>("expires_at")? < now_unix() {
+        if row.try_get::<i64, _>("expires_at")? < crate::now_unix() {
             return Err(unauthorized("session expired"));
         }
         let account: String = row.try_get("account")?;

@@ -64,6 +64,21 @@ pub struct PeerStats {
     pub drops: u64,
 }
 
+/// A peer whose last handshake is this recent is active: WireGuard's REJECT_AFTER_TIME,
+/// after which a session's keys are void.
+pub const ACTIVE: Duration = Duration::from_secs(180);
+
+impl PeerStats {
+    /// Whether the peer had a handshake within [`ACTIVE`].
+    pub fn is_active(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_handshake
+            .is_some_and(|t| now.saturating_sub(t) < ACTIVE)
+    }
+}
+
 /// An IPv4-mapped IPv6 address (from the dual-stack socket) as plain IPv4; other addresses,
 /// with their IPv6 scope, unchanged.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
