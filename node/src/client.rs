@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 pub const FALLBACK_LINE: &str = "nx1-fallback";
 /// The comment key naming the node: `# nx1-node = NODE-ID`.
 pub const NODE_LINE: &str = "nx1-node";
+/// The comment key naming the relay the node is reached through: `# nx1-via = NODE-ID`.
+pub const VIA_LINE: &str = "nx1-via";
 /// The comment key naming where usage receipts go: `# nx1-receipts = IP:PORT`.
 pub const RECEIPTS_LINE: &str = "nx1-receipts";
 /// The client signs a receipt for its session at least this often …
@@ -94,7 +96,7 @@ pub struct Receipts {
 /// a move to a standby node starts another (its counters start at zero with the new peer).
 async fn sign_receipts(
     device: Arc<Device>,
-    nodes: std::collections::HashMap<PublicKey, String>,
+    nodes: std::collections::HashMap<PublicKey, (String, Option<String>)>,
     to: SocketAddr,
     bind: std::net::Ipv4Addr,
     account: ed25519_dalek::SigningKey,
@@ -119,7 +121,7 @@ async fn sign_receipts(
         let Some(stats) = device.peer_stats().into_iter().next() else {
             continue;
         };
-        let Some(node) = nodes.get(&stats.public_key) else {
+        let Some((node, via)) = nodes.get(&stats.public_key) else {
             continue;
         };
         // A move to another node (or back to one used before) starts a new session: the
@@ -145,6 +147,7 @@ async fn sign_receipts(
             account: account_id.clone(),
             client_key: client_key.clone(),
             node: node.clone(),
+            via: via.clone(),
             bytes_up: stats.tx_bytes,
             bytes_down: stats.rx_bytes,
             seconds: since.elapsed().as_secs(),
@@ -336,7 +339,10 @@ impl ClientTunnel {
             config.peers.first(),
             nx1_comments(config_text, NODE_LINE).next(),
         ) {
-            node_ids.insert(peer.public_key, node.to_owned());
+            let via = nx1_comments(config_text, VIA_LINE)
+                .next()
+                .map(str::to_owned);
+            node_ids.insert(peer.public_key, (node.to_owned(), via));
         }
         if let ([peer], Some(endpoint), Some(_)) =
             (config.peers.as_slice(), endpoints.first(), probe)
@@ -351,7 +357,7 @@ impl ClientTunnel {
                     continue;
                 };
                 if let Some(node) = words.next() {
-                    node_ids.insert(key, node.to_owned());
+                    node_ids.insert(key, (node.to_owned(), None));
                 }
                 if let Ok(Some(addr)) = tokio::net::lookup_host(e).await.map(|mut a| a.next()) {
                     servers.push((key, addr));

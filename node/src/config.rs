@@ -485,6 +485,21 @@ pub struct CreditsSection {
     pub require_receipts: bool,
     /// Unpaid traffic (KiB of WireGuard datagrams, both ways) a client may run ahead.
     pub unpaid_allowance_kb: u64,
+    /// The account (base64 ed25519 public key) this node's earnings go to; empty: the node's
+    /// own identity.
+    pub owner: String,
+    /// Accounts whose grants (top-ups) this node honours.
+    pub issuers: Vec<String>,
+    /// Credits earned per MiB carried through an exit (up and down).
+    pub exit_per_mib: u64,
+    /// Credits earned per MiB relayed.
+    pub relay_per_mib: u64,
+    /// Vault sync free per vault account and 30 days, in KiB.
+    pub vault_free_kib: u64,
+    /// Credits per MiB of vault sync beyond the free tier.
+    pub vault_sync_per_mib: u64,
+    /// How often earnings are claimed and replicas compared, in ms.
+    pub sync_interval_ms: u64,
 }
 
 impl Default for CreditsSection {
@@ -492,6 +507,25 @@ impl Default for CreditsSection {
         Self {
             require_receipts: false,
             unpaid_allowance_kb: 4096,
+            owner: String::new(),
+            issuers: Vec::new(),
+            exit_per_mib: 10,
+            relay_per_mib: 5,
+            vault_free_kib: 65_536,
+            vault_sync_per_mib: 20,
+            sync_interval_ms: 2000,
+        }
+    }
+}
+
+impl CreditsSection {
+    /// The rates and free tiers.
+    pub fn pricing(&self) -> crate::ledger::Pricing {
+        crate::ledger::Pricing {
+            exit_per_mib: self.exit_per_mib,
+            relay_per_mib: self.relay_per_mib,
+            vault_free_bytes: self.vault_free_kib.saturating_mul(1024),
+            vault_sync_per_mib: self.vault_sync_per_mib,
         }
     }
 }
@@ -854,6 +888,24 @@ impl Config {
                 ));
             }
         }
+        let c = &self.credits;
+        for (key, account) in std::iter::once(("credits.owner", &c.owner))
+            .filter(|(_, o)| !o.is_empty())
+            .chain(c.issuers.iter().map(|i| ("credits.issuers", i)))
+        {
+            if crate::signed::public_key(account).is_none() {
+                return Err(invalid(
+                    key,
+                    format!("{account:?} is not a base64 ed25519 public key (a node id)"),
+                ));
+            }
+        }
+        if !(100..=600_000).contains(&c.sync_interval_ms) {
+            return Err(invalid(
+                "credits.sync_interval_ms",
+                format!("must be 100..=600000, not {}", c.sync_interval_ms),
+            ));
+        }
         let v = &self.vault;
         if v.session_secs == 0 || v.session_secs > 30 * 24 * 3600 {
             return Err(invalid(
@@ -1205,6 +1257,19 @@ bandwidth_mbit = 0
 # by more than the allowance (KiB) is cut off until its receipts catch up.
 require_receipts = false
 unpaid_allowance_kb = 4096
+# The account this node's earnings go to (a base64 ed25519 public key, e.g. the node id
+# `nx1 status` shows on your own device); empty: this node's own identity.
+owner = ""
+# Accounts whose grants (top-ups, `nx1 credits grant`) this node honours.
+issuers = []
+# Credits earned per MiB carried for others: through the exit, and relayed.
+exit_per_mib = 10
+relay_per_mib = 5
+# Vault sync: free per vault account every 30 days (KiB), then credits per MiB.
+vault_free_kib = 65536
+vault_sync_per_mib = 20
+# How often (ms) earnings are claimed and each account's replicas compared.
+sync_interval_ms = 2000
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

@@ -64,8 +64,30 @@ pub enum Request {
     },
     /// Re-read the block lists and local rules.
     GuardReload,
-    /// Usage this node carried, as its clients' accounts signed it.
+    /// Usage this node carried, as its clients' accounts signed it, and its owner's balance.
     Credits,
+    /// An account's ledger entries (this node's owner's by default).
+    CreditsHistory {
+        /// The account (base64 ed25519 public key).
+        #[serde(default)]
+        account: Option<String>,
+    },
+    /// Grant credits to an account, signed by this node as an issuer.
+    CreditsGrant {
+        /// The account.
+        account: String,
+        /// Credits.
+        amount: u64,
+        /// Why, in words.
+        memo: String,
+    },
+    /// Let a device key spend for this node's account, or stop letting it.
+    CreditsDevice {
+        /// The device's ed25519 public key (base64).
+        device: String,
+        /// Whether it may spend.
+        active: bool,
+    },
     /// Contribution: read it, or turn relay duty on/off and set the bandwidth cap, at once.
     Contribute {
         /// Relay duty on (true) or off (false); unchanged if absent.
@@ -123,6 +145,9 @@ impl Request {
             Request::GuardFindings { .. } => "guard_findings",
             Request::GuardReload => "guard_reload",
             Request::Credits => "credits",
+            Request::CreditsHistory { .. } => "credits_history",
+            Request::CreditsGrant { .. } => "credits_grant",
+            Request::CreditsDevice { .. } => "credits_device",
             Request::Contribute { .. } => "contribute",
             Request::GuardRule { .. } => "guard_rule",
             Request::GuardCategory { .. } => "guard_category",
@@ -152,6 +177,15 @@ pub enum Response {
     },
     /// Answer to [`Request::Credits`].
     Credits(CreditsStatus),
+    /// Answer to [`Request::CreditsHistory`].
+    CreditsHistory(crate::ledger::AccountView),
+    /// Answer to [`Request::CreditsGrant`] and [`Request::CreditsDevice`].
+    CreditsPublished {
+        /// The signed entry.
+        entry: crate::ledger::SignedEntry,
+        /// Replicas of the account that took it (the others get it later).
+        replicas: usize,
+    },
     /// Answer to [`Request::Contribute`].
     Contribution(ContributionStatus),
     /// Answer to [`Request::GuardReload`].
@@ -220,6 +254,9 @@ pub struct PeerAdded {
     /// This node's id (usage receipts name it).
     #[serde(default)]
     pub node_id: String,
+    /// The relay's node id, when the config goes through one (`--via`).
+    #[serde(default)]
+    pub relay_id: Option<String>,
     /// Where `nx1 connect` sends its usage receipts through the tunnel ("ip:port").
     #[serde(default)]
     pub receipts: Option<String>,
@@ -450,6 +487,31 @@ pub struct CreditsStatus {
     pub require_receipts: bool,
     /// Clients cut off now for unpaid usage, by name.
     pub cut_off: Vec<String>,
+    /// The account this node's earnings go to (`[credits] owner`, else the node id).
+    #[serde(default)]
+    pub owner: String,
+    /// That account's balance, from one of its replicas.
+    #[serde(default)]
+    pub balance: Option<crate::ledger::Balance>,
+    /// Why the balance could not be read, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_error: Option<String>,
+    /// What the services cost and earn.
+    #[serde(default)]
+    pub pricing: Option<PricingInfo>,
+}
+
+/// `[credits]` rates, as the app shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PricingInfo {
+    /// Earned per MiB carried through an exit.
+    pub exit_per_mib: u64,
+    /// Earned per MiB relayed.
+    pub relay_per_mib: u64,
+    /// Vault sync free per vault account and 30 days, in KiB.
+    pub vault_free_kib: u64,
+    /// Spent per MiB of vault sync beyond it.
+    pub vault_sync_per_mib: u64,
 }
 
 /// What this node contributes to the mesh.

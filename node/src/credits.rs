@@ -38,6 +38,9 @@ pub struct Receipt {
     pub client_key: String,
     /// The node (its id) that carried the traffic.
     pub node: String,
+    /// The relay (its node id) the traffic went through, if any (private two-hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Bytes the client sent (WireGuard datagrams), since the session began.
     pub bytes_up: u64,
     /// Bytes it received.
@@ -354,7 +357,8 @@ pub fn enforce(
 }
 
 /// Takes receipts on the node's tunnel IPv4 address, one at a time, from its own clients,
-/// and answers each.
+/// and answers each; what they raise is claimed in the ledger.
+#[allow(clippy::too_many_arguments)] // each is a different part of the node it connects
 pub async fn serve(
     store: Store,
     node_id: String,
@@ -362,6 +366,7 @@ pub async fn serve(
     address: std::net::Ipv4Addr,
     counters: std::sync::Arc<ReceiptCounters>,
     meter: std::sync::Arc<Meter>,
+    ledger: std::sync::Arc<crate::ledger::Ledger>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let socket = tokio::net::UdpSocket::bind((address, RECEIPT_PORT)).await?;
@@ -396,14 +401,24 @@ pub async fn serve(
                 (Err(e), _) => Err(ReceiptError::Malformed(e.to_string())),
                 (Ok(_), None) => Err(ReceiptError::WrongTunnel),
                 (Ok(signed), Some(sender)) => {
-                    take(
+                    let taken = take(
                         &store,
                         &node_id,
                         &sender.to_base64(),
                         &signed,
                         crate::now_unix(),
                     )
-                    .await
+                    .await;
+                    if let Ok((r, Taken::New | Taken::Raised)) = &taken {
+                        // What it carried earns credits for the node's owner, and for the
+                        // relay the client came through.
+                        ledger.claim(crate::ledger::Duty::Exit, signed.clone(), r.session.clone());
+                        if let Some(relay) = &r.via {
+                            let from = device.peer(&sender).and_then(|p| p.endpoint);
+                            ledger.relayed(relay, from, signed, r.session.clone());
+                        }
+                    }
+                    taken
                 }
             };
             let answer = ReceiptAnswer {
@@ -482,6 +497,7 @@ mod tests {
             account: STANDARD.encode(account.verifying_key().as_bytes()),
             client_key: "CLIENT=".into(),
             node: "NODE=".into(),
+            via: None,
             bytes_up: up,
             bytes_down: down,
             seconds: secs,

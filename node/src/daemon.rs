@@ -57,6 +57,8 @@ pub struct Node {
     pub standby: Option<Arc<crate::standby::Standby>>,
     /// Usage receipts taken from clients.
     pub receipts: Arc<crate::credits::ReceiptCounters>,
+    /// The credit ledger (this node's replicas of accounts, and reaching the others).
+    pub ledger: Arc<crate::ledger::Ledger>,
     /// The node's identity, which in client mode is also the account that signs receipts.
     pub account: zeroize::Zeroizing<[u8; 32]>,
     /// Serialises peer changes, so the store and the live device never disagree.
@@ -93,6 +95,20 @@ impl Node {
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
             Request::GuardReload => self.guard_reload().await,
             Request::Credits => self.credits().await,
+            Request::CreditsHistory { account } => {
+                let account = account.unwrap_or_else(|| self.ledger.owner.clone());
+                self.ledger
+                    .account(&account)
+                    .await
+                    .map(Response::CreditsHistory)
+                    .map_err(Into::into)
+            }
+            Request::CreditsGrant {
+                account,
+                amount,
+                memo,
+            } => self.credits_grant(account, amount, memo).await,
+            Request::CreditsDevice { device, active } => self.credits_device(device, active).await,
             Request::Contribute {
                 relay,
                 bandwidth_mbit,
@@ -133,11 +149,16 @@ impl Node {
             anyhow::bail!("that is this node's own public key");
         }
         let relayed = via.is_some();
+        let mut relay_id = None;
         let endpoint = match via {
             Some(_) if endpoint.is_some() => {
                 anyhow::bail!("give either a relay (--via) or an endpoint, not both")
             }
-            Some(via) => Some(self.relay_endpoint(&via).await?),
+            Some(via) => {
+                let (endpoint, id) = self.relay_endpoint(&via).await?;
+                relay_id = id;
+                Some(endpoint)
+            }
             None => endpoint,
         };
         let endpoint = match endpoint.or_else(|| vpn.config.endpoint.clone()) {
@@ -215,6 +236,7 @@ impl Node {
                 .then(|| format!("{}:{}", vpn.config.v4.0, crate::egress::PROBE_PORT)),
             fallbacks,
             node_id: self.node_id.clone(),
+            relay_id,
             receipts: Some(format!(
                 "{}:{}",
                 vpn.config.v4.0,
@@ -223,9 +245,9 @@ impl Node {
         }))
     }
 
-    /// The endpoint of a relay for this exit's clients: a relay from the directory, by node
-    /// id (or an unambiguous start of one), or a "host:port" given as is.
-    async fn relay_endpoint(&self, via: &str) -> anyhow::Result<String> {
+    /// The endpoint of a relay for this exit's clients, and its node id: a relay from the
+    /// directory, by node id (or an unambiguous start of one), or a "host:port" given as is.
+    async fn relay_endpoint(&self, via: &str) -> anyhow::Result<(String, Option<String>)> {
         if !self.config.vpn.as_ref().is_some_and(|v| v.exit) {
             anyhow::bail!("this node is not an exit: relays forward only to exits");
         }
@@ -248,12 +270,14 @@ impl Node {
                 if m.state != "live" {
                     anyhow::bail!("relay {id} is {}", m.state);
                 }
-                m.record
+                let endpoint = m
+                    .record
                     .relay
                     .clone()
-                    .ok_or_else(|| anyhow::anyhow!("relay {id} publishes no endpoint"))
+                    .ok_or_else(|| anyhow::anyhow!("relay {id} publishes no endpoint"))?;
+                Ok((endpoint, Some((*id).clone())))
             }
-            [] if crate::config::valid_endpoint(via) => Ok(via.to_owned()),
+            [] if crate::config::valid_endpoint(via) => Ok((via.to_owned(), None)),
             [] => anyhow::bail!("no relay {via:?} in the directory (give a node id or host:port)"),
             _ => anyhow::bail!("{via:?} is the start of several node ids: give more of it"),
         }
@@ -422,7 +446,21 @@ impl Node {
                 }
             }
         }
+        let c = &self.config.raw.credits;
+        let (balance, balance_error) = match self.ledger.account(&self.ledger.owner).await {
+            Ok(view) => (Some(view.balance), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Ok(Response::Credits(control::CreditsStatus {
+            owner: self.ledger.owner.clone(),
+            balance,
+            balance_error,
+            pricing: Some(control::PricingInfo {
+                exit_per_mib: c.exit_per_mib,
+                relay_per_mib: c.relay_per_mib,
+                vault_free_kib: c.vault_free_kib,
+                vault_sync_per_mib: c.vault_sync_per_mib,
+            }),
             require_receipts: self.config.raw.credits.require_receipts,
             cut_off,
             accounts: crate::credits::usage(&self.store).await?,
@@ -435,6 +473,62 @@ impl Node {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
         }))
+    }
+
+    /// Grants credits to an account, signed by this node (honoured where it is an issuer).
+    async fn credits_grant(
+        &self,
+        account: String,
+        amount: u64,
+        memo: String,
+    ) -> anyhow::Result<Response> {
+        if crate::signed::public_key(&account).is_none() {
+            anyhow::bail!("{account:?} is not an account (a base64 ed25519 public key)");
+        }
+        if memo.len() > 256 {
+            anyhow::bail!("the memo is longer than 256 bytes");
+        }
+        let entry = crate::ledger::Entry::Grant(crate::ledger::Grant {
+            v: 1,
+            id: crate::ledger::random_id(),
+            account,
+            issuer: self.node_id.clone(),
+            amount,
+            memo,
+            at: crate::now_unix(),
+        });
+        self.publish_entry(entry).await
+    }
+
+    /// Lets a device key spend for this node's identity as an account, or stops letting it.
+    async fn credits_device(&self, device: String, active: bool) -> anyhow::Result<Response> {
+        if crate::signed::public_key(&device).is_none() {
+            anyhow::bail!("{device:?} is not a device key (a base64 ed25519 public key)");
+        }
+        let entry = crate::ledger::Entry::Device(crate::ledger::DeviceKey {
+            v: 1,
+            account: self.node_id.clone(),
+            device,
+            active,
+            at: crate::now_unix(),
+        });
+        self.publish_entry(entry).await
+    }
+
+    async fn publish_entry(&self, entry: crate::ledger::Entry) -> anyhow::Result<Response> {
+        let key = ed25519_dalek::SigningKey::from_bytes(&self.account);
+        let signed = crate::ledger::SignedEntry::sign(&entry, &key);
+        let replicas = self.ledger.publish(vec![signed.clone()]).await?;
+        if replicas == 0 {
+            anyhow::bail!(
+                "no replica of account {} could be reached; try again",
+                entry.account()
+            );
+        }
+        Ok(Response::CreditsPublished {
+            entry: signed,
+            replicas,
+        })
     }
 
     async fn contribute(
@@ -811,13 +905,6 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let vault = if config.raw.vault.enabled {
-        Some(Arc::new(
-            crate::vault::VaultService::new(store.clone(), config.raw.vault.clone()).await?,
-        ))
-    } else {
-        None
-    };
     // What the owner last set with `nx1 contribute`, over the configuration.
     let relay_on = Arc::new(AtomicBool::new(
         config.raw.relay.enabled && store.meta(CONTRIBUTE_RELAY).await?.as_deref() != Some("off"),
@@ -872,6 +959,32 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     }
     // Removes the egress routing on every way out.
     let egress_guard = StopEgressOnDrop(egress.clone());
+    let credits = &config.raw.credits;
+    let ledger = crate::ledger::Ledger::new(
+        store.clone(),
+        node_id.clone(),
+        identity.signing_key(),
+        (!credits.owner.is_empty()).then(|| credits.owner.clone()),
+        credits.pricing(),
+        credits.issuers.clone(),
+        mesh.clone(),
+    );
+    ledger.run(
+        Duration::from_millis(credits.sync_interval_ms),
+        stop_rx.clone(),
+    );
+    let vault = if config.raw.vault.enabled {
+        Some(Arc::new(
+            crate::vault::VaultService::new(
+                store.clone(),
+                config.raw.vault.clone(),
+                ledger.clone(),
+            )
+            .await?,
+        ))
+    } else {
+        None
+    };
     let standby = match (&mesh, &vpn) {
         (Some(mesh), Some(vpn)) => {
             // This node's clients, shared so that other nodes can stand by for them.
@@ -893,6 +1006,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             vpn.config.v4.0,
             receipts.clone(),
             meter.clone(),
+            ledger.clone(),
             stop_rx.clone(),
         )
         .await
@@ -950,6 +1064,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         egress,
         standby,
         receipts,
+        ledger,
         account: zeroize::Zeroizing::new(identity.signing_key().to_bytes()),
         peer_changes: tokio::sync::Mutex::new(()),
         wireguard_public_key: wireguard.public_key().to_base64(),

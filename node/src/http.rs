@@ -17,6 +17,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(node.clone());
     router = router.route("/v1/directory", get(directory).with_state(node.clone()));
+    router = router.merge(crate::credits_api::router(node.clone()));
     if let Some(vault) = &node.vault {
         router = router.nest("/v1/vault", vault.clone().router());
     }

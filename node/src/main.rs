@@ -6,12 +6,14 @@ mod client;
 mod config;
 mod control;
 mod credits;
+mod credits_api;
 mod daemon;
 mod egress;
 mod guard;
 mod http;
 mod identity;
 mod init;
+mod ledger;
 mod mesh;
 mod metrics;
 mod peers;
@@ -86,11 +88,14 @@ enum Command {
     },
     /// Client mode: take the tunnel down.
     Disconnect,
-    /// Usage this node carried for its clients, as their accounts signed it.
+    /// Credits: this node's owner's balance, the usage it carried as its clients' accounts
+    /// signed it, an account's signed history, grants and device keys.
     Credits {
         /// Print JSON instead of text.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<CreditsAction>,
     },
     /// What this node gives the mesh: relay duty on or off, and the cap on what it carries
     /// for others. Changes take effect at once and last across restarts.
@@ -114,6 +119,36 @@ enum Command {
         opts: vault_cli::VaultOpts,
         #[command(subcommand)]
         command: Box<vault_cli::VaultCommand>,
+    },
+}
+
+/// `nx1 credits` subcommands.
+#[derive(Subcommand)]
+enum CreditsAction {
+    /// Every signed entry of an account, oldest first, from one of its replicas.
+    History {
+        /// The account [default: this node's owner].
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
+    },
+    /// Top an account up, signed by this node (honoured by the nodes that list it in
+    /// `[credits] issuers`).
+    Grant {
+        /// The account (a base64 ed25519 public key).
+        account: String,
+        /// Credits.
+        amount: u64,
+        /// Why, in words.
+        #[arg(long, default_value = "")]
+        memo: String,
+    },
+    /// Let another device's key spend for this node's account (`add`), or stop it (`remove`).
+    Device {
+        /// `add` or `remove`.
+        #[arg(value_parser = ["add", "remove"])]
+        action: String,
+        /// The device's key: its `nx1 status` node id.
+        key: String,
     },
 }
 
@@ -316,7 +351,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("disconnected {interface}");
             Ok(())
         }
-        Command::Credits { json } => {
+        Command::Credits {
+            json,
+            action: Some(action),
+        } => {
+            let config = Config::load(&config_path(cli.config))?;
+            let request = match action {
+                CreditsAction::History { account } => control::Request::CreditsHistory { account },
+                CreditsAction::Grant {
+                    account,
+                    amount,
+                    memo,
+                } => control::Request::CreditsGrant {
+                    account,
+                    amount,
+                    memo,
+                },
+                CreditsAction::Device { action, key } => control::Request::CreditsDevice {
+                    device: key,
+                    active: action == "add",
+                },
+            };
+            match ask(&config, request).await? {
+                control::Response::CreditsHistory(view) if json => {
+                    println!("{}", serde_json::to_string_pretty(&view)?)
+                }
+                control::Response::CreditsHistory(view) => {
+                    print_balance(&view.balance);
+                    println!("(as replica {} holds it)", view.replica);
+                    for h in &view.history {
+                        println!(
+                            "{}  {:<6} {:<10} {:>+12}  {}",
+                            h.at, h.kind, h.service, h.amount, h.id
+                        );
+                    }
+                }
+                control::Response::CreditsPublished { entry, replicas } => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&entry)?);
+                    } else {
+                        println!("signed and taken by {replicas} replica(s): {}", entry.entry);
+                    }
+                }
+                _ => anyhow::bail!("unexpected answer from the daemon"),
+            }
+            Ok(())
+        }
+        Command::Credits { json, action: None } => {
             let config = Config::load(&config_path(cli.config))?;
             let control::Response::Credits(c) = ask(&config, control::Request::Credits).await?
             else {
@@ -325,6 +406,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
             } else {
+                println!("account     {}", c.owner);
+                match (&c.balance, &c.balance_error) {
+                    (Some(b), _) => print_balance(b),
+                    (None, Some(e)) => println!("balance     unknown: {e}"),
+                    (None, None) => {}
+                }
                 println!(
                     "{} receipts taken, {} refused",
                     c.receipts_taken,
@@ -668,6 +755,9 @@ fn client_config(
         crate::client::NODE_LINE,
         added.node_id
     ));
+    if let Some(relay) = &added.relay_id {
+        text.push_str(&format!("# {} = {relay}\n", crate::client::VIA_LINE));
+    }
     if let Some(receipts) = &added.receipts {
         text.push_str(&format!(
             "# {} = {receipts}\n",
@@ -684,6 +774,27 @@ fn client_config(
         ));
     }
     Ok(zeroize::Zeroizing::new(text))
+}
+
+fn print_balance(b: &crate::ledger::Balance) {
+    println!(
+        "balance     {} credits ({} earned, {} granted, {} spent){}",
+        b.balance,
+        b.earned,
+        b.granted,
+        b.spent,
+        if b.overdrawn {
+            " — OVERDRAWN: it spent the same credits twice"
+        } else {
+            ""
+        }
+    );
+    for (service, n) in &b.by_service {
+        println!("  {service:<10} {n}");
+    }
+    if !b.devices.is_empty() {
+        println!("devices     {}", b.devices.join(", "));
+    }
 }
 
 fn print_status(r: &control::StatusReport) {

@@ -29,6 +29,12 @@ pub fn sign<T: Serialize>(domain: &[u8], value: &T, key: &SigningKey) -> (String
     (text, signature)
 }
 
+/// A base64 ed25519 public key, if `text` is one.
+pub fn public_key(text: &str) -> Option<VerifyingKey> {
+    let key: [u8; 32] = STANDARD.decode(text).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&key).ok()
+}
+
 /// Checks `signature` over `domain` ‖ `text` by `signer` (a base64 ed25519 public key).
 pub fn verify(
     domain: &[u8],
@@ -36,12 +42,7 @@ pub fn verify(
     signature: &str,
     signer: &str,
 ) -> Result<(), SignatureError> {
-    let key: [u8; 32] = STANDARD
-        .decode(signer)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(SignatureError::BadKey)?;
-    let key = VerifyingKey::from_bytes(&key).map_err(|_| SignatureError::BadKey)?;
+    let key = public_key(signer).ok_or(SignatureError::BadKey)?;
     let sig = STANDARD
         .decode(signature)
         .ok()

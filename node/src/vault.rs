@@ -51,6 +51,7 @@ fn catchup_body_limit(max_bytes: u64) -> usize {
 pub struct VaultService {
     store: Store,
     limits: VaultSection,
+    ledger: Arc<crate::ledger::Ledger>,
     prelogin_secret: [u8; 32],
     challenges: parking_lot::Mutex<HashMap<[u8; 32], (AccountId, Instant)>>,
     failures_by_account: FailureLimit<AccountId>,
@@ -127,6 +128,8 @@ pub struct ApiError {
     message: String,
     retry_after: Option<u64>,
     conflict: Option<wire::Conflict>,
+    /// For 402: the credits that would pay for the request.
+    price: Option<u64>,
 }
 
 impl ApiError {
@@ -136,6 +139,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             conflict: None,
+            price: None,
         }
     }
 
@@ -171,6 +175,13 @@ impl IntoResponse for ApiError {
         if let Some(c) = self.conflict {
             return (self.status, Json(c)).into_response();
         }
+        if let Some(price) = self.price {
+            return (
+                self.status,
+                Json(serde_json::json!({ "error": self.message, "price": price })),
+            )
+                .into_response();
+        }
         let mut resp = (
             self.status,
             Json(wire::ErrorBody {
@@ -194,7 +205,11 @@ fn per_minute(n: u32) -> Quota {
 
 impl VaultService {
     /// The service over `store`, with `limits` from `[vault]`.
-    pub async fn new(store: Store, limits: VaultSection) -> Result<Self, crate::store::StoreError> {
+    pub async fn new(
+        store: Store,
+        limits: VaultSection,
+        ledger: Arc<crate::ledger::Ledger>,
+    ) -> Result<Self, crate::store::StoreError> {
         let secret = match store.meta("vault_prelogin_secret").await? {
             Some(s) => s,
             None => {
@@ -217,6 +232,7 @@ impl VaultService {
             requests: Default::default(),
             store,
             limits,
+            ledger,
             prelogin_secret,
             challenges: parking_lot::Mutex::new(HashMap::new()),
         })
@@ -634,6 +650,7 @@ async fn changes(
 async fn push(
     State(svc): State<Arc<VaultService>>,
     Authed(account): Authed,
+    headers: HeaderMap,
     body: Result<Json<wire::Push>, JsonRejection>,
 ) -> ApiResult<Json<wire::Pushed>> {
     let Json(p) = body?;
@@ -672,6 +689,20 @@ async fn push(
 
     let id = account.to_string();
     let seq = base + 1;
+    // Only a push that can land is charged for.
+    let head = svc
+        .account_row(&account)
+        .await?
+        .map_or(0, |r| r.try_get::<i64, _>("head_seq").unwrap_or(0));
+    if head != base {
+        return Err(conflict(
+            format!("the vault changed after change {base} (it is at {head}): pull first"),
+            head,
+            Vec::new(),
+        ));
+    }
+    let synced = sync_bytes(&p.items);
+    svc.charge(&account, seq as u64, synced, &headers).await?;
     let mut conn = svc.store.pool().acquire().await?;
     let mut tx = conn.begin().await?;
     // The compare-and-swap on the head: also takes the account's write lock.
@@ -806,8 +837,135 @@ async fn push(
         .execute(&mut *tx)
         .await?;
     store_manifest(&mut tx, &id, m).await?;
+    record_sync(&mut tx, &id, synced).await?;
     tx.commit().await?;
     Ok(Json(wire::Pushed { seq: seq as u64 }))
+}
+
+/// The header that carries a payment: a signed spend (`nx1_node::ledger::SignedEntry` JSON,
+/// base64url).
+pub const PAYMENT_HEADER: &str = "x-nx1-payment";
+/// Length of a free-tier period.
+const PERIOD_SECS: i64 = 30 * 24 * 3600;
+
+/// What a spend for change `seq` of vault account `account` names as its memo.
+pub fn payment_memo(account: &str, seq: u64) -> String {
+    format!("vault:{account}:{seq}")
+}
+
+impl VaultService {
+    /// Vault sync this account used in the current period, in bytes.
+    async fn sync_used(&self, account: &str) -> ApiResult<(i64, u64)> {
+        let period = crate::now_unix() / PERIOD_SECS;
+        let used: Option<i64> = sqlx::query_scalar(
+            "SELECT bytes FROM vault_sync_usage WHERE account = $1 AND period = $2",
+        )
+        .bind(account)
+        .bind(period)
+        .fetch_optional(self.store.pool())
+        .await?;
+        Ok((period, used.unwrap_or(0).max(0) as u64))
+    }
+
+    /// Charges for `bytes` of sync up to change `seq`: free within the period's free tier;
+    /// beyond it the request must carry a spend of the account's credits for this change,
+    /// which the ledger commits on a majority of the paying account's replicas.
+    async fn charge(
+        &self,
+        account: &AccountId,
+        seq: u64,
+        bytes: u64,
+        headers: &HeaderMap,
+    ) -> ApiResult<()> {
+        let (_, used) = self.sync_used(&account.to_string()).await?;
+        let pricing = &self.ledger.pricing;
+        let price = pricing.vault_sync(used, bytes);
+        if price == 0 {
+            return Ok(());
+        }
+        let payment_required = |why: String| {
+            let mut e = ApiError::new(StatusCode::PAYMENT_REQUIRED, why);
+            e.price = Some(price);
+            e
+        };
+        let Some(payment) = headers.get(PAYMENT_HEADER) else {
+            return Err(payment_required(format!(
+                "out of credits — contribute or top up: vault sync beyond the free tier ({} KiB every 30 days) costs {} credits per MiB; this sync needs {price}",
+                pricing.vault_free_bytes / 1024,
+                pricing.vault_sync_per_mib
+            )));
+        };
+        let signed: crate::ledger::SignedEntry = payment
+            .to_str()
+            .ok()
+            .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::bad(format!("{PAYMENT_HEADER}: not a signed spend")))?;
+        let crate::ledger::Entry::Spend(spend) = signed
+            .verify()
+            .map_err(|e| ApiError::bad(format!("{PAYMENT_HEADER}: {e}")))?
+        else {
+            return Err(ApiError::bad(format!("{PAYMENT_HEADER}: not a spend")));
+        };
+        let memo = payment_memo(&account.to_string(), seq);
+        if spend.service != "vault_sync" || spend.memo != memo {
+            return Err(ApiError::bad(format!(
+                "{PAYMENT_HEADER}: the spend is not for this sync (service vault_sync, memo {memo})"
+            )));
+        }
+        if spend.amount < price {
+            return Err(payment_required(format!(
+                "the payment of {} credits is short: this sync needs {price}",
+                spend.amount
+            )));
+        }
+        match self.ledger.spend(&signed).await {
+            Ok(_) => Ok(()),
+            Err(e @ crate::ledger::LedgerError::OutOfCredits { .. }) => {
+                Err(payment_required(e.to_string()))
+            }
+            Err(e) => Err(ApiError::new(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                format!("payment: {e}"),
+            )),
+        }
+    }
+}
+
+/// Adds `bytes` to the account's sync in this period (in the write's transaction).
+async fn record_sync(
+    conn: &mut sqlx::AnyConnection,
+    account: &str,
+    bytes: u64,
+) -> Result<(), sqlx::Error> {
+    let period = crate::now_unix() / PERIOD_SECS;
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    let moved = sqlx::query(
+        "UPDATE vault_sync_usage SET bytes = bytes + $1 WHERE account = $2 AND period = $3",
+    )
+    .bind(bytes)
+    .bind(account)
+    .bind(period)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        sqlx::query("INSERT INTO vault_sync_usage (account, period, bytes) VALUES ($1, $2, $3)")
+            .bind(account)
+            .bind(period)
+            .bind(bytes)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Bytes a sync carries: every record's key and body.
+fn sync_bytes(items: &[ItemRecord]) -> u64 {
+    items
+        .iter()
+        .map(|r| (r.key.len() + r.body.len()) as u64)
+        .sum()
 }
 
 fn conflict(error: String, head: i64, items: Vec<ItemRecord>) -> ApiError {
@@ -826,6 +984,7 @@ fn conflict(error: String, head: i64, items: Vec<ItemRecord>) -> ApiError {
 async fn catchup(
     State(svc): State<Arc<VaultService>>,
     Authed(account): Authed,
+    headers: HeaderMap,
     body: Result<Json<wire::Changes>, JsonRejection>,
 ) -> ApiResult<Json<wire::Pushed>> {
     let Json(c) = body?;
@@ -850,6 +1009,9 @@ async fn catchup(
     }
 
     let id = account.to_string();
+    // Catching a replica up is sync too: charged like a push (for the change it ends at).
+    let synced = sync_bytes(&c.items);
+    svc.charge(&account, head.seq, synced, &headers).await?;
     let mut conn = svc.store.pool().acquire().await?;
     let mut tx = conn.begin().await?;
     // Write first: takes the account's write lock before anything is read.
@@ -942,6 +1104,7 @@ async fn catchup(
     for m in &c.chain {
         store_manifest(&mut tx, &id, m).await?;
     }
+    record_sync(&mut tx, &id, synced).await?;
     tx.commit().await?;
     tracing::info!(account = %account, from = own, to = seq, "vault: replica caught up");
     Ok(Json(wire::Pushed { seq }))

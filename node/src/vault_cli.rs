@@ -30,6 +30,118 @@ pub struct VaultOpts {
     /// Do not contact any node: work on this device only (changes wait for the next sync).
     #[arg(long, global = true)]
     pub offline: bool,
+    /// Pay for sync beyond the free tier with this credits key: an nx1 `identity.key` (the
+    /// account's own, or a device key the account added with `nx1 credits device add`).
+    #[arg(long, global = true, env = "NX1_PAY_WITH", value_name = "KEY_FILE")]
+    pub pay_with: Option<PathBuf>,
+    /// The account the key pays for, when it is a device key [default: the key's own].
+    #[arg(long, global = true, env = "NX1_PAY_FOR", value_name = "ACCOUNT")]
+    pub pay_for: Option<String>,
+}
+
+/// Pays for sync beyond the free tier: signs spends of a credits account.
+struct Payer {
+    key: ed25519_dalek::SigningKey,
+    account: String,
+    /// Payments made in this run, by memo (one change is paid for once): amount and header.
+    made: std::cell::RefCell<std::collections::HashMap<String, (u64, String)>>,
+}
+
+impl Payer {
+    fn from_opts(opts: &VaultOpts) -> anyhow::Result<Option<Payer>> {
+        use base64::Engine as _;
+        let Some(path) = &opts.pay_with else {
+            return Ok(None);
+        };
+        let key = crate::identity::NodeIdentity::load(path)
+            .with_context(|| format!("the credits key {}", path.display()))?
+            .signing_key();
+        let own = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
+        Ok(Some(Payer {
+            account: opts.pay_for.clone().unwrap_or(own),
+            key,
+            made: Default::default(),
+        }))
+    }
+
+    /// The payment header for `memo` of at least `price` credits: one made before, or a new
+    /// signed spend.
+    fn pay(&self, memo: &str, price: u64) -> String {
+        use base64::Engine as _;
+        if let Some((amount, header)) = self.made.borrow().get(memo)
+            && *amount >= price
+        {
+            return header.clone();
+        }
+        let entry = crate::ledger::Entry::Spend(crate::ledger::Spend {
+            v: 1,
+            id: crate::ledger::random_id(),
+            account: self.account.clone(),
+            signer: base64::engine::general_purpose::STANDARD
+                .encode(self.key.verifying_key().as_bytes()),
+            service: "vault_sync".into(),
+            amount: price,
+            memo: memo.to_owned(),
+            at: now(),
+        });
+        let signed = crate::ledger::SignedEntry::sign(&entry, &self.key);
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&signed).expect("entries serialize"));
+        eprintln!(
+            "paying {price} credits for this sync from account {}",
+            self.account
+        );
+        self.made
+            .borrow_mut()
+            .insert(memo.to_owned(), (price, header.clone()));
+        header
+    }
+
+    /// The payment made for `memo` in this run, if any.
+    fn made(&self, memo: &str) -> Option<String> {
+        self.made.borrow().get(memo).map(|(_, h)| h.clone())
+    }
+}
+
+/// Sends a sync write (`/push`, `/catchup`) for change `seq`; when the node wants credits
+/// (402 with a price) and a payer is set, pays and sends it again.
+fn paid_write(
+    r: &Remote,
+    path: &str,
+    body: Vec<u8>,
+    account: &AccountId,
+    seq: u64,
+    payer: Option<&Payer>,
+) -> anyhow::Result<Reply> {
+    let memo = crate::vault::payment_memo(&account.to_string(), seq);
+    let mut payment = payer.and_then(|p| p.made(&memo));
+    let mut paid = 0;
+    loop {
+        let reply = r.call_with("POST", path, Some(body.clone()), payment.as_deref())?;
+        let price = match (&reply, payer) {
+            (Reply::Status(402, b), Some(_)) => serde_json::from_slice::<serde_json::Value>(b)
+                .ok()
+                .and_then(|v| v["price"].as_u64()),
+            _ => None,
+        };
+        match (price, payer) {
+            (Some(price), Some(p)) if price > paid => {
+                paid = price;
+                payment = Some(p.pay(&memo, price));
+            }
+            _ => return Ok(reply),
+        }
+    }
+}
+
+/// A refusal's text, with how to pay when the node wants credits.
+fn refusal(status: u16, body: &[u8], payer: Option<&Payer>) -> String {
+    let text = error_text(status, body);
+    if status == 402 && payer.is_none() {
+        format!("{text} (pay with a credits account: --pay-with KEY_FILE)")
+    } else {
+        text
+    }
 }
 
 /// `nx1 vault` subcommands.
@@ -362,6 +474,17 @@ impl Remote {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Reply> {
+        self.call_with(method, path, body, None)
+    }
+
+    /// A call with a payment header (a signed spend) when one is given.
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        payment: Option<&str>,
+    ) -> anyhow::Result<Reply> {
         let url = format!("{}/v1/vault{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let resp = match (method, body) {
@@ -379,6 +502,9 @@ impl Remote {
                     .header("content-type", "application/json");
                 if let Some(a) = &auth {
                     r = r.header("authorization", a);
+                }
+                if let Some(p) = payment {
+                    r = r.header(crate::vault::PAYMENT_HEADER, p);
                 }
                 r.send(body.unwrap_or_default())
             }
@@ -477,6 +603,7 @@ struct Open {
     device: Device,
     password: Zeroizing<String>,
     master: Option<MasterKeys>,
+    payer: Option<Payer>,
 }
 
 fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
@@ -505,6 +632,7 @@ fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
         device,
         password,
         master: Some(master),
+        payer: Payer::from_opts(opts)?,
     })
 }
 
@@ -649,6 +777,7 @@ fn repair(
     heads: &[(u64, Option<[u8; 32]>)],
     best: usize,
     vault: &Vault,
+    payer: Option<&Payer>,
 ) -> Vec<usize> {
     let Some(seen) = vault.seen() else {
         return Vec::new();
@@ -670,9 +799,11 @@ fn repair(
         let fix: anyhow::Result<wire::Changes> =
             remotes[best].json("GET", &format!("/changes?since={seq}&chain=true"), None);
         let done = fix.and_then(|fix| {
-            match r.call("POST", "/catchup", Some(serde_json::to_vec(&fix)?))? {
+            let body = serde_json::to_vec(&fix)?;
+            let account = &vault.header().account;
+            match paid_write(r, "/catchup", body, account, seen.seq, payer)? {
                 Reply::Ok(_) => Ok(()),
-                Reply::Status(s, b) => Err(HttpStatus(s, error_text(s, &b)).into()),
+                Reply::Status(s, b) => Err(HttpStatus(s, refusal(s, &b, payer)).into()),
             }
         });
         match done {
@@ -758,7 +889,7 @@ fn sync_replicas(
                 report.kept
             );
         }
-        let mut dropped = repair(&remotes, &heads, best, &o.vault);
+        let mut dropped = repair(&remotes, &heads, best, &o.vault, o.payer.as_ref());
         // A replica whose answer did not verify is left out even if its head looks current.
         for &i in &order {
             if i == best {
@@ -795,11 +926,14 @@ fn sync_replicas(
         let n = prepared.push.items.len();
         let body = serde_json::to_vec(&prepared.push)?;
         let mut landed = 0;
+        let (account, seq) = (&o.vault.header().account, prepared.push.manifest.seq);
         for r in &remotes {
-            match r.call("POST", "/push", Some(body.clone())) {
+            match paid_write(r, "/push", body.clone(), account, seq, o.payer.as_ref()) {
                 Ok(Reply::Ok(_)) => landed += 1,
                 Ok(Reply::Status(409, _)) => {}
-                Ok(Reply::Status(s, b)) => bail!("{}: {}", r.base, error_text(s, &b)),
+                Ok(Reply::Status(s, b)) => {
+                    bail!("{}: {}", r.base, refusal(s, &b, o.payer.as_ref()))
+                }
                 Err(e) if unreachable(&e) => eprintln!("warning: {e:#}"),
                 Err(e) => return Err(e),
             }
@@ -1261,6 +1395,7 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
             device,
             password,
             master: Some(master),
+            payer: Payer::from_opts(opts)?,
         };
         sync(opts, &mut o, None)?;
         println!(

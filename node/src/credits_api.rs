@@ -1,0 +1,288 @@
+//! `/v1/credits/*` and `/v1/contribute`: the ledger over HTTP, for the other replicas, for the
+//! services that charge, and for the desktop app.
+//!
+//! Everything a replica takes is signed by whoever's say-so it is (see [`crate::ledger`]), so
+//! the replica routes are open to anyone; changing what the node contributes is taken from
+//! this machine only (a loopback peer), like the control socket.
+
+use crate::control::Request;
+use crate::daemon::Node;
+use crate::ledger::{
+    AccountView, ApplyRequest, ApplyResult, Duty, LedgerError, MAX_BATCH, Mode, SignedEntry,
+};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Largest request body: a batch of entries.
+const MAX_BODY: usize = (MAX_BATCH + 1) * (crate::ledger::MAX_ENTRY + 256);
+
+/// The routes.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/credits", get(summary))
+        .route("/v1/credits/spend", post(spend))
+        .route("/v1/credits/account", get(account))
+        .route("/v1/credits/replica/account", get(local_account))
+        .route("/v1/credits/replica/apply", post(apply))
+        .route("/v1/credits/replica/digest", get(digest))
+        .route("/v1/credits/replica/entries", get(entries))
+        .route("/v1/credits/carried", post(carried))
+        .route("/v1/contribute", get(contribution).post(contribute))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(node)
+}
+
+fn error(status: u16, message: impl Into<String>) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+fn ledger_error(e: LedgerError) -> Response {
+    error(e.status(), e.to_string())
+}
+
+fn json_error(r: JsonRejection) -> Response {
+    error(
+        r.status().as_u16(),
+        format!("invalid request body: {}", r.body_text()),
+    )
+}
+
+fn query_error(r: QueryRejection) -> Response {
+    error(
+        r.status().as_u16(),
+        format!("invalid query: {}", r.body_text()),
+    )
+}
+
+/// `?account=KEY` (base64, percent-encoded).
+#[derive(Debug, Deserialize)]
+struct AccountQuery {
+    account: String,
+}
+
+/// The account a query names, or the answer that refuses it.
+fn checked(q: Result<Query<AccountQuery>, QueryRejection>) -> Result<String, Box<Response>> {
+    let Query(q) = q.map_err(|r| Box::new(query_error(r)))?;
+    if crate::signed::public_key(&q.account).is_none() {
+        return Err(Box::new(error(
+            400,
+            "account: not a base64 ed25519 public key",
+        )));
+    }
+    Ok(q.account)
+}
+
+/// What this node carried and what its owner's account holds (`nx1 credits`).
+async fn summary(State(node): State<Arc<Node>>) -> Response {
+    match node.handle(Request::Credits).await {
+        crate::control::Response::Credits(c) => Json(c).into_response(),
+        crate::control::Response::Error { message } => error(500, message),
+        _ => error(500, "unexpected answer"),
+    }
+}
+
+/// Spends for a service: the spend goes to every replica of its account and counts once a
+/// majority took it.
+async fn spend(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<SignedEntry>, JsonRejection>,
+) -> Response {
+    let Json(signed) = match body {
+        Ok(b) => b,
+        Err(r) => return json_error(r),
+    };
+    match node.ledger.spend(&signed).await {
+        Ok(spend) => Json(serde_json::json!({ "spent": spend })).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+/// An account's balance and history, from one of its replicas.
+async fn account(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AccountQuery>, QueryRejection>,
+) -> Response {
+    let account = match checked(q) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match node.ledger.account(&account).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+/// An account as this node holds it.
+async fn local_account(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AccountQuery>, QueryRejection>,
+) -> Response {
+    let account = match checked(q) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let view = async {
+        Ok::<_, LedgerError>(AccountView {
+            replica: node.node_id.clone(),
+            balance: node.ledger.balance(&account).await?,
+            history: node.ledger.history(&account).await?,
+        })
+    };
+    match view.await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+/// Takes entries into this replica: an answer for each.
+async fn apply(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<ApplyRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(r) => return json_error(r),
+    };
+    if req.entries.len() > MAX_BATCH {
+        return error(
+            400,
+            format!(
+                "{} entries in one request; at most {MAX_BATCH}",
+                req.entries.len()
+            ),
+        );
+    }
+    let mode = if req.merge { Mode::Merge } else { Mode::Check };
+    let mut out = Vec::with_capacity(req.entries.len());
+    for e in &req.entries {
+        out.push(match node.ledger.apply(e, mode).await {
+            Ok(a) => ApplyResult {
+                ok: Some(a),
+                error: None,
+                status: 200,
+            },
+            Err(e) => ApplyResult {
+                ok: None,
+                status: e.status(),
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    Json(out).into_response()
+}
+
+/// What an account's entries hash to here.
+async fn digest(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AccountQuery>, QueryRejection>,
+) -> Response {
+    let account = match checked(q) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match node.ledger.digest(&account).await {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+/// Every entry of an account held here.
+async fn entries(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AccountQuery>, QueryRejection>,
+) -> Response {
+    let account = match checked(q) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match node.ledger.history(&account).await {
+        Ok(h) => Json(h.into_iter().map(|h| h.signed).collect::<Vec<_>>()).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+/// A receipt an exit passes on to the relay its client came through: the relay claims its
+/// earning.
+async fn carried(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<crate::credits::SignedReceipt>, JsonRejection>,
+) -> Response {
+    let Json(signed) = match body {
+        Ok(b) => b,
+        Err(r) => return json_error(r),
+    };
+    if node.relay.is_none() {
+        return error(404, "this node does not relay");
+    }
+    let receipt = match signed.verify() {
+        Ok(r) => r,
+        Err(e) => return error(400, e.to_string()),
+    };
+    if receipt.via.as_deref() != Some(node.node_id.as_str()) {
+        return error(400, "the receipt does not name this node as its relay");
+    }
+    node.ledger.claim(Duty::Relay, signed, receipt.session);
+    Json(crate::ledger::Applied::New).into_response()
+}
+
+/// What this node contributes.
+async fn contribution(State(node): State<Arc<Node>>) -> Response {
+    contribute_with(&node, None, None).await
+}
+
+/// A change to what this node contributes (`nx1 contribute on|off|--bandwidth`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContributeChange {
+    #[serde(default)]
+    relay: Option<bool>,
+    #[serde(default)]
+    bandwidth_mbit: Option<u32>,
+}
+
+async fn contribute(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<ContributeChange>, JsonRejection>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return error(
+            403,
+            "what a node contributes is changed from the node's own machine only",
+        );
+    }
+    let Json(c) = match body {
+        Ok(b) => b,
+        Err(r) => return json_error(r),
+    };
+    contribute_with(&node, c.relay, c.bandwidth_mbit).await
+}
+
+async fn contribute_with(
+    node: &Node,
+    relay: Option<bool>,
+    bandwidth_mbit: Option<u32>,
+) -> Response {
+    match node
+        .handle(Request::Contribute {
+            relay,
+            bandwidth_mbit,
+        })
+        .await
+    {
+        crate::control::Response::Contribution(c) => Json(c).into_response(),
+        crate::control::Response::Error { message } => error(400, message),
+        _ => error(500, "unexpected answer"),
+    }
+}
