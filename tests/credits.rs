@@ -3,8 +3,8 @@
 //! signed, per account, and refuses what is not a receipt or not signed by the account it
 //! names.
 
-use nx1_tests::lab::{ExitLab, WEB_V4, config_value};
-use nx1_tests::{Daemon, eventually, init_node, nx1, set_config, text};
+use nx1_tests::lab::{EXIT_RELAY_ADDR, ExitLab, RELAY_EXIT_ADDR, WEB_V4, config_value};
+use nx1_tests::{Daemon, eventually, init_node, nx1, nx1_bin, set_config, text, wait_output};
 use std::path::Path;
 use std::time::Duration;
 
@@ -186,4 +186,173 @@ fn the_exit_keeps_exactly_what_the_clients_account_signed() {
             .success()
     );
     assert!(daemon.stop_with(libc::SIGTERM).success());
+}
+
+/// What `bytes` carried earn at `per_mib` credits per MiB (rounded down, per session).
+fn earned(bytes: u64, per_mib: u64) -> i64 {
+    (u128::from(bytes) * u128::from(per_mib) / (1 << 20)) as i64
+}
+
+#[test]
+fn credits_earned_by_relaying_pay_for_vault_sync_and_match_the_receipts() {
+    let mut lab = ExitLab::with_relay();
+    let relay_config = lab.relay_config.clone().unwrap();
+    // Both nodes publish their API on the link between them: each is a replica of the other's
+    // account, and both hold vaults.
+    set_config(
+        &lab.config,
+        "api",
+        "listen",
+        &format!("\"{EXIT_RELAY_ADDR}:7870\""),
+    );
+    set_config(
+        &relay_config,
+        "api",
+        "listen",
+        &format!("\"{RELAY_EXIT_ADDR}:7870\""),
+    );
+    for c in [&lab.config, &relay_config] {
+        set_config(c, "credits", "exit_per_mib", "40");
+        set_config(c, "credits", "relay_per_mib", "100");
+        set_config(c, "credits", "vault_free_kib", "1");
+        set_config(c, "credits", "vault_sync_per_mib", "100000");
+        set_config(c, "credits", "sync_interval_ms", "300");
+    }
+    lab.start_node();
+    lab.start_relay();
+    lab.start_web_server(&"r".repeat(3_000_000));
+    let cwd = lab.dir.path().to_owned();
+    let relay_id = lab.relay_status().unwrap()["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exit_id = lab.status().unwrap()["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let conf_text = eventually(
+        "a config through the relay",
+        Duration::from_secs(30),
+        || {
+            let out = lab.nx1(&["peer", "add", "laptop", "--via", &relay_id]);
+            out.status.success().then(|| text(&out.stdout))
+        },
+    );
+    assert_eq!(config_value(&conf_text, "# nx1-via"), relay_id);
+
+    // A client of the exit, through the relay, signing receipts as it goes.
+    let (client, account, daemon) = connect_client(&lab, &conf_text);
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+    for _ in 0..3 {
+        let got = lab.in_cli(&format!(
+            "curl -s --max-time 30 http://{WEB_V4}:8080/hello.txt | wc -c"
+        ));
+        assert_eq!(text(&got.stdout).trim(), "3000000");
+    }
+    let credits = |config: &Path| json(config, &["credits", "--json"], &cwd).unwrap();
+    eventually("the transfers signed for", Duration::from_secs(20), || {
+        (credits(&lab.config)["accounts"][0]["bytes_down"].as_u64()? > 9_000_000).then_some(())
+    });
+    assert!(
+        nx1(&["--config", client.to_str().unwrap(), "disconnect"], &cwd)
+            .status
+            .success()
+    );
+    assert!(daemon.stop_with(libc::SIGTERM).success());
+
+    // What the exit holds is exactly what the client signed; the relay's owner earned on it
+    // at the relay rate, the exit's at the exit rate, to the credit.
+    let (relay_earned, carried) = eventually(
+        "earnings to match the receipts",
+        Duration::from_secs(20),
+        || {
+            let held = credits(&lab.config)["accounts"][0].clone();
+            (held["account"] == account.as_str()).then_some(())?;
+            let carried = held["bytes_up"].as_u64()? + held["bytes_down"].as_u64()?;
+            let relay = credits(&relay_config)["balance"].clone();
+            let exit = credits(&lab.config)["balance"].clone();
+            (relay["by_service"]["relay"].as_i64()? == earned(carried, 100)
+                && relay["earned"].as_i64()? == earned(carried, 100)
+                && exit["by_service"]["exit"].as_i64()? == earned(carried, 40))
+            .then(|| (earned(carried, 100), carried))
+        },
+    );
+    assert!(carried > 9_000_000, "{carried} bytes carried");
+    let relay_balance = credits(&relay_config)["balance"].clone();
+    assert_eq!(relay_balance["balance"].as_i64(), Some(relay_earned));
+    // Every earning is auditable: the relay's claim holds the client's signed receipt.
+    let history = json(&relay_config, &["credits", "history", "--json"], &cwd).unwrap();
+    let claim: serde_json::Value =
+        serde_json::from_str(history["history"][0]["signed"]["entry"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (claim["kind"].as_str(), claim["duty"].as_str()),
+        (Some("earn"), Some("relay"))
+    );
+    let receipt: serde_json::Value =
+        serde_json::from_str(claim["receipt"].as_str().unwrap()).unwrap();
+    assert_eq!(receipt["account"], account.as_str());
+    assert_eq!(receipt["node"], exit_id.as_str());
+    assert_eq!(receipt["via"], relay_id.as_str());
+
+    // The relay's owner syncs a vault from the relay's machine: beyond the free tier the
+    // node wants credits, and says so; paid with the owner's key, the sync goes through.
+    let rly = lab.relay.as_ref().unwrap();
+    let password = cwd.join("owner.pw");
+    std::fs::write(&password, "the relay owner's master password\n").unwrap();
+    let vault = |args: &[&str]| {
+        let mut cmd = rly.command(nx1_bin().to_str().unwrap());
+        cmd.arg("vault")
+            .args(args)
+            .args(["--vault-dir", cwd.join("owner-vault").to_str().unwrap()])
+            .args(["--account", "owner", "--password-fd", "0"])
+            .env_remove("NX1_PAY_WITH")
+            .stdin(std::fs::File::open(&password).unwrap())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        wait_output(cmd.spawn().unwrap(), Duration::from_secs(120))
+    };
+    let out = vault(&[
+        "register",
+        "--server",
+        &format!("http://{RELAY_EXIT_ADDR}:7870"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let notes = "n".repeat(6000);
+    let out = vault(&["add", "router", "--username", "admin", "--notes", &notes]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("out of credits — contribute or top up"),
+        "{err}"
+    );
+    assert!(err.contains("--pay-with"), "{err}");
+    let key = relay_config.parent().unwrap().join("identity.key");
+    let out = vault(&["sync", "--pay-with", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("paying"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vault(&["get", "router", "--field", "username"]);
+    assert_eq!(text(&out.stdout).trim(), "admin");
+
+    // The spend is in the ledger, once, and the balance is what was earned less what was spent.
+    let after = json(&relay_config, &["credits", "history", "--json"], &cwd).unwrap();
+    let spends: Vec<&serde_json::Value> = after["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "spend")
+        .collect();
+    assert_eq!(spends.len(), 1, "{after}");
+    assert_eq!(spends[0]["service"], "vault_sync");
+    let spent = -spends[0]["amount"].as_i64().unwrap();
+    assert!(
+        spent > 0 && spent < relay_earned,
+        "{spent} of {relay_earned}"
+    );
+    let b = credits(&relay_config)["balance"].clone();
+    assert_eq!(b["balance"].as_i64(), Some(relay_earned - spent));
+    assert_eq!(b["spent"].as_i64(), Some(spent));
 }
