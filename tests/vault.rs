@@ -399,6 +399,36 @@ fn offline_changes_wait_and_quotas_hold() {
     node.stop();
 }
 
+#[test]
+fn a_node_holds_no_more_vault_data_than_it_contributes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", None);
+    set_config(&node.config, "contribute", "storage_mb", "1");
+    node.start();
+    let a = Device::new(tmp.path(), "a", "dave", "dave's long password");
+    a.ok(&["register", "--server", &node.url()]);
+    // Items of over 100 kB each: the node takes them until its 1 MiB is full.
+    let notes = "s".repeat(100_000);
+    let mut added = 0;
+    let refused = loop {
+        let out = a.run(&["add", &format!("item {added}"), "--notes", &notes]);
+        if !out.status.success() {
+            break text(&out.stderr);
+        }
+        added += 1;
+        assert!(added <= 10, "the node took more than 1 MiB");
+    };
+    assert!(added >= 6, "only {added} items fit");
+    assert!(refused.contains("contributed storage is full"), "{refused}");
+    // Freeing space lets the change that waited on the device through.
+    let out = a.run(&["rm", "item 0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b = Device::new(tmp.path(), "b", "dave", "dave's long password");
+    let listed = b.ok(&["unlock", "--server", &node.url()]);
+    assert!(listed.contains(&format!("{added} items")), "{listed}");
+    node.stop();
+}
+
 /// A session on a node, made with the vault crate directly (so tests can send anything).
 fn session(addr: &str, name: &str) -> String {
     let (_, reg) = Vault::create(name, b"pw", KdfParams::FLOOR).unwrap();

@@ -537,6 +537,25 @@ impl CreditsSection {
 pub struct ContributeSection {
     /// Cap in Mbit/s on relayed traffic and on traffic through the exit, each (0: none).
     pub bandwidth_mbit: u32,
+    /// Pause relay duty while other programs use more than this % of all CPU (0: no limit).
+    pub cpu_percent: u32,
+    /// Relay only while the machine is idle (other programs below 15% of its CPU).
+    pub only_when_idle: bool,
+    /// Pause relay duty while this node uses more than this much memory, MiB (0: no cap).
+    pub memory_mb: u32,
+    /// Storage for vaults, MiB, across every account this node holds (0: no cap).
+    pub storage_mb: u64,
+}
+
+impl ContributeSection {
+    /// When contributed work pauses.
+    pub fn busy_policy(&self) -> crate::busy::Policy {
+        crate::busy::Policy {
+            cpu_percent: self.cpu_percent,
+            only_when_idle: self.only_when_idle,
+            memory_mb: self.memory_mb,
+        }
+    }
 }
 
 /// `[relay]`: relay duty, forwarding other people's WireGuard datagrams to exits without
@@ -887,6 +906,12 @@ impl Config {
                     format!("must be 1..=1000000, not {}", r.max_sessions),
                 ));
             }
+        }
+        if self.contribute.cpu_percent > 100 {
+            return Err(invalid(
+                "contribute.cpu_percent",
+                format!("must be 0..=100, not {}", self.contribute.cpu_percent),
+            ));
         }
         let c = &self.credits;
         for (key, account) in std::iter::once(("credits.owner", &c.owner))
@@ -1250,6 +1275,14 @@ allow_private_exits = false
 # through its exit, each held to it (0: no cap). `nx1 contribute --bandwidth N` changes it
 # at run time.
 bandwidth_mbit = 0
+# Pause relay duty while other programs use more than this % of the machine's CPU for 3 s,
+# resume after 10 s below (0: no limit); only_when_idle pauses it above 15%.
+cpu_percent = 0
+only_when_idle = false
+# Pause relay duty while this node uses more than this much memory, MiB (0: no cap).
+memory_mb = 0
+# Storage for vaults, MiB, across every account this node holds (0: no cap).
+storage_mb = 0
 
 [credits]
 # Meter clients by the usage receipts their accounts sign (`nx1 connect` signs every 2 s;

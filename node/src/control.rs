@@ -519,8 +519,14 @@ pub struct PricingInfo {
 pub struct ContributionStatus {
     /// Whether relay duty is set up (`[relay] enabled`).
     pub relay_configured: bool,
-    /// Whether it relays now.
+    /// Whether the owner has relay duty on.
     pub relay_on: bool,
+    /// Why relay duty is paused now (the machine is busy), if it is.
+    #[serde(default)]
+    pub paused: Option<String>,
+    /// The limits on contributed work.
+    #[serde(default)]
+    pub limits: ContributionLimits,
     /// Whether this node is an exit.
     pub exit: bool,
     /// The cap on relayed and exited traffic, each, in Mbit/s (0: none).
@@ -531,6 +537,19 @@ pub struct ContributionStatus {
     pub exited_bytes: u64,
     /// Packets dropped for being over the cap (relay and exit).
     pub over_cap_drops: u64,
+}
+
+/// `[contribute]` limits on contributed work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContributionLimits {
+    /// Pause while other programs use more than this % of the CPU (0: no limit).
+    pub cpu_percent: u32,
+    /// Work only while the machine is idle.
+    pub only_when_idle: bool,
+    /// Pause while this node uses more than this much memory, MiB (0: no cap).
+    pub memory_mb: u32,
+    /// Storage for others' vaults, MiB (0: no cap).
+    pub storage_mb: u64,
 }
 
 /// What the relay forwarded and dropped.

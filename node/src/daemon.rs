@@ -574,6 +574,16 @@ impl Node {
         Ok(Response::Contribution(control::ContributionStatus {
             relay_configured: self.relay.is_some(),
             relay_on: self.relay.as_ref().is_some_and(|r| r.on.load(Relaxed)),
+            paused: self
+                .relay
+                .as_ref()
+                .and_then(|r| r.paused_why.lock().clone()),
+            limits: control::ContributionLimits {
+                cpu_percent: self.config.raw.contribute.cpu_percent,
+                only_when_idle: self.config.raw.contribute.only_when_idle,
+                memory_mb: self.config.raw.contribute.memory_mb,
+                storage_mb: self.config.raw.contribute.storage_mb,
+            },
             exit: exit.is_some(),
             bandwidth_mbit: cap,
             relayed_bytes: self.relay.as_ref().map_or(0, |r| {
@@ -909,6 +919,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
     let relay_on = Arc::new(AtomicBool::new(
         config.raw.relay.enabled && store.meta(CONTRIBUTE_RELAY).await?.as_deref() != Some("off"),
     ));
+    let relay_paused = Arc::new(AtomicBool::new(false));
     let cap_mbit = match store.meta(CONTRIBUTE_BANDWIDTH).await? {
         Some(v) => v.parse().unwrap_or(config.raw.contribute.bandwidth_mbit),
         None => config.raw.contribute.bandwidth_mbit,
@@ -927,6 +938,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
                 &wireguard,
                 vpn.clone(),
                 relay_on.clone(),
+                relay_paused.clone(),
             )
             .await?,
         ),
@@ -979,6 +991,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
                 store.clone(),
                 config.raw.vault.clone(),
                 ledger.clone(),
+                config.raw.contribute.storage_mb.saturating_mul(1 << 20),
             )
             .await?,
         ))
@@ -1031,9 +1044,25 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         let relay = Arc::new(crate::relay::RelayService::start(
             &config.raw.relay,
             relay_on.clone(),
+            relay_paused,
             cap_mbit,
         )?);
         tracing::info!(port = relay.relay.port(), endpoint = ?relay.endpoint, "relay duty on");
+        let policy = config.raw.contribute.busy_policy();
+        if policy.any() {
+            let (paused, mesh) = (relay.clone(), mesh.clone());
+            crate::busy::watch(
+                policy,
+                move |why| {
+                    paused.set_paused(why);
+                    if let Some(mesh) = mesh.clone() {
+                        // The directory learns it at once.
+                        tokio::spawn(async move { mesh.refresh().await });
+                    }
+                },
+                stop_rx.clone(),
+            );
+        }
         Some(relay)
     } else {
         None
@@ -1262,6 +1291,7 @@ async fn start_mesh(
     wireguard: &nx1_vpn::keys::PrivateKey,
     vpn: Option<Arc<VpnService>>,
     relay_on: Arc<AtomicBool>,
+    relay_paused: Arc<AtomicBool>,
 ) -> anyhow::Result<Arc<crate::mesh::Mesh>> {
     use crate::mesh::{Capacity, Load, NodeRecord, Role};
     let mut roles = Vec::new();
@@ -1317,7 +1347,9 @@ async fn start_mesh(
             // Relay duty as it is now (`nx1 contribute on|off`).
             roles: {
                 let mut r = roles.clone();
-                if relay_on.load(std::sync::atomic::Ordering::Relaxed) {
+                if relay_on.load(std::sync::atomic::Ordering::Relaxed)
+                    && !relay_paused.load(std::sync::atomic::Ordering::Relaxed)
+                {
                     r.push(Role::Relay);
                     r.sort();
                 }

@@ -2,6 +2,7 @@
 //! work lives in the modules and in the `vpn` crate.
 #![forbid(unsafe_code)]
 
+mod busy;
 mod client;
 mod config;
 mod control;
@@ -467,7 +468,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         (true, false) => "off",
                     }
                 );
+                if let Some(why) = &c.paused {
+                    println!("            paused: {why}");
+                }
                 println!("exit        {}", if c.exit { "yes" } else { "no" });
+                let l = &c.limits;
+                let mut limits = Vec::new();
+                if l.cpu_percent > 0 {
+                    limits.push(format!("pause above {}% CPU in use", l.cpu_percent));
+                }
+                if l.only_when_idle {
+                    limits.push("only while the machine is idle".to_owned());
+                }
+                if l.memory_mb > 0 {
+                    limits.push(format!("at most {} MiB of memory", l.memory_mb));
+                }
+                if l.storage_mb > 0 {
+                    limits.push(format!("{} MiB of vault storage", l.storage_mb));
+                }
+                if !limits.is_empty() {
+                    println!("limits      {}", limits.join("; "));
+                }
                 println!(
                     "cap         {}",
                     if c.bandwidth_mbit == 0 {

@@ -15,8 +15,13 @@ pub struct RelayService {
     pub relay: Relay,
     /// The "host:port" published for clients, if any.
     pub endpoint: Option<String>,
-    /// Whether it relays now (`nx1 contribute on|off`); the node's record follows it.
+    /// Whether the owner has it on (`nx1 contribute on|off`); the node's record follows it.
     pub on: Arc<AtomicBool>,
+    /// Paused while the owner's machine is busy (`[contribute] cpu_percent`, …); the record
+    /// follows it too.
+    pub paused: Arc<AtomicBool>,
+    /// Why it is paused.
+    pub paused_why: parking_lot::Mutex<Option<String>>,
     section: RelaySection,
     exits: parking_lot::Mutex<Vec<Exit>>,
 }
@@ -26,16 +31,19 @@ impl RelayService {
     pub fn start(
         section: &RelaySection,
         on: Arc<AtomicBool>,
+        paused: Arc<AtomicBool>,
         cap_mbit: u32,
     ) -> anyhow::Result<RelayService> {
         let relay = Relay::start(section.listen_port, limits(section, cap_mbit)).map_err(|e| {
             anyhow::anyhow!("binding the relay on UDP {}: {e}", section.listen_port)
         })?;
-        relay.set_enabled(on.load(Relaxed));
+        relay.set_enabled(on.load(Relaxed) && !paused.load(Relaxed));
         Ok(RelayService {
             relay,
             endpoint: (!section.endpoint.is_empty()).then(|| section.endpoint.clone()),
             on,
+            paused,
+            paused_why: parking_lot::Mutex::new(None),
             section: section.clone(),
             exits: parking_lot::Mutex::new(Vec::new()),
         })
@@ -44,7 +52,15 @@ impl RelayService {
     /// Starts or stops relaying at once (stopping drops every session).
     pub fn set_on(&self, on: bool) {
         self.on.store(on, Relaxed);
-        self.relay.set_enabled(on);
+        self.relay.set_enabled(on && !self.paused.load(Relaxed));
+    }
+
+    /// Pauses relaying (dropping every session) for the reason given, or resumes it.
+    pub fn set_paused(&self, why: Option<String>) {
+        self.paused.store(why.is_some(), Relaxed);
+        self.relay
+            .set_enabled(why.is_none() && self.on.load(Relaxed));
+        *self.paused_why.lock() = why;
     }
 
     /// Holds relayed traffic to `cap_mbit` (0: only `[relay] bandwidth_mbit`).

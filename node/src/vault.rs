@@ -52,6 +52,8 @@ pub struct VaultService {
     store: Store,
     limits: VaultSection,
     ledger: Arc<crate::ledger::Ledger>,
+    /// Storage this node gives all vaults together, bytes (`[contribute] storage_mb`; 0: none).
+    storage_cap: u64,
     prelogin_secret: [u8; 32],
     challenges: parking_lot::Mutex<HashMap<[u8; 32], (AccountId, Instant)>>,
     failures_by_account: FailureLimit<AccountId>,
@@ -209,6 +211,7 @@ impl VaultService {
         store: Store,
         limits: VaultSection,
         ledger: Arc<crate::ledger::Ledger>,
+        storage_cap: u64,
     ) -> Result<Self, crate::store::StoreError> {
         let secret = match store.meta("vault_prelogin_secret").await? {
             Some(s) => s,
@@ -233,6 +236,7 @@ impl VaultService {
             store,
             limits,
             ledger,
+            storage_cap,
             prelogin_secret,
             challenges: parking_lot::Mutex::new(HashMap::new()),
         })
@@ -371,6 +375,11 @@ async fn register(
         Signature::from_slice(&r.proof).map_err(|_| ApiError::bad("proof is not a signature"))?;
     auth.verify(&wire::register_message(&r), &proof)
         .map_err(|_| ApiError::bad("proof does not verify under auth_key"))?;
+    // A node whose contributed storage is full takes no new account (one byte more is over).
+    let mut conn = svc.store.pool().acquire().await?;
+    svc.check_storage(&mut conn, &r.account.to_string(), 1)
+        .await?;
+    drop(conn);
     let res = sqlx::query("INSERT INTO vault_accounts (id, salt, kdf_m_kib, kdf_t, kdf_p, auth_key, manifest_key, wrapped_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING")
         .bind(r.account.to_string())
         .bind(r.salt)
@@ -820,6 +829,10 @@ async fn push(
             current,
         ));
     }
+    if let Err(e) = svc.check_storage(&mut tx, &id, bytes).await {
+        tx.rollback().await?;
+        return Err(e);
+    }
     if count > svc.limits.max_items as i64 || bytes > svc.limits.max_bytes as i64 {
         tx.rollback().await?;
         return Err(ApiError::new(
@@ -929,6 +942,38 @@ impl VaultService {
                 format!("payment: {e}"),
             )),
         }
+    }
+}
+
+impl VaultService {
+    /// Refuses a write that would take the vaults this node holds past its contributed
+    /// storage: `account` would hold `bytes` (the others as they are).
+    async fn check_storage(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        account: &str,
+        bytes: i64,
+    ) -> ApiResult<()> {
+        if self.storage_cap == 0 {
+            return Ok(());
+        }
+        let others: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(SUM(bytes_used) AS BIGINT) FROM vault_accounts WHERE id <> $1",
+        )
+        .bind(account)
+        .fetch_one(&mut *conn)
+        .await?;
+        let total = others.unwrap_or(0).saturating_add(bytes);
+        if total as u64 > self.storage_cap {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "this node's contributed storage is full: its vaults would take {total} bytes of the {} it gives (MiB: [contribute] storage_mb); use another node",
+                    self.storage_cap
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1092,6 +1137,10 @@ async fn catchup(
         .values()
         .map(|r| (r.key.len() + r.body.len()) as i64)
         .sum();
+    if let Err(e) = svc.check_storage(&mut tx, &id, bytes).await {
+        tx.rollback().await?;
+        return Err(e);
+    }
     sqlx::query(
         "UPDATE vault_accounts SET head_seq = $1, item_count = $2, bytes_used = $3 WHERE id = $4",
     )
