@@ -216,6 +216,7 @@ fn credits_earned_by_relaying_pay_for_vault_sync_and_match_the_receipts() {
         set_config(c, "credits", "relay_per_mib", "100");
         set_config(c, "credits", "vault_free_kib", "1");
         set_config(c, "credits", "vault_sync_per_mib", "100000");
+        set_config(c, "credits", "storage_per_mib_day", "100000");
         set_config(c, "credits", "sync_interval_ms", "300");
     }
     lab.start_node();
@@ -355,4 +356,32 @@ fn credits_earned_by_relaying_pay_for_vault_sync_and_match_the_receipts() {
     let b = credits(&relay_config)["balance"].clone();
     assert_eq!(b["balance"].as_i64(), Some(relay_earned - spent));
     assert_eq!(b["spent"].as_i64(), Some(spent));
+
+    // The paying device confirmed what each replica holds of its vault: the exit (another
+    // owner) earns storage credits on it, exactly at its rate; the relay earns nothing on its
+    // own owner's vault.
+    let stored = eventually(
+        "storage earned by the exit",
+        Duration::from_secs(15),
+        || {
+            let h = json(&lab.config, &["credits", "history", "--json"], &cwd)?;
+            h["history"].as_array()?.iter().find_map(|e| {
+                let entry: serde_json::Value =
+                    serde_json::from_str(e["signed"]["entry"].as_str()?).ok()?;
+                (entry["duty"] == "storage").then(|| (e["amount"].as_i64().unwrap(), entry))
+            })
+        },
+    );
+    let holding: serde_json::Value =
+        serde_json::from_str(stored.1["receipt"].as_str().unwrap()).unwrap();
+    assert_eq!(holding["node"], exit_id.as_str());
+    let held = holding["bytes"].as_u64().unwrap();
+    assert!(held > 6000, "{holding}");
+    assert_eq!(stored.0, earned(held, 100_000));
+    let exit_balance = credits(&lab.config)["balance"].clone();
+    assert_eq!(
+        exit_balance["by_service"]["storage"].as_i64(),
+        Some(stored.0)
+    );
+    assert!(credits(&relay_config)["balance"]["by_service"]["storage"].is_null());
 }

@@ -494,6 +494,8 @@ pub struct CreditsSection {
     pub exit_per_mib: u64,
     /// Credits earned per MiB relayed.
     pub relay_per_mib: u64,
+    /// Credits earned per MiB of vault replica held for a day (confirmed by the client).
+    pub storage_per_mib_day: u64,
     /// Vault sync free per vault account and 30 days, in KiB.
     pub vault_free_kib: u64,
     /// Credits per MiB of vault sync beyond the free tier.
@@ -511,6 +513,7 @@ impl Default for CreditsSection {
             issuers: Vec::new(),
             exit_per_mib: 10,
             relay_per_mib: 5,
+            storage_per_mib_day: 2,
             vault_free_kib: 65_536,
             vault_sync_per_mib: 20,
             sync_interval_ms: 2000,
@@ -524,6 +527,7 @@ impl CreditsSection {
         crate::ledger::Pricing {
             exit_per_mib: self.exit_per_mib,
             relay_per_mib: self.relay_per_mib,
+            storage_per_mib_day: self.storage_per_mib_day,
             vault_free_bytes: self.vault_free_kib.saturating_mul(1024),
             vault_sync_per_mib: self.vault_sync_per_mib,
         }
@@ -1298,6 +1302,8 @@ issuers = []
 # Credits earned per MiB carried for others: through the exit, and relayed.
 exit_per_mib = 10
 relay_per_mib = 5
+# Credits earned per MiB of others' vaults held for a day (their devices confirm it).
+storage_per_mib_day = 2
 # Vault sync: free per vault account every 30 days (KiB), then credits per MiB.
 vault_free_kib = 65536
 vault_sync_per_mib = 20

@@ -477,6 +477,9 @@ pub struct StatusReport {
 /// Usage this node carried, from the receipts its clients signed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreditsStatus {
+    /// This node's id (what holdings and receipts name).
+    #[serde(default)]
+    pub node_id: String,
     /// Signed usage by account.
     pub accounts: Vec<crate::credits::AccountUsage>,
     /// Receipts taken (new sessions and raised totals) since start.
@@ -508,6 +511,9 @@ pub struct PricingInfo {
     pub exit_per_mib: u64,
     /// Earned per MiB relayed.
     pub relay_per_mib: u64,
+    /// Earned per MiB of vault replica held for a day.
+    #[serde(default)]
+    pub storage_per_mib_day: u64,
     /// Vault sync free per vault account and 30 days, in KiB.
     pub vault_free_kib: u64,
     /// Spent per MiB of vault sync beyond it.

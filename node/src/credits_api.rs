@@ -34,6 +34,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/credits/replica/digest", get(digest))
         .route("/v1/credits/replica/entries", get(entries))
         .route("/v1/credits/carried", post(carried))
+        .route("/v1/credits/held", post(held))
         .route("/v1/contribute", get(contribution).post(contribute))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
@@ -233,6 +234,52 @@ async fn carried(
         return error(400, "the receipt does not name this node as its relay");
     }
     node.ledger.claim(Duty::Relay, signed, receipt.session);
+    Json(crate::ledger::Applied::New).into_response()
+}
+
+/// A client's confirmation that this node holds a replica of its vault today: storage duty
+/// earns on it (claimed for this node's owner).
+async fn held(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<crate::credits::SignedReceipt>, JsonRejection>,
+) -> Response {
+    let Json(signed) = match body {
+        Ok(b) => b,
+        Err(r) => return json_error(r),
+    };
+    let Some(vault) = &node.vault else {
+        return error(404, "this node holds no vaults");
+    };
+    let h = match crate::ledger::Holding::verify(&signed) {
+        Ok(h) => h,
+        Err(e) => return ledger_error(e),
+    };
+    if h.node != node.node_id {
+        return error(400, "the holding names another node");
+    }
+    let today = crate::now_unix().div_euclid(86_400);
+    if h.day != today {
+        return error(
+            400,
+            format!("the holding is for day {}; today is {today}", h.day),
+        );
+    }
+    match vault.bytes_of(&h.vault).await {
+        Ok(Some(held)) if h.bytes <= held => {}
+        Ok(Some(held)) => {
+            return error(
+                400,
+                format!(
+                    "the holding claims {} bytes; this node holds {held}",
+                    h.bytes
+                ),
+            );
+        }
+        Ok(None) => return error(404, format!("this node holds no vault {}", h.vault)),
+        Err(e) => return error(500, e.to_string()),
+    }
+    let session = format!("{}/{}/{}", h.account, h.vault, h.day);
+    node.ledger.claim(Duty::Storage, signed, session);
     Json(crate::ledger::Applied::New).into_response()
 }
 

@@ -452,12 +452,14 @@ impl Node {
             Err(e) => (None, Some(e.to_string())),
         };
         Ok(Response::Credits(control::CreditsStatus {
+            node_id: self.node_id.clone(),
             owner: self.ledger.owner.clone(),
             balance,
             balance_error,
             pricing: Some(control::PricingInfo {
                 exit_per_mib: c.exit_per_mib,
                 relay_per_mib: c.relay_per_mib,
+                storage_per_mib_day: c.storage_per_mib_day,
                 vault_free_kib: c.vault_free_kib,
                 vault_sync_per_mib: c.vault_sync_per_mib,
             }),

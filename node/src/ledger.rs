@@ -52,6 +52,8 @@ pub enum Duty {
     Exit,
     /// Forwarding a client's datagrams to its exit.
     Relay,
+    /// Holding a replica of a client's vault.
+    Storage,
 }
 
 impl Duty {
@@ -60,7 +62,58 @@ impl Duty {
         match self {
             Duty::Exit => "exit",
             Duty::Relay => "relay",
+            Duty::Storage => "storage",
         }
+    }
+}
+
+/// What signs a holding before its JSON.
+const HOLDING_DOMAIN: &[u8] = b"nx1-storage-holding/1\0";
+
+/// A client account's confirmation that a node holds a replica of its vault today: what
+/// storage duty earns on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holding {
+    /// Format.
+    pub v: u8,
+    /// The client's credits account; it signs.
+    pub account: String,
+    /// The node that holds the replica.
+    pub node: String,
+    /// The vault account held.
+    pub vault: String,
+    /// Bytes of it the node holds, as the client verified them.
+    pub bytes: u64,
+    /// The day (Unix time / 86400) it confirms.
+    pub day: i64,
+}
+
+impl Holding {
+    /// Signs it with the account's key.
+    pub fn sign(&self, key: &SigningKey) -> SignedReceipt {
+        let (receipt, signature) = crate::signed::sign(HOLDING_DOMAIN, self, key);
+        SignedReceipt { receipt, signature }
+    }
+
+    /// Parses a signed holding and checks the account's signature.
+    pub fn verify(signed: &SignedReceipt) -> Result<Holding, LedgerError> {
+        if signed.receipt.len() > crate::credits::MAX_RECEIPT {
+            return Err(LedgerError::Receipt("the holding is too long".into()));
+        }
+        let h: Holding = serde_json::from_str(&signed.receipt)
+            .map_err(|e| LedgerError::Receipt(e.to_string()))?;
+        if h.v != 1 {
+            return Err(LedgerError::Receipt(format!("holding format {}", h.v)));
+        }
+        crate::signed::verify(
+            HOLDING_DOMAIN,
+            &signed.receipt,
+            &signed.signature,
+            &h.account,
+        )
+        .map_err(|_| LedgerError::Receipt("the holding's signature does not verify".into()))?;
+        Ok(h)
     }
 }
 
@@ -76,7 +129,7 @@ pub struct Earn {
     pub node: String,
     /// What it did.
     pub duty: Duty,
-    /// The client's signed receipt (JSON text).
+    /// The client's signed receipt (JSON text), or for storage its signed [`Holding`].
     pub receipt: String,
     /// The client's signature over it.
     pub receipt_signature: String,
@@ -332,6 +385,8 @@ pub struct Pricing {
     pub exit_per_mib: u64,
     /// Credits earned per MiB relayed.
     pub relay_per_mib: u64,
+    /// Credits earned per MiB of vault replica held for a day.
+    pub storage_per_mib_day: u64,
     /// Vault sync free per vault account and 30 days, in bytes.
     pub vault_free_bytes: u64,
     /// Credits per MiB of vault sync beyond the free tier.
@@ -344,6 +399,7 @@ impl Pricing {
         let rate = match duty {
             Duty::Exit => self.exit_per_mib,
             Duty::Relay => self.relay_per_mib,
+            Duty::Storage => self.storage_per_mib_day,
         };
         (u128::from(bytes) * u128::from(rate) / MIB).min(i64::MAX as u128) as u64
     }
@@ -422,6 +478,60 @@ fn id_of(entry: &Entry, receipt_session: Option<&str>) -> String {
         Entry::Spend(s) => format!("spend/{}", s.id),
         Entry::Grant(g) => format!("grant/{}", g.id),
         Entry::Device(d) => format!("device/{}/{}", d.account, d.device),
+    }
+}
+
+/// What an earning claims on: the client account, the session (for storage: the account,
+/// vault and day) and the bytes, from the signed receipt or holding inside it.
+fn earning(e: &Earn) -> Result<(String, String, u64), LedgerError> {
+    let signed = SignedReceipt {
+        receipt: e.receipt.clone(),
+        signature: e.receipt_signature.clone(),
+    };
+    let not_named = || {
+        LedgerError::Receipt(format!(
+            "it does not name {} as its {}",
+            e.node,
+            e.duty.name()
+        ))
+    };
+    match e.duty {
+        Duty::Exit | Duty::Relay => {
+            let r = signed
+                .verify()
+                .map_err(|err| LedgerError::Receipt(err.to_string()))?;
+            let named = match e.duty {
+                Duty::Exit => r.node == e.node,
+                _ => r.via.as_deref() == Some(e.node.as_str()),
+            };
+            if !named {
+                return Err(not_named());
+            }
+            Ok((
+                r.account,
+                r.session,
+                r.bytes_up.saturating_add(r.bytes_down),
+            ))
+        }
+        Duty::Storage => {
+            let h = Holding::verify(&signed)?;
+            if h.node != e.node {
+                return Err(not_named());
+            }
+            // A claim is made the day it is confirmed, or the next.
+            let claimed = e.at.div_euclid(86_400);
+            if !(h.day..=h.day + 1).contains(&claimed) {
+                return Err(LedgerError::Receipt(format!(
+                    "a holding for day {} claimed on day {claimed}",
+                    h.day
+                )));
+            }
+            Ok((
+                h.account.clone(),
+                format!("{}/{}/{}", h.account, h.vault, h.day),
+                h.bytes,
+            ))
+        }
     }
 }
 
@@ -504,32 +614,15 @@ impl Ledger {
         let _write = self.write.lock().await;
         match &entry {
             Entry::Earn(e) => {
-                let receipt = SignedReceipt {
-                    receipt: e.receipt.clone(),
-                    signature: e.receipt_signature.clone(),
-                }
-                .verify()
-                .map_err(|err| LedgerError::Receipt(err.to_string()))?;
-                let carried = match e.duty {
-                    Duty::Exit => receipt.node == e.node,
-                    Duty::Relay => receipt.via.as_deref() == Some(e.node.as_str()),
-                };
-                if !carried {
-                    return Err(LedgerError::Receipt(format!(
-                        "it does not name {} as its {}",
-                        e.node,
-                        e.duty.name()
-                    )));
-                }
-                if receipt.account == e.account || receipt.account == e.node {
+                let (client, session, bytes) = earning(e)?;
+                if client == e.account || client == e.node {
                     return Err(LedgerError::Unauthorized(
-                        "an account earns nothing from its own traffic".into(),
+                        "an account earns nothing from its own traffic or storage".into(),
                     ));
                 }
-                let bytes = receipt.bytes_up.saturating_add(receipt.bytes_down);
                 let bytes = i64::try_from(bytes)
                     .map_err(|_| LedgerError::Receipt("totals out of range".into()))?;
-                let id = id_of(&entry, Some(&receipt.session));
+                let id = id_of(&entry, Some(&session));
                 let amount = self.pricing.earned(e.duty, bytes as u64) as i64;
                 let held =
                     sqlx::query("SELECT account, progress FROM credit_entries WHERE id = $1")
@@ -542,8 +635,7 @@ impl Ledger {
                         let progress: i64 = row.try_get(1)?;
                         if account != e.account {
                             return Err(LedgerError::Conflict(format!(
-                                "session {} is claimed for another account",
-                                receipt.session
+                                "session {session} is claimed for another account"
                             )));
                         }
                         if bytes <= progress {
@@ -1340,6 +1432,7 @@ mod tests {
         Pricing {
             exit_per_mib: 10,
             relay_per_mib: 4,
+            storage_per_mib_day: 100,
             vault_free_bytes: 1 << 20,
             vault_sync_per_mib: 20,
         }
@@ -1471,6 +1564,86 @@ mod tests {
             apply(earn(&exit, &id(&issuer), Duty::Exit, &r1b)).await,
             Err(LedgerError::Conflict(_))
         ));
+
+        // Storage duty earns on holdings the client's account confirmed, once per vault and
+        // day (the highest confirmation counts), never on one's own vault.
+        let holding = |by: &SigningKey, node: &SigningKey, vault: &str, bytes: u64, day: i64| {
+            Holding {
+                v: 1,
+                account: id(by),
+                node: id(node),
+                vault: vault.into(),
+                bytes,
+                day,
+            }
+            .sign(by)
+        };
+        let stored = |node: &SigningKey, h: &SignedReceipt, at: i64| {
+            SignedEntry::sign(
+                &Entry::Earn(Earn {
+                    v: 1,
+                    account: owner_id.clone(),
+                    node: id(node),
+                    duty: Duty::Storage,
+                    receipt: h.receipt.clone(),
+                    receipt_signature: h.signature.clone(),
+                    at,
+                }),
+                node,
+            )
+        };
+        let day = 20_000;
+        let h1 = holding(&client, &exit, "V1", mib, day);
+        assert_eq!(
+            apply(stored(&exit, &h1, day * 86_400 + 5)).await,
+            Ok(Applied::New)
+        );
+        let h2 = holding(&client, &exit, "V1", 2 * mib, day);
+        assert_eq!(
+            apply(stored(&exit, &h2, day * 86_400 + 9)).await,
+            Ok(Applied::Raised)
+        );
+        assert_eq!(
+            apply(stored(&exit, &h1, day * 86_400 + 9)).await,
+            Ok(Applied::Same)
+        );
+        // Another node's holding, a claim days later, and one's own vault.
+        assert!(matches!(
+            apply(stored(&relay, &h2, day * 86_400)).await,
+            Err(LedgerError::Receipt(_))
+        ));
+        assert!(matches!(
+            apply(stored(
+                &exit,
+                &holding(&client, &exit, "V1", mib, day - 5),
+                day * 86_400
+            ))
+            .await,
+            Err(LedgerError::Receipt(_))
+        ));
+        assert!(matches!(
+            apply(stored(
+                &exit,
+                &holding(&owner, &exit, "V2", mib, day),
+                day * 86_400
+            ))
+            .await,
+            Err(LedgerError::Unauthorized(_))
+        ));
+        let mut forged = holding(&client, &exit, "V3", mib, day);
+        forged.receipt = forged.receipt.replace("V3", "V4");
+        assert!(matches!(
+            apply(stored(&exit, &forged, day * 86_400)).await,
+            Err(LedgerError::Receipt(_))
+        ));
+        assert_eq!(
+            ledger.balance(&owner_id).await.unwrap().by_service["storage"],
+            200
+        );
+        sqlx::query("DELETE FROM credit_entries WHERE service = 'storage'")
+            .execute(store.pool())
+            .await
+            .unwrap();
 
         // Grants only from issuers this node honours.
         let grant = |by: &SigningKey, gid: &str, amount: u64| {

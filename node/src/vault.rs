@@ -946,6 +946,16 @@ impl VaultService {
 }
 
 impl VaultService {
+    /// Bytes this node holds of a vault account, if it holds the account.
+    pub async fn bytes_of(&self, account: &str) -> Result<Option<u64>, sqlx::Error> {
+        let bytes: Option<i64> =
+            sqlx::query_scalar("SELECT bytes_used FROM vault_accounts WHERE id = $1")
+                .bind(account)
+                .fetch_optional(self.store.pool())
+                .await?;
+        Ok(bytes.map(|b| b.max(0) as u64))
+    }
+
     /// Refuses a write that would take the vaults this node holds past its contributed
     /// storage: `account` would hold `bytes` (the others as they are).
     async fn check_storage(

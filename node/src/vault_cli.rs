@@ -103,6 +103,56 @@ impl Payer {
     }
 }
 
+/// With a credits account to sign with, confirms to each replica what it holds of this vault
+/// today: storage duty earns on these confirmations. Best effort: a replica that is not
+/// reached, or holds less than this device verified, is passed over.
+fn confirm_holdings(o: &Open, urls: &[String]) {
+    use base64::Engine as _;
+    let Some(payer) = &o.payer else { return };
+    let own =
+        base64::engine::general_purpose::STANDARD.encode(payer.key.verifying_key().as_bytes());
+    if payer.account != own {
+        // Holdings are confirmed by the account's own key, not a device key.
+        return;
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    for url in urls {
+        let node = agent
+            .get(format!("{url}/v1/credits"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["node_id"].as_str().map(str::to_owned));
+        let Some(node) = node else { continue };
+        let holding = crate::ledger::Holding {
+            v: 1,
+            account: payer.account.clone(),
+            node,
+            vault: o.vault.header().account.to_string(),
+            bytes: o.vault.stored_bytes(),
+            day: now().div_euclid(86_400),
+        };
+        let signed = holding.sign(&payer.key);
+        match agent
+            .post(format!("{url}/v1/credits/held"))
+            .header("content-type", "application/json")
+            .send(serde_json::to_vec(&signed).expect("holdings serialize"))
+        {
+            Ok(r) if r.status().is_success() => {}
+            Ok(mut r) => eprintln!(
+                "warning: {url}: holding not confirmed: {}",
+                r.body_mut().read_to_string().unwrap_or_default()
+            ),
+            Err(e) => eprintln!("warning: {url}: holding not confirmed: {e}"),
+        }
+    }
+}
+
 /// Sends a sync write (`/push`, `/catchup`) for change `seq`; when the node wants credits
 /// (402 with a price) and a payer is set, pays and sends it again.
 fn paid_write(
@@ -985,7 +1035,9 @@ fn sync(
         eprintln!("warning: leaving a replica out: {r}");
     }
     let reachable = remotes.len();
+    let urls: Vec<String> = remotes.iter().map(|r| r.base.clone()).collect();
     if reachable > 0 && sync_replicas(o, remotes, quorum, progress)? {
+        confirm_holdings(o, &urls);
         return Ok(());
     }
     let why = if reachable == 0 {

@@ -362,6 +362,16 @@ impl Vault {
         self.state.seen
     }
 
+    /// Bytes a replica holds for this vault as last verified: every record's key and body,
+    /// tombstones included (what the server counts against the account's quota).
+    pub fn stored_bytes(&self) -> u64 {
+        self.state
+            .records
+            .values()
+            .map(|r| (r.key.len() + r.body.len()) as u64)
+            .sum()
+    }
+
     /// Changes waiting to be pushed.
     pub fn pending(&self) -> usize {
         self.state.pending.len()
