@@ -295,6 +295,47 @@ fn credits_earned_by_relaying_pay_for_vault_sync_and_match_the_receipts() {
     assert_eq!(receipt["node"], exit_id.as_str());
     assert_eq!(receipt["via"], relay_id.as_str());
 
+    // A stranger (the client's namespace, routed to the relay's API) learns nothing about the
+    // relay's accounts and cannot pass receipts on itself; the node's id and prices are public.
+    lab.cli.ip(&[
+        "route",
+        "add",
+        &format!("{RELAY_EXIT_ADDR}/32"),
+        "via",
+        "198.18.4.1",
+    ]);
+    let api = format!("http://{RELAY_EXIT_ADDR}:7870");
+    let query = relay_id
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let status_of = |args: &str| {
+        let out = lab.in_cli(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {args}"
+        ));
+        text(&out.stdout)
+    };
+    for path in [
+        "/v1/credits".to_owned(),
+        format!("/v1/credits/account?account={query}"),
+        format!("/v1/credits/replica/entries?account={query}"),
+        "/v1/contribute".to_owned(),
+    ] {
+        assert_eq!(status_of(&format!("{api}{path}")), "403", "{path}");
+    }
+    assert_eq!(status_of(&format!("{api}/v1/credits/node")), "200");
+    let own = serde_json::json!({
+        "receipt": claim["receipt"], "signature": claim["receipt_signature"],
+    });
+    std::fs::write(cwd.join("own.json"), own.to_string()).unwrap();
+    assert_eq!(
+        status_of(&format!(
+            "-X POST -H 'content-type: application/json' --data @{} {api}/v1/credits/carried",
+            cwd.join("own.json").display()
+        )),
+        "403"
+    );
+
     // The relay's owner syncs a vault from the relay's machine: beyond the free tier the
     // node wants credits, and says so; paid with the owner's key, the sync goes through.
     let rly = lab.relay.as_ref().unwrap();
@@ -384,4 +425,83 @@ fn credits_earned_by_relaying_pay_for_vault_sync_and_match_the_receipts() {
         Some(stored.0)
     );
     assert!(credits(&relay_config)["balance"]["by_service"]["storage"].is_null());
+}
+
+#[test]
+fn a_tunnel_beyond_the_free_tier_is_paid_for_and_cut_off_when_the_account_cannot_pay() {
+    let mut lab = ExitLab::new();
+    set_config(&lab.config, "credits", "vpn_free_mib", "1");
+    set_config(&lab.config, "credits", "vpn_per_mib", "100");
+    // The exit honours its own grants (a top-up from the node's operator).
+    let exit_id = lab.node_id.clone();
+    set_config(
+        &lab.config,
+        "credits",
+        "issuers",
+        &format!("[\"{exit_id}\"]"),
+    );
+    lab.start_node();
+    lab.start_web_server(&"v".repeat(3_000_000));
+    let cwd = lab.dir.path().to_owned();
+    let (client, account, daemon) = connect_client(&lab, &lab.add_peer("paying"));
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+
+    // 3 MB down is beyond the 1 MiB free tier, and the account has nothing: the exit cuts
+    // the tunnel off and tells the client why.
+    let _ = lab.in_cli(&format!(
+        "curl -s --max-time 20 http://{WEB_V4}:8080/hello.txt | wc -c"
+    ));
+    let why = eventually("the tunnel cut off", Duration::from_secs(20), || {
+        let answer = json(&client, &["status", "--json"], &cwd)?["client"]["node_answer"].clone();
+        (answer["cut_off"] == true)
+            .then(|| answer["out_of_credits"].as_str().map(str::to_owned))
+            .flatten()
+    });
+    assert!(
+        why.contains("out of credits — contribute or top up"),
+        "{why}"
+    );
+    assert!(
+        !lab.ping(WEB_V4, 2),
+        "a client out of credits still gets through"
+    );
+
+    // Topped up, the next receipt pays and the tunnel is through again.
+    let granted = lab.nx1(&["credits", "grant", &account, "100000", "--memo", "top-up"]);
+    assert!(granted.status.success(), "{}", text(&granted.stderr));
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+
+    // The charge is the client's own receipt beyond the free tier, at the rate, exactly.
+    let charged = eventually("the charge settled", Duration::from_secs(20), || {
+        let h = json(
+            &lab.config,
+            &["credits", "history", "--account", &account, "--json"],
+            &cwd,
+        )?;
+        let charge = h["history"]
+            .as_array()?
+            .iter()
+            .find(|e| e["kind"] == "charge")?
+            .clone();
+        let entry: serde_json::Value =
+            serde_json::from_str(charge["signed"]["entry"].as_str()?).ok()?;
+        let receipt: serde_json::Value = serde_json::from_str(entry["receipt"].as_str()?).ok()?;
+        let bytes = receipt["bytes_up"].as_u64()? + receipt["bytes_down"].as_u64()?;
+        let paid = bytes - entry["free_bytes"].as_u64()?;
+        let expected = (u128::from(paid) * 100).div_ceil(1 << 20) as i64;
+        (charge["amount"].as_i64()? == -expected).then_some((
+            entry,
+            h["balance"]["balance"].as_i64()?,
+            expected,
+        ))
+    });
+    assert_eq!(charged.0["node"], exit_id.as_str());
+    assert_eq!(charged.0["free_bytes"], 1 << 20);
+    assert_eq!(charged.1, 100_000 - charged.2);
+    assert!(
+        nx1(&["--config", client.to_str().unwrap(), "disconnect"], &cwd)
+            .status
+            .success()
+    );
+    assert!(daemon.stop_with(libc::SIGTERM).success());
 }

@@ -500,6 +500,10 @@ pub struct CreditsSection {
     pub vault_free_kib: u64,
     /// Credits per MiB of vault sync beyond the free tier.
     pub vault_sync_per_mib: u64,
+    /// Tunnel traffic free per account every 30 days on this node, MiB (receipts signed).
+    pub vpn_free_mib: u64,
+    /// Credits per MiB of tunnel traffic beyond the free tier.
+    pub vpn_per_mib: u64,
     /// How often earnings are claimed and replicas compared, in ms.
     pub sync_interval_ms: u64,
 }
@@ -516,6 +520,8 @@ impl Default for CreditsSection {
             storage_per_mib_day: 2,
             vault_free_kib: 65_536,
             vault_sync_per_mib: 20,
+            vpn_free_mib: 10_240,
+            vpn_per_mib: 1,
             sync_interval_ms: 2000,
         }
     }
@@ -530,6 +536,8 @@ impl CreditsSection {
             storage_per_mib_day: self.storage_per_mib_day,
             vault_free_bytes: self.vault_free_kib.saturating_mul(1024),
             vault_sync_per_mib: self.vault_sync_per_mib,
+            vpn_free_bytes: self.vpn_free_mib.saturating_mul(1 << 20),
+            vpn_per_mib: self.vpn_per_mib,
         }
     }
 }
@@ -1307,6 +1315,11 @@ storage_per_mib_day = 2
 # Vault sync: free per vault account every 30 days (KiB), then credits per MiB.
 vault_free_kib = 65536
 vault_sync_per_mib = 20
+# Tunnels of clients that sign receipts (`nx1 connect`): free per account every 30 days on
+# this node (MiB), then credits per MiB; a client whose account cannot pay is cut off until
+# it can.
+vpn_free_mib = 10240
+vpn_per_mib = 1
 # How often (ms) earnings are claimed and each account's replicas compared.
 sync_interval_ms = 2000
 "#,

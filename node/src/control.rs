@@ -518,6 +518,12 @@ pub struct PricingInfo {
     pub vault_free_kib: u64,
     /// Spent per MiB of vault sync beyond it.
     pub vault_sync_per_mib: u64,
+    /// Tunnel traffic free per account every 30 days on this node, MiB.
+    #[serde(default)]
+    pub vpn_free_mib: u64,
+    /// Spent per MiB of tunnel traffic beyond it.
+    #[serde(default)]
+    pub vpn_per_mib: u64,
 }
 
 /// What this node contributes to the mesh.

@@ -267,6 +267,8 @@ pub struct ReceiptCounters {
 #[derive(Debug, Default)]
 pub struct Meter {
     signed: parking_lot::Mutex<std::collections::HashMap<String, TunnelMeter>>,
+    /// Tunnels whose account could not pay for traffic beyond the free tier, and why.
+    out_of_credits: parking_lot::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// One tunnel's signed bytes: its latest sessions, and the sum of older ones.
@@ -295,6 +297,20 @@ impl Meter {
         }
     }
 
+    /// Why a tunnel's account cannot pay, if it cannot.
+    pub fn out_of_credits(&self, client_key: &str) -> Option<String> {
+        self.out_of_credits.lock().get(client_key).cloned()
+    }
+
+    /// Records whether a tunnel's account could pay; true when that changed.
+    fn set_out_of_credits(&self, client_key: &str, why: Option<String>) -> bool {
+        let mut map = self.out_of_credits.lock();
+        match why {
+            Some(w) => map.insert(client_key.to_owned(), w).is_none(),
+            None => map.remove(client_key).is_some(),
+        }
+    }
+
     /// Bytes a tunnel's receipts cover, over all its sessions.
     pub fn signed(&self, client_key: &str) -> u64 {
         self.signed.lock().get(client_key).map_or(0, |t| {
@@ -312,6 +328,9 @@ pub struct ReceiptAnswer {
     pub refused: Option<String>,
     /// Whether the tunnel is cut off for unpaid usage.
     pub cut_off: bool,
+    /// Why the account cannot pay for the tunnel beyond the free tier, if it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_credits: Option<String>,
 }
 
 /// Cuts off, every second, the clients whose carried traffic runs more than `allowance`
@@ -342,7 +361,7 @@ pub fn enforce(
                 };
                 let carried = stats.rx_bytes + stats.tx_bytes;
                 let unpaid = carried.saturating_sub(meter.signed(&c.public_key));
-                let cut = unpaid > allowance;
+                let cut = unpaid > allowance || meter.out_of_credits(&c.public_key).is_some();
                 if device.is_restricted(&key) != cut {
                     device.set_restricted(&key, cut);
                     if cut {
@@ -409,13 +428,31 @@ pub async fn serve(
                         crate::now_unix(),
                     )
                     .await;
-                    if let Ok((r, Taken::New | Taken::Raised)) = &taken {
-                        // What it carried earns credits for the node's owner, and for the
-                        // relay the client came through.
-                        ledger.claim(crate::ledger::Duty::Exit, signed.clone(), r.session.clone());
-                        if let Some(relay) = &r.via {
-                            let from = device.peer(&sender).and_then(|p| p.endpoint);
-                            ledger.relayed(relay, from, signed, r.session.clone());
+                    if let Ok((r, t)) = &taken {
+                        if *t != Taken::Same {
+                            // What it carried earns credits for the node's owner, and for the
+                            // relay the client came through.
+                            ledger.claim(
+                                crate::ledger::Duty::Exit,
+                                signed.clone(),
+                                r.session.clone(),
+                            );
+                            if let Some(relay) = &r.via {
+                                let from = device.peer(&sender).and_then(|p| p.endpoint);
+                                ledger.relayed(relay, from, signed.clone(), r.session.clone());
+                            }
+                        }
+                        // Beyond the free tier the account pays; one that cannot is cut off
+                        // until it can (each receipt tries again).
+                        if *t != Taken::Same || meter.out_of_credits(&r.client_key).is_some() {
+                            tokio::spawn(charge(
+                                store.clone(),
+                                ledger.clone(),
+                                device.clone(),
+                                meter.clone(),
+                                sender,
+                                signed,
+                            ));
                         }
                     }
                     taken
@@ -424,6 +461,7 @@ pub async fn serve(
             let answer = ReceiptAnswer {
                 refused: result.as_ref().err().map(|e| e.to_string()),
                 cut_off: sender.is_some_and(|k| device.is_restricted(&k)),
+                out_of_credits: sender.and_then(|k| meter.out_of_credits(&k.to_base64())),
             };
             match result {
                 Ok((r, taken)) => {
@@ -446,6 +484,57 @@ pub async fn serve(
         }
     });
     Ok(())
+}
+
+/// Length of a free-tier period.
+const PERIOD_SECS: i64 = 30 * 24 * 3600;
+
+/// Charges a session's account for its traffic beyond the free tier and cuts the tunnel off
+/// while the account cannot pay (lets it through again once it can).
+async fn charge(
+    store: Store,
+    ledger: std::sync::Arc<crate::ledger::Ledger>,
+    device: std::sync::Arc<nx1_vpn::device::Device>,
+    meter: std::sync::Arc<Meter>,
+    tunnel: nx1_vpn::keys::PublicKey,
+    signed: SignedReceipt,
+) {
+    let Ok(r) = signed.verify() else { return };
+    // The free tier is per account and node: what the account's other sessions here used
+    // in this period comes off it first.
+    let since = crate::now_unix() - crate::now_unix().rem_euclid(PERIOD_SECS);
+    let others: Result<Option<i64>, _> = sqlx::query_scalar(
+        "SELECT CAST(SUM(bytes_up + bytes_down) AS BIGINT) FROM usage_receipts WHERE account = $1 AND session <> $2 AND first_at >= $3",
+    )
+    .bind(&r.account)
+    .bind(&r.session)
+    .bind(since)
+    .fetch_one(store.pool())
+    .await;
+    let Ok(others) = others else { return };
+    let free = ledger
+        .pricing
+        .vpn_free_bytes
+        .saturating_sub(others.unwrap_or(0).max(0) as u64);
+    let why = match ledger.charge(&signed, free).await {
+        Ok(()) => None,
+        Err(e @ crate::ledger::LedgerError::OutOfCredits { .. }) => Some(e.to_string()),
+        Err(e) => {
+            // Replicas out of reach: the tunnel keeps going; the next receipt tries again.
+            tracing::debug!(error = %e, "credits: charging a tunnel");
+            return;
+        }
+    };
+    let key = tunnel.to_base64();
+    let cut = why.is_some();
+    if meter.set_out_of_credits(&key, why) {
+        device.set_restricted(&tunnel, cut);
+        if cut {
+            tracing::warn!(account = %r.account, "out of credits: tunnel cut off until the account can pay");
+        } else {
+            tracing::info!(account = %r.account, "the account can pay again: tunnel through");
+        }
+    }
 }
 
 /// One account's usage on this node, from its receipts.

@@ -2,8 +2,10 @@
 //! services that charge, and for the desktop app.
 //!
 //! Everything a replica takes is signed by whoever's say-so it is (see [`crate::ledger`]), so
-//! the replica routes are open to anyone; changing what the node contributes is taken from
-//! this machine only (a loopback peer), like the control socket.
+//! anyone may send entries, spends and holdings. What would tell strangers about this node's
+//! clients (their receipts, accounts, usage) is answered only to this machine (a loopback
+//! peer, like the control socket) and to the members of the mesh, which need it to compare
+//! replicas; changing what the node contributes only to this machine.
 
 use crate::control::Request;
 use crate::daemon::Node;
@@ -27,6 +29,7 @@ const MAX_BODY: usize = (MAX_BATCH + 1) * (crate::ledger::MAX_ENTRY + 256);
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/credits", get(summary))
+        .route("/v1/credits/node", get(node_info))
         .route("/v1/credits/spend", post(spend))
         .route("/v1/credits/account", get(account))
         .route("/v1/credits/replica/account", get(local_account))
@@ -38,6 +41,46 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/contribute", get(contribution).post(contribute))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
+}
+
+/// Whether `peer` is this machine.
+fn local(peer: &SocketAddr) -> bool {
+    peer.ip().is_loopback()
+}
+
+/// Whether `peer` is this machine or a live member of the mesh (where it gossips from, or
+/// the host of its published API or endpoints).
+async fn member(node: &Node, peer: &SocketAddr) -> bool {
+    if local(peer) {
+        return true;
+    }
+    let Some(mesh) = &node.mesh else {
+        return false;
+    };
+    let ip = peer.ip();
+    mesh.directory().await.members.values().any(|m| {
+        m.state == "live"
+            && (m.gossip.ip() == ip
+                || m.record
+                    .api
+                    .iter()
+                    .chain(&m.record.endpoints)
+                    .any(|a| host_ip(a) == Some(ip)))
+    })
+}
+
+/// The IP of "http://IP:PORT/…" or "IP:PORT", if it is a literal address.
+fn host_ip(address: &str) -> Option<std::net::IpAddr> {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let host = rest.split('/').next()?;
+    host.parse::<SocketAddr>().ok().map(|a| a.ip())
+}
+
+fn forbidden() -> Response {
+    error(
+        403,
+        "this is answered only to this machine and to the members of its mesh",
+    )
 }
 
 fn error(status: u16, message: impl Into<String>) -> Response {
@@ -84,8 +127,35 @@ fn checked(q: Result<Query<AccountQuery>, QueryRejection>) -> Result<String, Box
     Ok(q.account)
 }
 
+/// This node's id and prices: what a device needs to confirm a holding or pay.
+async fn node_info(State(node): State<Arc<Node>>) -> Response {
+    let c = &node.config.raw.credits;
+    Json(serde_json::json!({
+        "node_id": node.node_id,
+        "pricing": crate::control::PricingInfo {
+            exit_per_mib: c.exit_per_mib,
+            relay_per_mib: c.relay_per_mib,
+            storage_per_mib_day: c.storage_per_mib_day,
+            vault_free_kib: c.vault_free_kib,
+            vault_sync_per_mib: c.vault_sync_per_mib,
+            vpn_free_mib: c.vpn_free_mib,
+            vpn_per_mib: c.vpn_per_mib,
+        },
+    }))
+    .into_response()
+}
+
 /// What this node carried and what its owner's account holds (`nx1 credits`).
-async fn summary(State(node): State<Arc<Node>>) -> Response {
+async fn summary(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !local(&peer) {
+        return error(
+            403,
+            "this node's credits are answered to its own machine only",
+        );
+    }
     match node.handle(Request::Credits).await {
         crate::control::Response::Credits(c) => Json(c).into_response(),
         crate::control::Response::Error { message } => error(500, message),
@@ -112,8 +182,12 @@ async fn spend(
 /// An account's balance and history, from one of its replicas.
 async fn account(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
+    if !member(&node, &peer).await {
+        return forbidden();
+    }
     let account = match checked(q) {
         Ok(a) => a,
         Err(r) => return *r,
@@ -127,8 +201,12 @@ async fn account(
 /// An account as this node holds it.
 async fn local_account(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
+    if !member(&node, &peer).await {
+        return forbidden();
+    }
     let account = match checked(q) {
         Ok(a) => a,
         Err(r) => return *r,
@@ -186,8 +264,12 @@ async fn apply(
 /// What an account's entries hash to here.
 async fn digest(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
+    if !member(&node, &peer).await {
+        return forbidden();
+    }
     let account = match checked(q) {
         Ok(a) => a,
         Err(r) => return *r,
@@ -201,8 +283,12 @@ async fn digest(
 /// Every entry of an account held here.
 async fn entries(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
+    if !member(&node, &peer).await {
+        return forbidden();
+    }
     let account = match checked(q) {
         Ok(a) => a,
         Err(r) => return *r,
@@ -217,6 +303,7 @@ async fn entries(
 /// earning.
 async fn carried(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<crate::credits::SignedReceipt>, JsonRejection>,
 ) -> Response {
     let Json(signed) = match body {
@@ -232,6 +319,28 @@ async fn carried(
     };
     if receipt.via.as_deref() != Some(node.node_id.as_str()) {
         return error(400, "the receipt does not name this node as its relay");
+    }
+    // Only the exit the receipt names passes it on (it checked that the client came through
+    // this relay); a client posting its own receipts here earns the relay nothing.
+    let from_exit = match &node.mesh {
+        Some(mesh) => mesh
+            .directory()
+            .await
+            .members
+            .get(&receipt.node)
+            .is_some_and(|m| {
+                m.state == "live"
+                    && (m.gossip.ip() == peer.ip()
+                        || m.record
+                            .api
+                            .iter()
+                            .chain(&m.record.endpoints)
+                            .any(|a| host_ip(a) == Some(peer.ip())))
+            }),
+        None => false,
+    };
+    if !from_exit {
+        return error(403, "receipts are passed on by the exit they name");
     }
     node.ledger.claim(Duty::Relay, signed, receipt.session);
     Json(crate::ledger::Applied::New).into_response()
@@ -284,7 +393,16 @@ async fn held(
 }
 
 /// What this node contributes.
-async fn contribution(State(node): State<Arc<Node>>) -> Response {
+async fn contribution(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !local(&peer) {
+        return error(
+            403,
+            "what a node contributes is answered to its own machine only",
+        );
+    }
     contribute_with(&node, None, None).await
 }
 
@@ -303,7 +421,7 @@ async fn contribute(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<ContributeChange>, JsonRejection>,
 ) -> Response {
-    if !peer.ip().is_loopback() {
+    if !local(&peer) {
         return error(
             403,
             "what a node contributes is changed from the node's own machine only",

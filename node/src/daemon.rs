@@ -462,6 +462,8 @@ impl Node {
                 storage_per_mib_day: c.storage_per_mib_day,
                 vault_free_kib: c.vault_free_kib,
                 vault_sync_per_mib: c.vault_sync_per_mib,
+                vpn_free_mib: c.vpn_free_mib,
+                vpn_per_mib: c.vpn_per_mib,
             }),
             require_receipts: self.config.raw.credits.require_receipts,
             cut_off,
@@ -1027,12 +1029,13 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         .await
         .context("binding the receipt port")?;
         let c = &config.raw.credits;
+        // A client cut off (unpaid, or out of credits) still reaches the receipt port.
+        vpn.device
+            .set_receipt_address(Some(std::net::SocketAddrV4::new(
+                vpn.config.v4.0,
+                crate::credits::RECEIPT_PORT,
+            )));
         if c.require_receipts {
-            vpn.device
-                .set_receipt_address(Some(std::net::SocketAddrV4::new(
-                    vpn.config.v4.0,
-                    crate::credits::RECEIPT_PORT,
-                )));
             crate::credits::enforce(
                 store.clone(),
                 vpn.device.clone(),

@@ -137,6 +137,27 @@ pub struct Earn {
     pub at: i64,
 }
 
+/// What a node charges a client's account for tunnel traffic beyond the free tier: the
+/// client's receipt, signed by the node that carried it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Charge {
+    /// Format.
+    pub v: u8,
+    /// The client's account, which signed the receipt.
+    pub account: String,
+    /// The node that carried the traffic; it signs.
+    pub node: String,
+    /// The client's signed receipt (JSON text).
+    pub receipt: String,
+    /// The client's signature over it.
+    pub receipt_signature: String,
+    /// Bytes of the session the node let go free (its free tier).
+    pub free_bytes: u64,
+    /// Unix time of the charge.
+    pub at: i64,
+}
+
 /// A payment for a service, signed by the account or one of its device keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +222,8 @@ pub struct DeviceKey {
 pub enum Entry {
     /// Earned by carrying traffic.
     Earn(Earn),
+    /// Charged for tunnel traffic.
+    Charge(Charge),
     /// Spent on a service.
     Spend(Spend),
     /// Granted by an issuer.
@@ -214,6 +237,7 @@ impl Entry {
     pub fn account(&self) -> &str {
         match self {
             Entry::Earn(e) => &e.account,
+            Entry::Charge(c) => &c.account,
             Entry::Spend(s) => &s.account,
             Entry::Grant(g) => &g.account,
             Entry::Device(d) => &d.account,
@@ -224,6 +248,7 @@ impl Entry {
     pub fn signer(&self) -> &str {
         match self {
             Entry::Earn(e) => &e.node,
+            Entry::Charge(c) => &c.node,
             Entry::Spend(s) => &s.signer,
             Entry::Grant(g) => &g.issuer,
             Entry::Device(d) => &d.account,
@@ -233,6 +258,7 @@ impl Entry {
     fn kind(&self) -> &'static str {
         match self {
             Entry::Earn(_) => "earn",
+            Entry::Charge(_) => "charge",
             Entry::Spend(_) => "spend",
             Entry::Grant(_) => "grant",
             Entry::Device(_) => "device",
@@ -242,6 +268,7 @@ impl Entry {
     fn version(&self) -> u8 {
         match self {
             Entry::Earn(e) => e.v,
+            Entry::Charge(c) => c.v,
             Entry::Spend(s) => s.v,
             Entry::Grant(g) => g.v,
             Entry::Device(d) => d.v,
@@ -391,6 +418,10 @@ pub struct Pricing {
     pub vault_free_bytes: u64,
     /// Credits per MiB of vault sync beyond the free tier.
     pub vault_sync_per_mib: u64,
+    /// Tunnel traffic free per account, node and 30 days, in bytes.
+    pub vpn_free_bytes: u64,
+    /// Credits per MiB of tunnel traffic beyond the free tier.
+    pub vpn_per_mib: u64,
 }
 
 impl Pricing {
@@ -402,6 +433,14 @@ impl Pricing {
             Duty::Storage => self.storage_per_mib_day,
         };
         (u128::from(bytes) * u128::from(rate) / MIB).min(i64::MAX as u128) as u64
+    }
+
+    /// Credits a session of `bytes` costs when `free` of them are free: rounded up.
+    pub fn vpn(&self, bytes: u64, free: u64) -> u64 {
+        let paid = bytes.saturating_sub(free);
+        (u128::from(paid) * u128::from(self.vpn_per_mib))
+            .div_ceil(MIB)
+            .min(i64::MAX as u128) as u64
     }
 
     /// Credits a vault push of `bytes` costs after `used` bytes this period: what lies beyond
@@ -475,6 +514,7 @@ fn id_of(entry: &Entry, receipt_session: Option<&str>) -> String {
             e.node,
             receipt_session.unwrap_or_default()
         ),
+        Entry::Charge(c) => format!("charge/{}/{}", c.node, receipt_session.unwrap_or_default()),
         Entry::Spend(s) => format!("spend/{}", s.id),
         Entry::Grant(g) => format!("grant/{}", g.id),
         Entry::Device(d) => format!("device/{}/{}", d.account, d.device),
@@ -662,6 +702,81 @@ impl Ledger {
                     }
                 }
             }
+            Entry::Charge(c) => {
+                let r = SignedReceipt {
+                    receipt: c.receipt.clone(),
+                    signature: c.receipt_signature.clone(),
+                }
+                .verify()
+                .map_err(|err| LedgerError::Receipt(err.to_string()))?;
+                if r.node != c.node || r.account != c.account {
+                    return Err(LedgerError::Receipt(
+                        "it is not this account's receipt for this node".into(),
+                    ));
+                }
+                let bytes = r.bytes_up.saturating_add(r.bytes_down);
+                if c.free_bytes > bytes {
+                    return Err(LedgerError::Malformed(
+                        "more free bytes than the session carried".into(),
+                    ));
+                }
+                let amount = self.pricing.vpn(bytes, c.free_bytes);
+                let (amount, bytes) = match (i64::try_from(amount), i64::try_from(bytes)) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    _ => return Err(LedgerError::Receipt("totals out of range".into())),
+                };
+                let id = id_of(&entry, Some(&r.session));
+                let held = sqlx::query(
+                    "SELECT account, progress, amount FROM credit_entries WHERE id = $1",
+                )
+                .bind(&id)
+                .fetch_optional(self.store.pool())
+                .await?;
+                let before = match &held {
+                    Some(row) => {
+                        let account: String = row.try_get(0)?;
+                        if account != c.account {
+                            return Err(LedgerError::Conflict(format!(
+                                "session {} is charged to another account",
+                                r.session
+                            )));
+                        }
+                        if bytes <= row.try_get::<i64, _>(1)? {
+                            return Ok(Applied::Same);
+                        }
+                        -row.try_get::<i64, _>(2)?
+                    }
+                    None => 0,
+                };
+                if mode == Mode::Check && amount > before {
+                    let balance = self.balance(&c.account).await?.balance;
+                    if balance < amount - before {
+                        return Err(LedgerError::OutOfCredits {
+                            balance,
+                            amount: (amount - before) as u64,
+                        });
+                    }
+                }
+                if held.is_some() {
+                    sqlx::query(
+                        "UPDATE credit_entries SET amount = $1, progress = $2, entry = $3, signature = $4, at = $5, stored_at = $6 WHERE id = $7",
+                    )
+                    .bind(-amount)
+                    .bind(bytes)
+                    .bind(&signed.entry)
+                    .bind(&signed.signature)
+                    .bind(c.at)
+                    .bind(now)
+                    .bind(&id)
+                    .execute(self.store.pool())
+                    .await?;
+                    Ok(Applied::Raised)
+                } else {
+                    self.insert(&id, &entry, "vpn", -amount, bytes, signed, c.at, now)
+                        .await?;
+                    Ok(Applied::New)
+                }
+            }
             Entry::Grant(g) => {
                 if !self.issuers.contains(&g.issuer) {
                     return Err(LedgerError::Unauthorized(format!(
@@ -842,7 +957,7 @@ impl Ledger {
             match kind.as_str() {
                 "earn" => b.earned = b.earned.saturating_add(sum),
                 "grant" => b.granted = b.granted.saturating_add(sum),
-                "spend" => b.spent = b.spent.saturating_sub(sum),
+                "spend" | "charge" => b.spent = b.spent.saturating_sub(sum),
                 _ => continue,
             }
             *b.by_service.entry(service).or_default() += sum.saturating_abs();
@@ -921,10 +1036,13 @@ impl Ledger {
             .iter()
             .filter(|(_, m)| m.state == "live")
             .filter_map(|(id, m)| {
+                // Only members others can reach hold accounts (this one too: every node must
+                // pick the same replicas).
+                let api = m.record.api.clone()?;
                 let replica = if *id == self.node_id {
                     Replica::Local
                 } else {
-                    Replica::Remote(m.record.api.clone()?)
+                    Replica::Remote(api)
                 };
                 let rank: [u8; 32] = Sha256::new()
                     .chain_update(b"nx1-credit-replica\0")
@@ -1030,7 +1148,19 @@ impl Ledger {
         let Entry::Spend(spend) = signed.verify()? else {
             return Err(LedgerError::Malformed("not a spend".into()));
         };
-        let replicas = self.replicas(&spend.account).await;
+        self.commit(signed, &spend.account, spend.amount).await?;
+        Ok(spend)
+    }
+
+    /// Sends a spend or charge of `amount` credits to every replica of `account`; it counts
+    /// once a majority took it.
+    async fn commit(
+        &self,
+        signed: &SignedEntry,
+        account: &str,
+        amount: u64,
+    ) -> Result<(), LedgerError> {
+        let replicas = self.replicas(account).await;
         let results = futures_util::future::join_all(
             replicas
                 .iter()
@@ -1065,18 +1195,15 @@ impl Ledger {
                 // The replicas that missed it get it at the next rounds.
                 self.outbox.lock().push(signed.clone());
             }
-            return Ok(spend);
+            return Ok(());
         }
         if let (0, Some(_)) = (took, &short) {
             // No replica had the credits: the plain answer.
-            let balance = match self.balance(&spend.account).await {
+            let balance = match self.balance(account).await {
                 Ok(b) if b.entries > 0 => b.balance,
                 _ => 0,
             };
-            return Err(LedgerError::OutOfCredits {
-                balance,
-                amount: spend.amount,
-            });
+            return Err(LedgerError::OutOfCredits { balance, amount });
         }
         Err(LedgerError::NoMajority {
             took,
@@ -1129,6 +1256,32 @@ impl Ledger {
             reached = Some(reached.map_or(took, |r: usize| r.min(took)));
         }
         Ok(reached.unwrap_or(0))
+    }
+
+    /// Charges the client's account for a session's traffic beyond the free tier (`free`
+    /// bytes of it), on a majority of the account's replicas. `Ok` when nothing is owed.
+    pub async fn charge(&self, receipt: &SignedReceipt, free: u64) -> Result<(), LedgerError> {
+        let r = receipt
+            .verify()
+            .map_err(|e| LedgerError::Receipt(e.to_string()))?;
+        let bytes = r.bytes_up.saturating_add(r.bytes_down);
+        let amount = self.pricing.vpn(bytes, free);
+        if amount == 0 {
+            return Ok(());
+        }
+        let signed = SignedEntry::sign(
+            &Entry::Charge(Charge {
+                v: 1,
+                account: r.account.clone(),
+                node: self.node_id.clone(),
+                receipt: receipt.receipt.clone(),
+                receipt_signature: receipt.signature.clone(),
+                free_bytes: free.min(bytes),
+                at: crate::now_unix(),
+            }),
+            &self.key,
+        );
+        self.commit(&signed, &r.account, amount).await
     }
 
     /// Remembers a receipt to claim an earning for (the newest per session wins).
@@ -1435,6 +1588,8 @@ mod tests {
             storage_per_mib_day: 100,
             vault_free_bytes: 1 << 20,
             vault_sync_per_mib: 20,
+            vpn_free_bytes: 1 << 20,
+            vpn_per_mib: 3,
         }
     }
 
@@ -1730,6 +1885,69 @@ mod tests {
         let b = ledger.balance(&owner_id).await.unwrap();
         assert_eq!((b.balance, b.spent, b.overdrawn), (-15, 115, true));
         assert!(b.devices.is_empty());
+
+        // Tunnel charges: the client's own receipt, beyond what the node let go free, only
+        // while the balance covers the increase; the client's account pays, not the owner's.
+        let client_id = id(&client);
+        let charge = |r: &SignedReceipt, free: u64| {
+            SignedEntry::sign(
+                &Entry::Charge(Charge {
+                    v: 1,
+                    account: client_id.clone(),
+                    node: id(&exit),
+                    receipt: r.receipt.clone(),
+                    receipt_signature: r.signature.clone(),
+                    free_bytes: free,
+                    at: 4,
+                }),
+                &exit,
+            )
+        };
+        let client_grant = SignedEntry::sign(
+            &Entry::Grant(Grant {
+                v: 1,
+                id: "G-client".into(),
+                account: client_id.clone(),
+                issuer: id(&issuer),
+                amount: 10,
+                memo: String::new(),
+                at: 3,
+            }),
+            &issuer,
+        );
+        assert_eq!(apply(client_grant).await, Ok(Applied::New));
+        let t1 = receipt(&client, "T1", &id(&exit), None, 3 * mib);
+        // 3 MiB with 1 free: 2 MiB at 3 credits = 6.
+        assert_eq!(apply(charge(&t1, mib)).await, Ok(Applied::New));
+        assert_eq!(ledger.balance(&client_id).await.unwrap().balance, 4);
+        // 5 MiB: 12 in all, 6 more than held; only 4 left.
+        let t1b = receipt(&client, "T1", &id(&exit), None, 5 * mib);
+        assert_eq!(
+            apply(charge(&t1b, mib)).await,
+            Err(LedgerError::OutOfCredits {
+                balance: 4,
+                amount: 6
+            })
+        );
+        let t1c = receipt(&client, "T1", &id(&exit), None, 4 * mib);
+        assert_eq!(apply(charge(&t1c, mib)).await, Ok(Applied::Raised));
+        assert_eq!(apply(charge(&t1, mib)).await, Ok(Applied::Same));
+        let b = ledger.balance(&client_id).await.unwrap();
+        assert_eq!((b.balance, b.by_service["vpn"]), (1, 9));
+        // Not this client's receipt, or more free bytes than carried.
+        assert!(matches!(
+            apply(charge(&receipt(&owner, "T2", &id(&exit), None, mib), 0)).await,
+            Err(LedgerError::Receipt(_))
+        ));
+        assert!(matches!(
+            apply(charge(&t1c, 5 * mib)).await,
+            Err(LedgerError::Malformed(_))
+        ));
+        sqlx::query("DELETE FROM credit_entries WHERE account = $1")
+            .bind(&client_id)
+            .execute(store.pool())
+            .await
+            .unwrap();
 
         // The history holds every entry, each verifiable; the digest changes with it.
         let h = ledger.history(&owner_id).await.unwrap();

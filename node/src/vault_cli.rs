@@ -122,7 +122,7 @@ fn confirm_holdings(o: &Open, urls: &[String]) {
         .into();
     for url in urls {
         let node = agent
-            .get(format!("{url}/v1/credits"))
+            .get(format!("{url}/v1/credits/node"))
             .call()
             .ok()
             .and_then(|mut r| r.body_mut().read_to_string().ok())

@@ -58,6 +58,8 @@ pub struct ExitLab {
     pub dir: tempfile::TempDir,
     /// The node's nx1.toml.
     pub config: PathBuf,
+    /// The node's id.
+    pub node_id: String,
     /// The node's WireGuard interface name.
     pub node_if: String,
     /// The client's wireguard-go interface name.
@@ -130,7 +132,7 @@ impl ExitLab {
             &["198.18.2.2/24", "2001:2:0:2::2/64"],
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let (config, _) = init_node(&dir.path().join("node"), dir.path());
+        let (config, node_id) = init_node(&dir.path().join("node"), dir.path());
         let node_if = format!("nx1e{tag}");
         set_config(&config, "api", "listen", "\"127.0.0.1:0\"");
         set_config(&config, "vpn", "interface", &format!("\"{node_if}\""));
@@ -187,6 +189,7 @@ impl ExitLab {
             web,
             dir,
             config,
+            node_id,
             node_if,
             node: None,
             relay,
