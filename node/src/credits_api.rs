@@ -387,7 +387,8 @@ async fn held(
         Ok(None) => return error(404, format!("this node holds no vault {}", h.vault)),
         Err(e) => return error(500, e.to_string()),
     }
-    let session = format!("{}/{}/{}", h.account, h.vault, h.day);
+    // One earning per vault and day, whichever account confirms it.
+    let session = format!("{}/{}", h.vault, h.day);
     node.ledger.claim(Duty::Storage, signed, session);
     Json(crate::ledger::Applied::New).into_response()
 }

@@ -568,7 +568,9 @@ fn earning(e: &Earn) -> Result<(String, String, u64), LedgerError> {
             }
             Ok((
                 h.account.clone(),
-                format!("{}/{}/{}", h.account, h.vault, h.day),
+                // One earning per vault and day, whichever account confirms it: fresh
+                // accounts cannot multiply it.
+                format!("{}/{}", h.vault, h.day),
                 h.bytes,
             ))
         }
