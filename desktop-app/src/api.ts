@@ -1,0 +1,77 @@
+// The daemon, through the app's native commands (each one request on the control socket).
+import { invoke } from "@tauri-apps/api/core";
+
+export interface MeshMember {
+  id: string;
+  state: string;
+  region: string;
+  roles: string[];
+  endpoints: string[];
+}
+
+export interface ClientStatus {
+  interface: string;
+  endpoints: string[];
+  addresses: string[];
+  latest_handshake: number | null;
+  rx_bytes: number;
+  tx_bytes: number;
+  server: string | null;
+  standby_servers: number;
+  moves: number;
+  node_answer: { refused: string | null; cut_off: boolean; out_of_credits?: string } | null;
+}
+
+export interface Status {
+  version: string;
+  node_id: string;
+  uptime_secs: number;
+  client: ClientStatus | null;
+  mesh: { members: MeshMember[] } | null;
+  relay: unknown | null;
+  vpn: { interface: string; peers: number } | null;
+}
+
+export interface Contribution {
+  relay_configured: boolean;
+  relay_on: boolean;
+  paused: string | null;
+  exit: boolean;
+  bandwidth_mbit: number;
+  relayed_bytes: number;
+  exited_bytes: number;
+  over_cap_drops: number;
+}
+
+export interface Balance {
+  balance: number;
+  earned: number;
+  granted: number;
+  spent: number;
+  by_service: Record<string, number>;
+  overdrawn: boolean;
+}
+
+export interface Credits {
+  owner: string;
+  balance: Balance | null;
+  balance_error?: string;
+  pricing: {
+    exit_per_mib: number;
+    relay_per_mib: number;
+    storage_per_mib_day: number;
+    vault_free_kib: number;
+    vault_sync_per_mib: number;
+    vpn_free_mib: number;
+    vpn_per_mib: number;
+  } | null;
+}
+
+export const status = () => invoke<Status>("status");
+export const contribute = (relay?: boolean, bandwidthMbit?: number) =>
+  invoke<Contribution>("contribute", { relay: relay ?? null, bandwidthMbit: bandwidthMbit ?? null });
+export const credits = () => invoke<Credits>("credits");
+export const connect = (config: string, iface: string) =>
+  invoke<unknown>("connect", { config, interface: iface });
+export const disconnect = () => invoke<unknown>("disconnect");
+export const socketPath = () => invoke<string>("socket_path");

@@ -1,0 +1,108 @@
+// What each screen shows, as HTML from the daemon's answers: pure functions, so the tests
+// can check them without a window.
+import type { Contribution, Credits, Status } from "./api";
+
+/** Escapes text for HTML. */
+export function esc(s: unknown): string {
+  return String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** Bytes in the largest unit that keeps a number ≥ 1 (1024-based). */
+export function bytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u += 1;
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/** The tunnel's state in words, and the pill class to show it with. */
+export function tunnelState(s: Status): { text: string; cls: "ok" | "off" | "bad" } {
+  const c = s.client;
+  if (!c) return { text: "Not connected", cls: "off" };
+  if (c.node_answer?.out_of_credits) return { text: "Cut off: out of credits", cls: "bad" };
+  if (c.node_answer?.cut_off) return { text: "Cut off by the node", cls: "bad" };
+  if (c.latest_handshake === null) return { text: "Connecting…", cls: "off" };
+  if (c.moves > 0) return { text: `Connected (moved ${c.moves}×)`, cls: "ok" };
+  return { text: "Connected", cls: "ok" };
+}
+
+/** The Connect screen: this node, the tunnel, and the nodes of the directory. */
+export function connectView(s: Status): string {
+  const t = tunnelState(s);
+  const c = s.client;
+  const tunnel = c
+    ? `<table>
+        <tr><th>Node</th><td id="tunnel-server">${esc(c.server ?? c.endpoints.join(", "))}</td></tr>
+        <tr><th>Addresses</th><td>${esc(c.addresses.join(", "))}</td></tr>
+        <tr><th>Traffic</th><td>${bytes(c.rx_bytes)} in, ${bytes(c.tx_bytes)} out</td></tr>
+        <tr><th>Standby nodes</th><td>${c.standby_servers}</td></tr>
+        ${c.node_answer?.out_of_credits ? `<tr><th>Why</th><td>${esc(c.node_answer.out_of_credits)}</td></tr>` : ""}
+      </table>
+      <div class="row"><button id="disconnect">Disconnect</button></div>`
+    : `<div class="row">
+        <input id="config-path" size="44" placeholder="/path/to/nx1-client.conf" />
+        <input id="interface" size="8" value="nx1c" />
+        <button id="connect" class="primary">Connect</button>
+      </div>
+      <p class="muted">A config from <code>nx1 peer add</code> on the node you use.</p>`;
+  const members = s.mesh?.members ?? [];
+  const nodes = members.length
+    ? `<table id="nodes"><tr><th>Node</th><th>Region</th><th>Roles</th><th>State</th></tr>
+        ${members
+          .map(
+            (m) => `<tr><td><code>${esc(m.id.slice(0, 12))}…</code></td><td>${esc(m.region)}</td>
+              <td>${esc(m.roles.join(", "))}</td><td>${esc(m.state)}</td></tr>`,
+          )
+          .join("")}</table>`
+    : `<p class="muted" id="nodes">This node is not in a mesh.</p>`;
+  return `<h2>Tunnel</h2>
+    <p><span id="tunnel-state" class="pill ${t.cls}">${esc(t.text)}</span></p>
+    ${tunnel}
+    <h2>Nodes</h2>${nodes}
+    <h2>This node</h2>
+    <p class="muted">nx1 ${esc(s.version)} · node <code id="node-id">${esc(s.node_id)}</code></p>`;
+}
+
+/** The Contribute screen: relay duty, the cap, what was carried, the balance. */
+export function contributeView(c: Contribution, k: Credits): string {
+  const relay = !c.relay_configured
+    ? `<p class="muted" id="relay-state">Relay duty is not set up on this node (<code>[relay] enabled</code>).</p>`
+    : `<div class="row">
+        <span id="relay-state" class="pill ${c.relay_on ? (c.paused ? "off" : "ok") : "off"}">${
+          c.relay_on ? (c.paused ? "Relaying: paused" : "Relaying for others") : "Not relaying"
+        }</span>
+        <button id="relay-toggle">${c.relay_on ? "Stop relaying" : "Relay for others"}</button>
+      </div>
+      ${c.paused ? `<p class="muted">${esc(c.paused)}</p>` : ""}`;
+  const b = k.balance;
+  const balance = b
+    ? `<p><span class="big" id="balance">${b.balance}</span> credits
+        <span class="muted">(${b.earned} earned, ${b.granted} granted, ${b.spent} spent)</span>
+        ${b.overdrawn ? `<span class="pill bad">overdrawn</span>` : ""}</p>
+       ${Object.keys(b.by_service).length
+         ? `<table id="by-service">${Object.entries(b.by_service)
+             .map(([s, n]) => `<tr><th>${esc(s)}</th><td>${n}</td></tr>`)
+             .join("")}</table>`
+         : ""}`
+    : `<p class="error">${esc(k.balance_error ?? "balance unknown")}</p>`;
+  const p = k.pricing;
+  const unlocks = p
+    ? `<p class="muted">Earns ${p.relay_per_mib} per MiB relayed, ${p.exit_per_mib} per MiB through an exit,
+        ${p.storage_per_mib_day} per MiB of vaults held a day. Pays for tunnels beyond
+        ${p.vpn_free_mib} MiB (${p.vpn_per_mib} per MiB) and vault sync beyond ${p.vault_free_kib} KiB
+        (${p.vault_sync_per_mib} per MiB) every 30 days.</p>`
+    : "";
+  return `<h2>Relay duty</h2>${relay}
+    <h2>Cap</h2>
+    <div class="row">
+      <input id="cap" size="6" value="${c.bandwidth_mbit}" /> Mbit/s (0: none)
+      <button id="cap-set">Set</button>
+    </div>
+    <p class="muted" id="carried">Carried ${bytes(c.relayed_bytes)} relayed, ${bytes(c.exited_bytes)} through the exit.</p>
+    <h2>Credits</h2>${balance}${unlocks}
+    <p class="muted">Account <code>${esc(k.owner)}</code></p>`;
+}

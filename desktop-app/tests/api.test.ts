@@ -1,0 +1,34 @@
+import { afterEach, expect, test, vi } from "vitest";
+import { clearMocks, mockIPC } from "@tauri-apps/api/mocks";
+import * as api from "../src/api";
+
+afterEach(() => clearMocks());
+
+test("contribute sends the change in the native command's argument names", async () => {
+  const calls = vi.fn((cmd: string, args?: unknown) => {
+    if (cmd !== "contribute") throw new Error(`unexpected ${cmd}`);
+    const a = args as { relay: boolean | null; bandwidthMbit: number | null };
+    return { relay_configured: true, relay_on: a.relay ?? true, bandwidth_mbit: a.bandwidthMbit ?? 0 };
+  });
+  mockIPC(calls);
+  await expect(api.contribute(false)).resolves.toMatchObject({ relay_on: false });
+  expect(calls).toHaveBeenLastCalledWith("contribute", { relay: false, bandwidthMbit: null });
+  await api.contribute(undefined, 40);
+  expect(calls).toHaveBeenLastCalledWith("contribute", { relay: null, bandwidthMbit: 40 });
+  await api.contribute();
+  expect(calls).toHaveBeenLastCalledWith("contribute", { relay: null, bandwidthMbit: null });
+});
+
+test("connect passes the config path and interface", async () => {
+  const calls = vi.fn(() => ({ result: "connected" }));
+  mockIPC(calls);
+  await api.connect("/home/u/nx1.conf", "nx1c");
+  expect(calls).toHaveBeenCalledWith("connect", { config: "/home/u/nx1.conf", interface: "nx1c" });
+});
+
+test("a refusal from the daemon reaches the caller as an error", async () => {
+  mockIPC(() => {
+    throw "no nx1 daemon is running at nx1-data/nx1.sock: start one with `nx1 up`";
+  });
+  await expect(api.status()).rejects.toMatch("no nx1 daemon is running");
+});

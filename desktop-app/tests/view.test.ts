@@ -1,0 +1,117 @@
+import { expect, test } from "vitest";
+import type { Contribution, Credits, Status } from "../src/api";
+import { bytes, connectView, contributeView, esc, tunnelState } from "../src/view";
+
+const base: Status = {
+  version: "0.1.0",
+  node_id: "NODEID0000000000000000000000000000000000000=",
+  uptime_secs: 5,
+  client: null,
+  mesh: null,
+  relay: null,
+  vpn: null,
+};
+
+const client = {
+  interface: "nx1c",
+  endpoints: ["198.51.100.7:51820"],
+  addresses: ["10.87.0.2/32"],
+  latest_handshake: 3,
+  rx_bytes: 2048,
+  tx_bytes: 10,
+  server: "198.51.100.7:51820",
+  standby_servers: 2,
+  moves: 0,
+  node_answer: { refused: null, cut_off: false },
+};
+
+test("bytes are shown in the largest unit that fits", () => {
+  expect(bytes(0)).toBe("0 B");
+  expect(bytes(1023)).toBe("1023 B");
+  expect(bytes(1536)).toBe("1.5 KiB");
+  expect(bytes(3 * 1024 ** 3)).toBe("3.0 GiB");
+});
+
+test("text from the daemon is escaped", () => {
+  expect(esc(`<img src=x onerror="alert(1)">`)).not.toContain("<img");
+  const hostile = connectView({
+    ...base,
+    mesh: { members: [{ id: "<script>x</script>AAAAAAAAAAAA", state: "live", region: "<b>eu</b>", roles: [], endpoints: [] }] },
+  });
+  expect(hostile).not.toContain("<script>");
+  expect(hostile).not.toContain("<b>eu</b>");
+});
+
+test("the tunnel's states: off, connecting, connected, moved, cut off", () => {
+  expect(tunnelState(base).text).toBe("Not connected");
+  expect(tunnelState({ ...base, client: { ...client, latest_handshake: null } }).text).toBe("Connecting…");
+  expect(tunnelState({ ...base, client }).cls).toBe("ok");
+  expect(tunnelState({ ...base, client: { ...client, moves: 2 } }).text).toBe("Connected (moved 2×)");
+  const cut = {
+    ...base,
+    client: { ...client, node_answer: { refused: null, cut_off: true, out_of_credits: "out of credits — contribute or top up" } },
+  };
+  expect(tunnelState(cut)).toEqual({ text: "Cut off: out of credits", cls: "bad" });
+  expect(connectView(cut)).toContain("out of credits — contribute or top up");
+});
+
+test("the Connect screen offers to connect when down and to disconnect when up", () => {
+  const down = document.createElement("div");
+  down.innerHTML = connectView(base);
+  expect(down.querySelector("#connect")).not.toBeNull();
+  expect(down.querySelector("#disconnect")).toBeNull();
+  expect(down.querySelector("#node-id")!.textContent).toBe(base.node_id);
+  const up = document.createElement("div");
+  up.innerHTML = connectView({
+    ...base,
+    client,
+    mesh: { members: [{ id: "B".repeat(44), state: "live", region: "eu-west", roles: ["exit", "relay"], endpoints: [] }] },
+  });
+  expect(up.querySelector("#disconnect")).not.toBeNull();
+  expect(up.querySelector("#tunnel-server")!.textContent).toBe("198.51.100.7:51820");
+  expect(up.querySelector("#nodes")!.textContent).toContain("eu-west");
+});
+
+const contribution: Contribution = {
+  relay_configured: true,
+  relay_on: true,
+  paused: null,
+  exit: false,
+  bandwidth_mbit: 40,
+  relayed_bytes: 5 * 1024 * 1024,
+  exited_bytes: 0,
+  over_cap_drops: 0,
+};
+
+const credits: Credits = {
+  owner: "OWNER=",
+  balance: { balance: 70, earned: 100, granted: 0, spent: 30, by_service: { relay: 100, vault_sync: 30 }, overdrawn: false },
+  pricing: {
+    exit_per_mib: 10,
+    relay_per_mib: 5,
+    storage_per_mib_day: 2,
+    vault_free_kib: 65536,
+    vault_sync_per_mib: 20,
+    vpn_free_mib: 10240,
+    vpn_per_mib: 1,
+  },
+};
+
+test("the Contribute screen shows relay duty, the cap, what was carried and the balance", () => {
+  const el = document.createElement("div");
+  el.innerHTML = contributeView(contribution, credits);
+  expect(el.querySelector("#relay-state")!.textContent).toBe("Relaying for others");
+  expect(el.querySelector("#relay-toggle")!.textContent).toBe("Stop relaying");
+  expect(el.querySelector<HTMLInputElement>("#cap")!.value).toBe("40");
+  expect(el.querySelector("#carried")!.textContent).toContain("5.0 MiB relayed");
+  expect(el.querySelector("#balance")!.textContent).toBe("70");
+  expect(el.querySelector("#by-service")!.textContent).toContain("vault_sync");
+  const paused = document.createElement("div");
+  paused.innerHTML = contributeView({ ...contribution, paused: "the machine is busy" }, credits);
+  expect(paused.querySelector("#relay-state")!.textContent).toBe("Relaying: paused");
+  expect(paused.textContent).toContain("the machine is busy");
+  const off = document.createElement("div");
+  off.innerHTML = contributeView({ ...contribution, relay_on: false }, { ...credits, balance: null, balance_error: "no replica" });
+  expect(off.querySelector("#relay-toggle")!.textContent).toBe("Relay for others");
+  expect(off.textContent).toContain("no replica");
+});
