@@ -506,6 +506,9 @@ pub struct CreditsSection {
     pub vpn_per_mib: u64,
     /// How often earnings are claimed and replicas compared, in ms.
     pub sync_interval_ms: u64,
+    /// How long a spend holds its credits on a replica while it is not known whether a
+    /// majority took it, in seconds; one that never gets its majority gives them back then.
+    pub spend_hold_secs: i64,
 }
 
 impl Default for CreditsSection {
@@ -523,11 +526,25 @@ impl Default for CreditsSection {
             vpn_free_mib: 10_240,
             vpn_per_mib: 1,
             sync_interval_ms: 2000,
+            spend_hold_secs: crate::ledger::SPEND_HOLD_SECS,
         }
     }
 }
 
 impl CreditsSection {
+    /// The rates and free tiers as the app and `nx1 credits` show them.
+    pub fn pricing_info(&self) -> crate::control::PricingInfo {
+        crate::control::PricingInfo {
+            exit_per_mib: self.exit_per_mib,
+            relay_per_mib: self.relay_per_mib,
+            storage_per_mib_day: self.storage_per_mib_day,
+            vault_free_kib: self.vault_free_kib,
+            vault_sync_per_mib: self.vault_sync_per_mib,
+            vpn_free_mib: self.vpn_free_mib,
+            vpn_per_mib: self.vpn_per_mib,
+        }
+    }
+
     /// The rates and free tiers.
     pub fn pricing(&self) -> crate::ledger::Pricing {
         crate::ledger::Pricing {
@@ -937,6 +954,12 @@ impl Config {
                 ));
             }
         }
+        if !(1..=3600).contains(&c.spend_hold_secs) {
+            return Err(invalid(
+                "credits.spend_hold_secs",
+                format!("must be 1..=3600, not {}", c.spend_hold_secs),
+            ));
+        }
         if !(100..=600_000).contains(&c.sync_interval_ms) {
             return Err(invalid(
                 "credits.sync_interval_ms",
@@ -1322,6 +1345,9 @@ vpn_free_mib = 10240
 vpn_per_mib = 1
 # How often (ms) earnings are claimed and each account's replicas compared.
 sync_interval_ms = 2000
+# How long (s) a spend holds its credits on a replica until a majority is known to have it;
+# one that never gets its majority gives them back then.
+spend_hold_secs = 30
 "#,
         data_dir = d.node.data_dir.display(),
         identity_key = d.node.identity_key.display(),

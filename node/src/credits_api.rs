@@ -34,6 +34,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/credits/account", get(account))
         .route("/v1/credits/replica/account", get(local_account))
         .route("/v1/credits/replica/apply", post(apply))
+        .route("/v1/credits/replica/confirm", post(confirm))
         .route("/v1/credits/replica/digest", get(digest))
         .route("/v1/credits/replica/entries", get(entries))
         .route("/v1/credits/carried", post(carried))
@@ -57,16 +58,23 @@ async fn member(node: &Node, peer: &SocketAddr) -> bool {
     let Some(mesh) = &node.mesh else {
         return false;
     };
-    let ip = peer.ip();
-    mesh.directory().await.members.values().any(|m| {
-        m.state == "live"
-            && (m.gossip.ip() == ip
-                || m.record
-                    .api
-                    .iter()
-                    .chain(&m.record.endpoints)
-                    .any(|a| host_ip(a) == Some(ip)))
-    })
+    mesh.directory()
+        .await
+        .members
+        .values()
+        .any(|m| is_at(m, peer.ip()))
+}
+
+/// Whether a live member sends from `ip`: where it gossips from, or the host of its published
+/// API or endpoints.
+fn is_at(m: &crate::mesh::Member, ip: std::net::IpAddr) -> bool {
+    m.state == "live"
+        && (m.gossip.ip() == ip
+            || m.record
+                .api
+                .iter()
+                .chain(&m.record.endpoints)
+                .any(|a| host_ip(a) == Some(ip)))
 }
 
 /// The IP of "http://IP:PORT/…" or "IP:PORT", if it is a literal address.
@@ -129,20 +137,23 @@ fn checked(q: Result<Query<AccountQuery>, QueryRejection>) -> Result<String, Box
 
 /// This node's id and prices: what a device needs to confirm a holding or pay.
 async fn node_info(State(node): State<Arc<Node>>) -> Response {
-    let c = &node.config.raw.credits;
     Json(serde_json::json!({
         "node_id": node.node_id,
-        "pricing": crate::control::PricingInfo {
-            exit_per_mib: c.exit_per_mib,
-            relay_per_mib: c.relay_per_mib,
-            storage_per_mib_day: c.storage_per_mib_day,
-            vault_free_kib: c.vault_free_kib,
-            vault_sync_per_mib: c.vault_sync_per_mib,
-            vpn_free_mib: c.vpn_free_mib,
-            vpn_per_mib: c.vpn_per_mib,
-        },
+        "pricing": node.config.raw.credits.pricing_info(),
     }))
     .into_response()
+}
+
+/// The account a mesh member (or this machine) asks about, or the answer that refuses it.
+async fn member_asking(
+    node: &Node,
+    peer: &SocketAddr,
+    q: Result<Query<AccountQuery>, QueryRejection>,
+) -> Result<String, Box<Response>> {
+    if !member(node, peer).await {
+        return Err(Box::new(forbidden()));
+    }
+    checked(q)
 }
 
 /// What this node carried and what its owner's account holds (`nx1 credits`).
@@ -185,10 +196,7 @@ async fn account(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
-    if !member(&node, &peer).await {
-        return forbidden();
-    }
-    let account = match checked(q) {
+    let account = match member_asking(&node, &peer, q).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -204,10 +212,7 @@ async fn local_account(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
-    if !member(&node, &peer).await {
-        return forbidden();
-    }
-    let account = match checked(q) {
+    let account = match member_asking(&node, &peer, q).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -261,16 +266,37 @@ async fn apply(
     Json(out).into_response()
 }
 
+/// Spends a majority of their replicas took: decided here too. Open to anyone: it can only
+/// settle a spend its account signed and this replica took.
+async fn confirm(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<crate::ledger::ConfirmRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(r) => return json_error(r),
+    };
+    if req.ids.len() > MAX_BATCH
+        || req
+            .ids
+            .iter()
+            .any(|i| !i.starts_with("spend/") || i.len() > 64)
+    {
+        return error(400, "ids: at most 512 spend ids");
+    }
+    match node.ledger.finalize(&req.ids).await {
+        Ok(()) => Json(serde_json::json!({ "confirmed": req.ids.len() })).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
 /// What an account's entries hash to here.
 async fn digest(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
-    if !member(&node, &peer).await {
-        return forbidden();
-    }
-    let account = match checked(q) {
+    let account = match member_asking(&node, &peer, q).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -286,15 +312,12 @@ async fn entries(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     q: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Response {
-    if !member(&node, &peer).await {
-        return forbidden();
-    }
-    let account = match checked(q) {
+    let account = match member_asking(&node, &peer, q).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
-    match node.ledger.history(&account).await {
-        Ok(h) => Json(h.into_iter().map(|h| h.signed).collect::<Vec<_>>()).into_response(),
+    match node.ledger.decided(&account).await {
+        Ok(entries) => Json(entries).into_response(),
         Err(e) => ledger_error(e),
     }
 }
@@ -328,15 +351,7 @@ async fn carried(
             .await
             .members
             .get(&receipt.node)
-            .is_some_and(|m| {
-                m.state == "live"
-                    && (m.gossip.ip() == peer.ip()
-                        || m.record
-                            .api
-                            .iter()
-                            .chain(&m.record.endpoints)
-                            .any(|a| host_ip(a) == Some(peer.ip())))
-            }),
+            .is_some_and(|m| is_at(m, peer.ip())),
         None => false,
     };
     if !from_exit {

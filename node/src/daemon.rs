@@ -456,15 +456,7 @@ impl Node {
             owner: self.ledger.owner.clone(),
             balance,
             balance_error,
-            pricing: Some(control::PricingInfo {
-                exit_per_mib: c.exit_per_mib,
-                relay_per_mib: c.relay_per_mib,
-                storage_per_mib_day: c.storage_per_mib_day,
-                vault_free_kib: c.vault_free_kib,
-                vault_sync_per_mib: c.vault_sync_per_mib,
-                vpn_free_mib: c.vpn_free_mib,
-                vpn_per_mib: c.vpn_per_mib,
-            }),
+            pricing: Some(c.pricing_info()),
             require_receipts: self.config.raw.credits.require_receipts,
             cut_off,
             accounts: crate::credits::usage(&self.store).await?,
@@ -985,6 +977,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         credits.issuers.clone(),
         mesh.clone(),
     );
+    ledger.set_spend_hold(credits.spend_hold_secs);
     ledger.run(
         Duration::from_millis(credits.sync_interval_ms),
         stop_rx.clone(),

@@ -40,6 +40,9 @@ pub const REPLICAS: usize = 3;
 pub const MAX_ENTRY: usize = 4096;
 /// Most entries in one request to a replica.
 pub const MAX_BATCH: usize = 512;
+/// How long a spend holds its credits on a replica while its majority is not known, by
+/// default (`[credits] spend_hold_secs`).
+pub const SPEND_HOLD_SECS: i64 = 30;
 /// How long a replica has to answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(3);
 const MIB: u128 = 1 << 20;
@@ -495,6 +498,9 @@ pub struct HistoryEntry {
     pub at: i64,
     /// The signed entry, to audit.
     pub signed: SignedEntry,
+    /// A spend whose majority is not known yet (it holds the credits meanwhile).
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// What the ledger's state for an account hashes to, to compare replicas cheaply.
@@ -596,6 +602,8 @@ pub struct Ledger {
     claims: parking_lot::Mutex<HashMap<(Duty, String), SignedReceipt>>,
     /// Entries waiting to reach every replica (retried each round).
     outbox: parking_lot::Mutex<Vec<SignedEntry>>,
+    /// How long a spend holds its credits while its majority is not known, seconds.
+    hold: std::sync::atomic::AtomicI64,
     /// Receipts for relays' earnings, by session: the relay, the address the client's
     /// datagrams came from, and the newest receipt.
     relayed: parking_lot::Mutex<HashMap<String, RelayedReceipt>>,
@@ -646,7 +654,14 @@ impl Ledger {
             claims: parking_lot::Mutex::new(HashMap::new()),
             outbox: parking_lot::Mutex::new(Vec::new()),
             relayed: parking_lot::Mutex::new(HashMap::new()),
+            hold: std::sync::atomic::AtomicI64::new(SPEND_HOLD_SECS),
         })
+    }
+
+    /// Sets how long a spend holds its credits on a replica while its majority is not known.
+    pub fn set_spend_hold(&self, secs: i64) {
+        self.hold
+            .store(secs.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes one entry into this node's ledger.
@@ -683,23 +698,21 @@ impl Ledger {
                         if bytes <= progress {
                             return Ok(Applied::Same);
                         }
-                        sqlx::query(
-                            "UPDATE credit_entries SET amount = $1, progress = $2, entry = $3, signature = $4, at = $5, stored_at = $6 WHERE id = $7",
-                        )
-                        .bind(amount)
-                        .bind(bytes)
-                        .bind(&signed.entry)
-                        .bind(&signed.signature)
-                        .bind(e.at)
-                        .bind(now)
-                        .bind(&id)
-                        .execute(self.store.pool())
-                        .await?;
+                        self.raise(&id, amount, bytes, signed, e.at, now).await?;
                         Ok(Applied::Raised)
                     }
                     None => {
-                        self.insert(&id, &entry, e.duty.name(), amount, bytes, signed, e.at, now)
-                            .await?;
+                        self.insert(
+                            &id,
+                            &entry,
+                            e.duty.name(),
+                            amount,
+                            bytes,
+                            signed,
+                            e.at,
+                            None,
+                        )
+                        .await?;
                         Ok(Applied::New)
                     }
                 }
@@ -760,21 +773,10 @@ impl Ledger {
                     }
                 }
                 if held.is_some() {
-                    sqlx::query(
-                        "UPDATE credit_entries SET amount = $1, progress = $2, entry = $3, signature = $4, at = $5, stored_at = $6 WHERE id = $7",
-                    )
-                    .bind(-amount)
-                    .bind(bytes)
-                    .bind(&signed.entry)
-                    .bind(&signed.signature)
-                    .bind(c.at)
-                    .bind(now)
-                    .bind(&id)
-                    .execute(self.store.pool())
-                    .await?;
+                    self.raise(&id, -amount, bytes, signed, c.at, now).await?;
                     Ok(Applied::Raised)
                 } else {
-                    self.insert(&id, &entry, "vpn", -amount, bytes, signed, c.at, now)
+                    self.insert(&id, &entry, "vpn", -amount, bytes, signed, c.at, None)
                         .await?;
                     Ok(Applied::New)
                 }
@@ -787,7 +789,7 @@ impl Ledger {
                     )));
                 }
                 let amount = positive(g.amount)?;
-                self.insert_once(&entry, "grant", amount, signed, g.at, now)
+                self.insert_once(&entry, "grant", amount, signed, g.at)
                     .await
             }
             Entry::Spend(s) => {
@@ -800,18 +802,28 @@ impl Ledger {
                 }
                 let id = id_of(&entry, None);
                 if let Some(applied) = self.held(&id, signed).await? {
+                    if mode == Mode::Merge {
+                        // Another replica holds it decided.
+                        self.finalize(&[id]).await?;
+                    }
                     return Ok(applied);
                 }
-                if mode == Mode::Check {
-                    let balance = self.balance(&s.account).await?.balance;
-                    if balance < amount {
-                        return Err(LedgerError::OutOfCredits {
-                            balance,
-                            amount: s.amount,
-                        });
+                // A new spend holds the credits until its majority is known; one merged
+                // from another replica was decided there.
+                let pending = match mode {
+                    Mode::Check => {
+                        let balance = self.balance(&s.account).await?.balance;
+                        if balance < amount {
+                            return Err(LedgerError::OutOfCredits {
+                                balance,
+                                amount: s.amount,
+                            });
+                        }
+                        Some(now + self.hold.load(std::sync::atomic::Ordering::Relaxed))
                     }
-                }
-                self.insert(&id, &entry, &s.service, -amount, 0, signed, s.at, now)
+                    Mode::Merge => None,
+                };
+                self.insert(&id, &entry, &s.service, -amount, 0, signed, s.at, pending)
                     .await?;
                 Ok(Applied::New)
             }
@@ -832,26 +844,43 @@ impl Ledger {
                         if d.at <= at {
                             return Ok(Applied::Same);
                         }
-                        sqlx::query(
-                            "UPDATE credit_entries SET progress = $1, entry = $2, signature = $3, at = $1, stored_at = $4 WHERE id = $5",
-                        )
-                        .bind(d.at)
-                        .bind(&signed.entry)
-                        .bind(&signed.signature)
-                        .bind(now)
-                        .bind(&id)
-                        .execute(self.store.pool())
-                        .await?;
+                        self.raise(&id, 0, d.at, signed, d.at, now).await?;
                         Ok(Applied::Raised)
                     }
                     None => {
-                        self.insert(&id, &entry, "device", 0, d.at, signed, d.at, now)
+                        self.insert(&id, &entry, "device", 0, d.at, signed, d.at, None)
                             .await?;
                         Ok(Applied::New)
                     }
                 }
             }
         }
+    }
+
+    /// Replaces a held entry that only grows (an earning or charge claimed for more, a newer
+    /// device statement) with its newer signed text.
+    async fn raise(
+        &self,
+        id: &str,
+        amount: i64,
+        progress: i64,
+        signed: &SignedEntry,
+        at: i64,
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE credit_entries SET amount = $1, progress = $2, entry = $3, signature = $4, at = $5, stored_at = $6 WHERE id = $7",
+        )
+        .bind(amount)
+        .bind(progress)
+        .bind(&signed.entry)
+        .bind(&signed.signature)
+        .bind(at)
+        .bind(now)
+        .bind(id)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
     }
 
     /// `Some` when `id` is held: `Same` with the same text, a conflict with another.
@@ -877,17 +906,17 @@ impl Ledger {
         amount: i64,
         signed: &SignedEntry,
         at: i64,
-        now: i64,
     ) -> Result<Applied, LedgerError> {
         let id = id_of(entry, None);
         if let Some(applied) = self.held(&id, signed).await? {
             return Ok(applied);
         }
-        self.insert(&id, entry, service, amount, 0, signed, at, now)
+        self.insert(&id, entry, service, amount, 0, signed, at, None)
             .await?;
         Ok(Applied::New)
     }
 
+    /// Stores a new entry; `pending_until` marks a spend whose majority is not known yet.
     #[allow(clippy::too_many_arguments)]
     async fn insert(
         &self,
@@ -898,11 +927,11 @@ impl Ledger {
         progress: i64,
         signed: &SignedEntry,
         at: i64,
-        now: i64,
+        pending_until: Option<i64>,
     ) -> Result<(), LedgerError> {
         sqlx::query(
-            "INSERT INTO credit_entries (id, account, kind, service, amount, progress, entry, signature, at, stored_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO credit_entries (id, account, kind, service, amount, progress, entry, signature, at, stored_at, pending_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(id)
         .bind(entry.account())
@@ -913,7 +942,32 @@ impl Ledger {
         .bind(&signed.entry)
         .bind(&signed.signature)
         .bind(at)
-        .bind(now)
+        .bind(crate::now_unix())
+        .bind(pending_until)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Marks spends decided (a majority of their replicas took them).
+    pub async fn finalize(&self, ids: &[String]) -> Result<(), LedgerError> {
+        for id in ids {
+            sqlx::query(
+                "UPDATE credit_entries SET pending_until = NULL WHERE id = $1 AND pending_until IS NOT NULL",
+            )
+            .bind(id)
+            .execute(self.store.pool())
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the spends whose majority never came: their credits are the account's again.
+    async fn expire(&self) -> Result<(), LedgerError> {
+        sqlx::query(
+            "DELETE FROM credit_entries WHERE pending_until IS NOT NULL AND pending_until < $1",
+        )
+        .bind(crate::now_unix())
         .execute(self.store.pool())
         .await?;
         Ok(())
@@ -942,9 +996,10 @@ impl Ledger {
     /// The account's balance from the entries this node holds.
     pub async fn balance(&self, account: &str) -> Result<Balance, LedgerError> {
         let rows = sqlx::query(
-            "SELECT kind, service, CAST(SUM(amount) AS BIGINT), COUNT(*) FROM credit_entries WHERE account = $1 GROUP BY kind, service ORDER BY kind, service",
+            "SELECT kind, service, CAST(SUM(amount) AS BIGINT), COUNT(*) FROM credit_entries WHERE account = $1 AND (pending_until IS NULL OR pending_until >= $2) GROUP BY kind, service ORDER BY kind, service",
         )
         .bind(account)
+        .bind(crate::now_unix())
         .fetch_all(self.store.pool())
         .await?;
         let mut b = Balance {
@@ -973,9 +1028,10 @@ impl Ledger {
     /// The account's entries, oldest first.
     pub async fn history(&self, account: &str) -> Result<Vec<HistoryEntry>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT id, kind, service, amount, at, entry, signature FROM credit_entries WHERE account = $1 ORDER BY at, id",
+            "SELECT id, kind, service, amount, at, entry, signature, pending_until FROM credit_entries WHERE account = $1 AND (pending_until IS NULL OR pending_until >= $2) ORDER BY at, id",
         )
         .bind(account)
+        .bind(crate::now_unix())
         .fetch_all(self.store.pool())
         .await?;
         rows.iter()
@@ -990,15 +1046,28 @@ impl Ledger {
                         entry: r.try_get(5)?,
                         signature: r.try_get(6)?,
                     },
+                    pending: r.try_get::<Option<i64>, _>(7)?.is_some(),
                 })
             })
             .collect()
     }
 
+    /// The account's decided entries (what replicas exchange: a pending spend stays where it
+    /// is until its majority is known).
+    pub async fn decided(&self, account: &str) -> Result<Vec<SignedEntry>, LedgerError> {
+        Ok(self
+            .history(account)
+            .await?
+            .into_iter()
+            .filter(|h| !h.pending)
+            .map(|h| h.signed)
+            .collect())
+    }
+
     /// What the account's entries hash to here.
     pub async fn digest(&self, account: &str) -> Result<Digest, LedgerError> {
         let rows =
-            sqlx::query("SELECT id, entry FROM credit_entries WHERE account = $1 ORDER BY id")
+            sqlx::query("SELECT id, entry FROM credit_entries WHERE account = $1 AND pending_until IS NULL ORDER BY id")
                 .bind(account)
                 .fetch_all(self.store.pool())
                 .await?;
@@ -1146,36 +1215,49 @@ impl Ledger {
 
     /// Spends: sends the signed spend to every replica of its account; it counts once a
     /// majority took it. Sending the same spend again is harmless (it counts once).
-    pub async fn spend(&self, signed: &SignedEntry) -> Result<Spend, LedgerError> {
-        let Entry::Spend(spend) = signed.verify()? else {
+    pub async fn spend(self: &Arc<Self>, signed: &SignedEntry) -> Result<Spend, LedgerError> {
+        let entry = signed.verify()?;
+        let Entry::Spend(spend) = &entry else {
             return Err(LedgerError::Malformed("not a spend".into()));
         };
-        self.commit(signed, &spend.account, spend.amount).await?;
-        Ok(spend)
+        self.commit(signed, &spend.account, spend.amount, id_of(&entry, None))
+            .await?;
+        Ok(spend.clone())
     }
 
     /// Sends a spend or charge of `amount` credits to every replica of `account`; it counts
-    /// once a majority took it.
+    /// once a majority took it. Each replica holds a spend it took as pending; once the
+    /// majority is known the spend is confirmed on them (`finalize`), at once on those that
+    /// answered and later on the rest. A spend that reaches no majority stays pending where
+    /// it was taken, and gives the credits back when that runs out: it is never shared.
     async fn commit(
-        &self,
+        self: &Arc<Self>,
         signed: &SignedEntry,
         account: &str,
         amount: u64,
+        id: String,
     ) -> Result<(), LedgerError> {
         let replicas = self.replicas(account).await;
-        let results = futures_util::future::join_all(
-            replicas
-                .iter()
-                .map(|r| self.send(r, std::slice::from_ref(signed), Mode::Check)),
-        )
-        .await;
-        let mut took = 0;
+        let needed = replicas.len() / 2 + 1;
+        let mut answers = tokio::task::JoinSet::new();
+        for r in replicas.iter().cloned() {
+            let (me, one) = (self.clone(), signed.clone());
+            answers.spawn(async move {
+                let res = me.send(&r, std::slice::from_ref(&one), Mode::Check).await;
+                (r, res)
+            });
+        }
+        let mut took = Vec::new();
         let mut why = Vec::new();
         let mut short = None;
-        for (r, res) in replicas.iter().zip(results) {
+        // Until a majority took it, or every replica answered.
+        while took.len() < needed {
+            let Some(Ok((r, res))) = answers.join_next().await else {
+                break;
+            };
             let refusal = match res.map(|mut v| v.pop()) {
                 Ok(Some(Ok(_))) => {
-                    took += 1;
+                    took.push(r);
                     continue;
                 }
                 Ok(Some(Err((402, e)))) => {
@@ -1191,15 +1273,27 @@ impl Ledger {
                 Replica::Remote(u) => format!("{u}: {refusal}"),
             });
         }
-        let needed = replicas.len() / 2 + 1;
-        if took >= needed {
-            if took < replicas.len() {
-                // The replicas that missed it get it at the next rounds.
-                self.outbox.lock().push(signed.clone());
+        if took.len() >= needed {
+            // Charges are decided when taken; spends wait for this.
+            let pending = id.starts_with("spend/");
+            for r in took.iter().filter(|_| pending) {
+                self.confirm(r, &id).await;
             }
+            // The slower replicas: confirmed as they answer, or given the decided spend at
+            // the next rounds.
+            let (me, one) = (self.clone(), signed.clone());
+            tokio::spawn(async move {
+                while let Some(Ok((r, res))) = answers.join_next().await {
+                    match res.map(|mut v| v.pop()) {
+                        Ok(Some(Ok(_))) if pending => me.confirm(&r, &id).await,
+                        Ok(Some(Ok(_))) => {}
+                        _ => me.outbox.lock().push(one.clone()),
+                    }
+                }
+            });
             return Ok(());
         }
-        if let (0, Some(_)) = (took, &short) {
+        if let (0, Some(_)) = (took.len(), &short) {
             // No replica had the credits: the plain answer.
             let balance = match self.balance(account).await {
                 Ok(b) if b.entries > 0 => b.balance,
@@ -1208,7 +1302,7 @@ impl Ledger {
             return Err(LedgerError::OutOfCredits { balance, amount });
         }
         Err(LedgerError::NoMajority {
-            took,
+            took: took.len(),
             replicas: replicas.len(),
             why: if why.is_empty() {
                 String::new()
@@ -1216,6 +1310,24 @@ impl Ledger {
                 format!("; {}", why.join("; "))
             },
         })
+    }
+
+    /// Tells a replica that a spend it holds is decided.
+    async fn confirm(&self, replica: &Replica, id: &str) {
+        let ids = vec![id.to_owned()];
+        let result = match replica {
+            Replica::Local => self.finalize(&ids).await.map_err(|e| e.to_string()),
+            Replica::Remote(url) => {
+                let body = serde_json::to_vec(&ConfirmRequest { ids }).expect("requests serialize");
+                self.call::<serde_json::Value>(url, "/replica/confirm", Some(body))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            // It gets the decided spend at the next rounds.
+            tracing::debug!(error = %e, "credits: confirming a spend");
+        }
     }
 
     /// Sends entries (earnings, grants, device keys) to every replica of their accounts; what
@@ -1262,7 +1374,11 @@ impl Ledger {
 
     /// Charges the client's account for a session's traffic beyond the free tier (`free`
     /// bytes of it), on a majority of the account's replicas. `Ok` when nothing is owed.
-    pub async fn charge(&self, receipt: &SignedReceipt, free: u64) -> Result<(), LedgerError> {
+    pub async fn charge(
+        self: &Arc<Self>,
+        receipt: &SignedReceipt,
+        free: u64,
+    ) -> Result<(), LedgerError> {
         let r = receipt
             .verify()
             .map_err(|e| LedgerError::Receipt(e.to_string()))?;
@@ -1283,7 +1399,8 @@ impl Ledger {
             }),
             &self.key,
         );
-        self.commit(&signed, &r.account, amount).await
+        let id = format!("charge/{}/{}", self.node_id, r.session);
+        self.commit(&signed, &r.account, amount, id).await
     }
 
     /// Remembers a receipt to claim an earning for (the newest per session wins).
@@ -1386,6 +1503,9 @@ impl Ledger {
                 tracing::warn!(error = %e, "credits: publishing earnings");
             }
         }
+        if let Err(e) = self.expire().await {
+            tracing::warn!(error = %e, "credits: dropping spends whose majority never came");
+        }
         self.pass_on_relayed().await;
         if let Err(e) = self.reconcile().await {
             tracing::debug!(error = %e, "credits: reconciling replicas");
@@ -1430,12 +1550,7 @@ impl Ledger {
                     Ok(h) => h,
                     Err(_) => continue,
                 };
-                let ours: Vec<SignedEntry> = self
-                    .history(&account)
-                    .await?
-                    .into_iter()
-                    .map(|h| h.signed)
-                    .collect();
+                let ours = self.decided(&account).await?;
                 for e in held.iter().filter(|e| !ours.contains(e)) {
                     if let Err(err) = self.apply(e, Mode::Merge).await {
                         tracing::debug!(error = %err, "credits: a replica's entry refused");
@@ -1544,6 +1659,13 @@ pub struct ApplyRequest {
     /// Take spends without a balance check (they come from another replica).
     #[serde(default)]
     pub merge: bool,
+}
+
+/// Spends a majority took: the replica marks them decided.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfirmRequest {
+    /// Entry ids (`spend/ID`).
+    pub ids: Vec<String>,
 }
 
 /// A replica's answer for one entry.
@@ -1959,7 +2081,46 @@ mod tests {
         apply(grant(&issuer, "G9", 1)).await.unwrap();
         let d2 = ledger.digest(&owner_id).await.unwrap();
         assert_ne!(d1.hash, d2.hash);
-        assert_eq!(d2.entries, 8);
+        // The two spends taken here are pending: they hold their credits, but are not what
+        // replicas exchange until their majority is known.
+        assert_eq!(h.iter().filter(|e| e.pending).count(), 2);
+        assert_eq!(d2.entries, 6);
+        ledger
+            .finalize(&["spend/P1".into(), "spend/P2".into()])
+            .await
+            .unwrap();
+        assert_eq!(ledger.digest(&owner_id).await.unwrap().entries, 8);
+        assert_eq!(ledger.decided(&owner_id).await.unwrap().len(), 8);
+        // A spend whose majority never comes gives its credits back.
+        apply(grant(&issuer, "G10", 50)).await.unwrap();
+        assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 36);
+        assert_eq!(
+            apply(spend(&owner, &owner_id, "P6", 30)).await,
+            Ok(Applied::New)
+        );
+        assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 6);
+        sqlx::query("UPDATE credit_entries SET pending_until = 1 WHERE id = 'spend/P6'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 36);
+        assert!(
+            ledger
+                .history(&owner_id)
+                .await
+                .unwrap()
+                .iter()
+                .all(|e| e.id != "spend/P6")
+        );
+        ledger.expire().await.unwrap();
+        // The same spend merged from a replica where it was decided counts for good.
+        assert_eq!(
+            ledger
+                .apply(&spend(&owner, &owner_id, "P6", 30), Mode::Merge)
+                .await,
+            Ok(Applied::New)
+        );
+        assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 6);
 
         // Junk.
         for junk in ["", "{}", "{\"kind\":\"spend\"}", &"x".repeat(MAX_ENTRY + 1)] {
