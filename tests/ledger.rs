@@ -257,6 +257,32 @@ fn the_same_credits_spent_on_two_nodes_at_once_go_through_once() {
     assert_eq!(h["history"], agreed["history"]);
     assert_eq!(h["history"][0]["kind"], "grant");
 
+    // Several devices per account: node b's identity is an account; it lets a phone's key
+    // spend for it, and later stops it.
+    let phone = SigningKey::from_bytes(&[9; 32]);
+    let b_account = nodes[1].id.clone();
+    let granted = nodes[0].nx1(&["credits", "grant", &b_account, "10"]);
+    assert!(granted.status.success(), "{}", text(&granted.stderr));
+    let added = nodes[1].nx1(&["credits", "device", "add", &id_of(&phone)]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let (code, body) = nodes[2].post(
+        "/v1/credits/spend",
+        &spend(&phone, &b_account, "BQUFBQUFBQUFBQUFBQUFBQ==", 4),
+    );
+    assert_eq!(code, 200, "{body}");
+    let b_view = nodes[1].nx1(&["credits", "--json"]);
+    let b_view: serde_json::Value = serde_json::from_slice(&b_view.stdout).unwrap();
+    assert_eq!(b_view["balance"]["balance"], 6);
+    assert_eq!(b_view["balance"]["devices"][0], id_of(&phone).as_str());
+    let removed = nodes[1].nx1(&["credits", "device", "remove", &id_of(&phone)]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    let (code, body) = nodes[0].post(
+        "/v1/credits/spend",
+        &spend(&phone, &b_account, "BgYGBgYGBgYGBgYGBgYGBg==", 1),
+    );
+    assert_ne!(code, 200, "{body}");
+    assert!(body.contains("is not a device of account"), "{body}");
+
     // A node that goes dark: the account's other replicas carry on.
     let c = nodes.pop().unwrap();
     drop(c);

@@ -506,7 +506,10 @@ impl Node {
             account: self.node_id.clone(),
             device,
             active,
-            at: crate::now_unix(),
+            // Milliseconds: an add and a removal in the same second still come in order.
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
         });
         self.publish_entry(entry).await
     }

@@ -215,8 +215,8 @@ pub struct DeviceKey {
     pub device: String,
     /// Whether it may spend.
     pub active: bool,
-    /// Unix time it was signed: the newest statement about a device wins.
-    pub at: i64,
+    /// Unix time in milliseconds it was signed: the newest statement about a device wins.
+    pub at_ms: i64,
 }
 
 /// One ledger entry.
@@ -841,15 +841,25 @@ impl Ledger {
                 match held {
                     Some(row) => {
                         let at: i64 = row.try_get(0)?;
-                        if d.at <= at {
+                        if d.at_ms <= at {
                             return Ok(Applied::Same);
                         }
-                        self.raise(&id, 0, d.at, signed, d.at, now).await?;
+                        self.raise(&id, 0, d.at_ms, signed, d.at_ms / 1000, now)
+                            .await?;
                         Ok(Applied::Raised)
                     }
                     None => {
-                        self.insert(&id, &entry, "device", 0, d.at, signed, d.at, None)
-                            .await?;
+                        self.insert(
+                            &id,
+                            &entry,
+                            "device",
+                            0,
+                            d.at_ms,
+                            signed,
+                            d.at_ms / 1000,
+                            None,
+                        )
+                        .await?;
                         Ok(Applied::New)
                     }
                 }
@@ -1967,7 +1977,7 @@ mod tests {
                     account: owner_id.clone(),
                     device: id(&phone),
                     active,
-                    at,
+                    at_ms: at,
                 }),
                 &owner,
             )
