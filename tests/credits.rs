@@ -324,6 +324,13 @@ fn credits_earned_by_relaying_pay_for_vault_sync_and_match_the_receipts() {
         assert_eq!(status_of(&format!("{api}{path}")), "403", "{path}");
     }
     assert_eq!(status_of(&format!("{api}/v1/credits/node")), "200");
+    // Nor can it merge entries past the balance check: that is for the mesh's members.
+    assert_eq!(
+        status_of(&format!(
+            "-X POST -H 'content-type: application/json' --data '{{\"entries\":[],\"merge\":true}}' {api}/v1/credits/replica/apply"
+        )),
+        "403"
+    );
     let own = serde_json::json!({
         "receipt": claim["receipt"], "signature": claim["receipt_signature"],
     });

@@ -76,7 +76,7 @@ pub enum ReceiptError {
     /// The session belongs to another account or tunnel.
     #[error("session {0} belongs to another account or tunnel")]
     SessionTaken(String),
-    /// A total beyond what the store holds (2^63 − 1).
+    /// A total beyond 2^53.
     #[error("a total is out of range")]
     OutOfRange,
     /// Too many new sessions from one tunnel.
@@ -176,9 +176,10 @@ pub async fn take(
     if r.client_key != sender {
         return Err(ReceiptError::WrongTunnel);
     }
+    // 2^53 bytes is 8 PiB a session: far beyond any tunnel, and sums of many stay in range.
     if [r.bytes_up, r.bytes_down, r.seconds]
         .iter()
-        .any(|&t| t > i64::MAX as u64)
+        .any(|&t| t > crate::ledger::MAX_AMOUNT)
     {
         return Err(ReceiptError::OutOfRange);
     }
@@ -503,19 +504,26 @@ async fn charge(
     // The free tier is per account and node: what the account's other sessions here used
     // in this period comes off it first.
     let since = crate::now_unix() - crate::now_unix().rem_euclid(PERIOD_SECS);
-    let others: Result<Option<i64>, _> = sqlx::query_scalar(
-        "SELECT CAST(SUM(bytes_up + bytes_down) AS BIGINT) FROM usage_receipts WHERE account = $1 AND session <> $2 AND first_at >= $3",
+    // Summed here, saturating.
+    let others: Result<Vec<(i64, i64)>, _> = sqlx::query_as(
+        "SELECT bytes_up, bytes_down FROM usage_receipts WHERE account = $1 AND session <> $2 AND first_at >= $3",
     )
     .bind(&r.account)
     .bind(&r.session)
     .bind(since)
-    .fetch_one(store.pool())
+    .fetch_all(store.pool())
     .await;
-    let Ok(others) = others else { return };
-    let free = ledger
-        .pricing
-        .vpn_free_bytes
-        .saturating_sub(others.unwrap_or(0).max(0) as u64);
+    let others = match others {
+        Ok(rows) => rows.iter().fold(0u64, |sum, (up, down)| {
+            sum.saturating_add((*up).max(0).unsigned_abs())
+                .saturating_add((*down).max(0).unsigned_abs())
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "credits: reading a tunnel's usage");
+            return;
+        }
+    };
+    let free = ledger.pricing.vpn_free_bytes.saturating_sub(others);
     let why = match ledger.charge(&signed, free).await {
         Ok(()) => None,
         Err(e @ crate::ledger::LedgerError::OutOfCredits { .. }) => Some(e.to_string()),

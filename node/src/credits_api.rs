@@ -232,12 +232,18 @@ async fn local_account(
 /// Takes entries into this replica: an answer for each.
 async fn apply(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<ApplyRequest>, JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
         Err(r) => return json_error(r),
     };
+    // Merged entries skip the balance check (another replica decided them): only the mesh's
+    // members (and this machine) may send them.
+    if req.merge && !member(&node, &peer).await {
+        return forbidden();
+    }
     if req.entries.len() > MAX_BATCH {
         return error(
             400,
@@ -280,7 +286,7 @@ async fn confirm(
         || req
             .ids
             .iter()
-            .any(|i| !i.starts_with("spend/") || i.len() > 64)
+            .any(|i| !i.starts_with("spend/") || i.len() > 160)
     {
         return error(400, "ids: at most 512 spend ids");
     }

@@ -43,6 +43,8 @@ pub const MAX_BATCH: usize = 512;
 /// How long a spend holds its credits on a replica while its majority is not known, by
 /// default (`[credits] spend_hold_secs`).
 pub const SPEND_HOLD_SECS: i64 = 30;
+/// Entries waiting to be sent again, at most.
+const MAX_OUTBOX: usize = 100_000;
 /// How long a replica has to answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(3);
 const MIB: u128 = 1 << 20;
@@ -435,7 +437,7 @@ impl Pricing {
             Duty::Relay => self.relay_per_mib,
             Duty::Storage => self.storage_per_mib_day,
         };
-        (u128::from(bytes) * u128::from(rate) / MIB).min(i64::MAX as u128) as u64
+        (u128::from(bytes) * u128::from(rate) / MIB).min(u128::from(MAX_AMOUNT)) as u64
     }
 
     /// Credits a session of `bytes` costs when `free` of them are free: rounded up.
@@ -443,7 +445,7 @@ impl Pricing {
         let paid = bytes.saturating_sub(free);
         (u128::from(paid) * u128::from(self.vpn_per_mib))
             .div_ceil(MIB)
-            .min(i64::MAX as u128) as u64
+            .min(u128::from(MAX_AMOUNT)) as u64
     }
 
     /// Credits a vault push of `bytes` costs after `used` bytes this period: what lies beyond
@@ -456,7 +458,7 @@ impl Pricing {
         }
         (u128::from(paid) * u128::from(self.vault_sync_per_mib))
             .div_ceil(MIB)
-            .min(i64::MAX as u128) as u64
+            .min(u128::from(MAX_AMOUNT)) as u64
     }
 }
 
@@ -521,8 +523,8 @@ fn id_of(entry: &Entry, receipt_session: Option<&str>) -> String {
             receipt_session.unwrap_or_default()
         ),
         Entry::Charge(c) => format!("charge/{}/{}", c.node, receipt_session.unwrap_or_default()),
-        Entry::Spend(s) => format!("spend/{}", s.id),
-        Entry::Grant(g) => format!("grant/{}", g.id),
+        Entry::Spend(s) => format!("spend/{}/{}", s.account, s.id),
+        Entry::Grant(g) => format!("grant/{}/{}", g.account, g.id),
         Entry::Device(d) => format!("device/{}/{}", d.account, d.device),
     }
 }
@@ -566,7 +568,7 @@ fn earning(e: &Earn) -> Result<(String, String, u64), LedgerError> {
             }
             // A claim is made the day it is confirmed, or the next.
             let claimed = e.at.div_euclid(86_400);
-            if !(h.day..=h.day + 1).contains(&claimed) {
+            if !(h.day..=h.day.saturating_add(1)).contains(&claimed) {
                 return Err(LedgerError::Receipt(format!(
                     "a holding for day {} claimed on day {claimed}",
                     h.day
@@ -601,7 +603,7 @@ pub struct Ledger {
     /// Receipts to claim earnings for, by (duty, session): the newest of each.
     claims: parking_lot::Mutex<HashMap<(Duty, String), SignedReceipt>>,
     /// Entries waiting to reach every replica (retried each round).
-    outbox: parking_lot::Mutex<Vec<SignedEntry>>,
+    outbox: parking_lot::Mutex<std::collections::HashSet<SignedEntry>>,
     /// How long a spend holds its credits while its majority is not known, seconds.
     hold: std::sync::atomic::AtomicI64,
     /// Receipts for relays' earnings, by session: the relay, the address the client's
@@ -652,7 +654,7 @@ impl Ledger {
             agent,
             write: tokio::sync::Mutex::new(()),
             claims: parking_lot::Mutex::new(HashMap::new()),
-            outbox: parking_lot::Mutex::new(Vec::new()),
+            outbox: parking_lot::Mutex::new(std::collections::HashSet::new()),
             relayed: parking_lot::Mutex::new(HashMap::new()),
             hold: std::sync::atomic::AtomicI64::new(SPEND_HOLD_SECS),
         })
@@ -801,6 +803,14 @@ impl Ledger {
                     )));
                 }
                 let id = id_of(&entry, None);
+                // A spend whose hold ran out is gone: it cannot come back as held.
+                sqlx::query(
+                    "DELETE FROM credit_entries WHERE id = $1 AND pending_until IS NOT NULL AND pending_until < $2",
+                )
+                .bind(&id)
+                .bind(now)
+                .execute(self.store.pool())
+                .await?;
                 if let Some(applied) = self.held(&id, signed).await? {
                     if mode == Mode::Merge {
                         // Another replica holds it decided.
@@ -962,10 +972,12 @@ impl Ledger {
     /// Marks spends decided (a majority of their replicas took them).
     pub async fn finalize(&self, ids: &[String]) -> Result<(), LedgerError> {
         for id in ids {
+            // Only while its hold lasts: an expired spend's credits are the account's again.
             sqlx::query(
-                "UPDATE credit_entries SET pending_until = NULL WHERE id = $1 AND pending_until IS NOT NULL",
+                "UPDATE credit_entries SET pending_until = NULL WHERE id = $1 AND pending_until IS NOT NULL AND pending_until >= $2",
             )
             .bind(id)
+            .bind(crate::now_unix())
             .execute(self.store.pool())
             .await?;
         }
@@ -1005,8 +1017,9 @@ impl Ledger {
 
     /// The account's balance from the entries this node holds.
     pub async fn balance(&self, account: &str) -> Result<Balance, LedgerError> {
+        // Summed here, saturating: no set of entries can make the database's sum overflow.
         let rows = sqlx::query(
-            "SELECT kind, service, CAST(SUM(amount) AS BIGINT), COUNT(*) FROM credit_entries WHERE account = $1 AND (pending_until IS NULL OR pending_until >= $2) GROUP BY kind, service ORDER BY kind, service",
+            "SELECT kind, service, amount FROM credit_entries WHERE account = $1 AND (pending_until IS NULL OR pending_until >= $2)",
         )
         .bind(account)
         .bind(crate::now_unix())
@@ -1019,15 +1032,16 @@ impl Ledger {
         for row in rows {
             let kind: String = row.try_get(0)?;
             let service: String = row.try_get(1)?;
-            let sum: i64 = row.try_get(2)?;
-            b.entries += row.try_get::<i64, _>(3)? as u64;
+            let amount: i64 = row.try_get(2)?;
+            b.entries += 1;
             match kind.as_str() {
-                "earn" => b.earned = b.earned.saturating_add(sum),
-                "grant" => b.granted = b.granted.saturating_add(sum),
-                "spend" | "charge" => b.spent = b.spent.saturating_sub(sum),
+                "earn" => b.earned = b.earned.saturating_add(amount),
+                "grant" => b.granted = b.granted.saturating_add(amount),
+                "spend" | "charge" => b.spent = b.spent.saturating_sub(amount),
                 _ => continue,
             }
-            *b.by_service.entry(service).or_default() += sum.saturating_abs();
+            let s = b.by_service.entry(service).or_default();
+            *s = s.saturating_add(amount.saturating_abs());
         }
         b.balance = b.earned.saturating_add(b.granted).saturating_sub(b.spent);
         b.overdrawn = b.balance < 0;
@@ -1262,9 +1276,10 @@ impl Ledger {
         let mut short = None;
         // Until a majority took it, or every replica answered.
         while took.len() < needed {
-            let Some(Ok((r, res))) = answers.join_next().await else {
+            let Some(joined) = answers.join_next().await else {
                 break;
             };
+            let Ok((r, res)) = joined else { continue };
             let refusal = match res.map(|mut v| v.pop()) {
                 Ok(Some(Ok(_))) => {
                     took.push(r);
@@ -1287,17 +1302,18 @@ impl Ledger {
             // Charges are decided when taken; spends wait for this.
             let pending = id.starts_with("spend/");
             for r in took.iter().filter(|_| pending) {
-                self.confirm(r, &id).await;
+                self.confirm(r, &id, signed).await;
             }
             // The slower replicas: confirmed as they answer, or given the decided spend at
             // the next rounds.
             let (me, one) = (self.clone(), signed.clone());
             tokio::spawn(async move {
-                while let Some(Ok((r, res))) = answers.join_next().await {
+                while let Some(joined) = answers.join_next().await {
+                    let Ok((r, res)) = joined else { continue };
                     match res.map(|mut v| v.pop()) {
-                        Ok(Some(Ok(_))) if pending => me.confirm(&r, &id).await,
+                        Ok(Some(Ok(_))) if pending => me.confirm(&r, &id, &one).await,
                         Ok(Some(Ok(_))) => {}
-                        _ => me.outbox.lock().push(one.clone()),
+                        _ => me.queue([one.clone()]),
                     }
                 }
             });
@@ -1323,7 +1339,7 @@ impl Ledger {
     }
 
     /// Tells a replica that a spend it holds is decided.
-    async fn confirm(&self, replica: &Replica, id: &str) {
+    async fn confirm(&self, replica: &Replica, id: &str, signed: &SignedEntry) {
         let ids = vec![id.to_owned()];
         let result = match replica {
             Replica::Local => self.finalize(&ids).await.map_err(|e| e.to_string()),
@@ -1335,8 +1351,10 @@ impl Ledger {
             }
         };
         if let Err(e) = result {
-            // It gets the decided spend at the next rounds.
+            // It gets the decided spend at the next rounds (before its hold runs out, when
+            // it can be reached by then).
             tracing::debug!(error = %e, "credits: confirming a spend");
+            self.queue([signed.clone()]);
         }
     }
 
@@ -1353,6 +1371,7 @@ impl Ledger {
                 .push(e);
         }
         let mut reached = None;
+        let mut refused = None;
         for (account, entries) in by_account {
             let mut took = 0;
             for r in self.replicas(&account).await {
@@ -1365,7 +1384,7 @@ impl Ledger {
                                 all = false;
                                 tracing::warn!(error = %msg, "credits: an entry was refused");
                                 if r == Replica::Local {
-                                    return Err(LedgerError::Unauthorized(msg));
+                                    refused.get_or_insert(LedgerError::Unauthorized(msg));
                                 }
                             }
                         }
@@ -1373,13 +1392,16 @@ impl Ledger {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "credits: a replica is unreachable; retrying later");
-                        self.outbox.lock().extend(entries.iter().cloned());
+                        self.queue(entries.iter().cloned());
                     }
                 }
             }
             reached = Some(reached.map_or(took, |r: usize| r.min(took)));
         }
-        Ok(reached.unwrap_or(0))
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(reached.unwrap_or(0)),
+        }
     }
 
     /// Charges the client's account for a session's traffic beyond the free tier (`free`
@@ -1413,11 +1435,37 @@ impl Ledger {
         self.commit(&signed, &r.account, amount, id).await
     }
 
+    /// Keeps entries to send again at the next rounds (each once; at most [`MAX_OUTBOX`]).
+    fn queue(&self, entries: impl IntoIterator<Item = SignedEntry>) {
+        let mut outbox = self.outbox.lock();
+        for e in entries {
+            if outbox.len() >= MAX_OUTBOX {
+                tracing::warn!("credits: the outbox is full; an entry waits for reconciling");
+                break;
+            }
+            outbox.insert(e);
+        }
+    }
+
     /// Remembers a receipt to claim an earning for (the newest per session wins).
     pub fn claim(&self, duty: Duty, receipt: SignedReceipt, session: String) {
+        // The one carrying the most bytes wins: a smaller (or a stranger's) confirmation
+        // cannot push out a larger one before it is claimed.
+        let bytes = |r: &SignedReceipt| match duty {
+            Duty::Storage => Holding::verify(r).map_or(0, |h| h.bytes),
+            _ => r
+                .verify()
+                .map_or(0, |r| r.bytes_up.saturating_add(r.bytes_down)),
+        };
         let mut claims = self.claims.lock();
-        if claims.len() < 100_000 {
-            claims.insert((duty, session), receipt);
+        let key = (duty, session);
+        if let Some(held) = claims.get(&key)
+            && bytes(held) >= bytes(&receipt)
+        {
+            return;
+        }
+        if claims.len() < 100_000 || claims.contains_key(&key) {
+            claims.insert(key, receipt);
         }
     }
 
@@ -1504,7 +1552,9 @@ impl Ledger {
                 )
             })
             .collect();
-        let waiting: Vec<SignedEntry> = std::mem::take(&mut *self.outbox.lock());
+        let waiting: Vec<SignedEntry> = std::mem::take(&mut *self.outbox.lock())
+            .into_iter()
+            .collect();
         let mut all = entries;
         all.extend(waiting);
         all.dedup();
@@ -1529,6 +1579,18 @@ impl Ledger {
             return Ok(());
         }
         for account in self.accounts().await? {
+            // One account that fails (a store error) does not hold up the others.
+            if let Err(e) = self.reconcile_account(&account).await {
+                tracing::warn!(account = %account, error = %e, "credits: reconciling an account");
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings one account level with its other replicas.
+    async fn reconcile_account(&self, account: &str) -> Result<(), LedgerError> {
+        let account = account.to_owned();
+        {
             let replicas = self.replicas(&account).await;
             for r in replicas {
                 let Replica::Remote(url) = r else {
@@ -1561,13 +1623,18 @@ impl Ledger {
                     Err(_) => continue,
                 };
                 let ours = self.decided(&account).await?;
-                for e in held.iter().filter(|e| !ours.contains(e)) {
+                let ours_set: std::collections::HashSet<&SignedEntry> = ours.iter().collect();
+                let held_set: std::collections::HashSet<&SignedEntry> = held.iter().collect();
+                for e in held.iter().filter(|e| !ours_set.contains(e)) {
                     if let Err(err) = self.apply(e, Mode::Merge).await {
                         tracing::debug!(error = %err, "credits: a replica's entry refused");
                     }
                 }
-                let missing: Vec<SignedEntry> =
-                    ours.into_iter().filter(|e| !held.contains(e)).collect();
+                let missing: Vec<SignedEntry> = ours
+                    .iter()
+                    .filter(|e| !held_set.contains(e))
+                    .cloned()
+                    .collect();
                 for chunk in missing.chunks(MAX_BATCH) {
                     if let Err(e) = self
                         .send(&Replica::Remote(url.clone()), chunk, Mode::Merge)
@@ -1652,11 +1719,14 @@ pub fn random_id() -> String {
     base64::engine::general_purpose::STANDARD.encode(id)
 }
 
+/// The largest amount one entry may move: sums of many stay far from overflowing.
+pub const MAX_AMOUNT: u64 = 1 << 53;
+
 fn positive(amount: u64) -> Result<i64, LedgerError> {
-    match i64::try_from(amount) {
-        Ok(a) if a > 0 => Ok(a),
+    match amount {
+        1..=MAX_AMOUNT => Ok(amount as i64),
         _ => Err(LedgerError::Malformed(format!(
-            "an amount of {amount}: it must be between 1 and 2^63 - 1"
+            "an amount of {amount}: it must be between 1 and 2^53"
         ))),
     }
 }
@@ -1963,6 +2033,10 @@ mod tests {
             apply(grant(&issuer, "G3", 0)).await,
             Err(LedgerError::Malformed(_))
         ));
+        assert!(matches!(
+            apply(grant(&issuer, "G4", MAX_AMOUNT + 1)).await,
+            Err(LedgerError::Malformed(_))
+        ));
 
         // Spends: by the account or a device it added, never beyond the balance.
         assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 100);
@@ -2096,7 +2170,10 @@ mod tests {
         assert_eq!(h.iter().filter(|e| e.pending).count(), 2);
         assert_eq!(d2.entries, 6);
         ledger
-            .finalize(&["spend/P1".into(), "spend/P2".into()])
+            .finalize(&[
+                format!("spend/{owner_id}/P1"),
+                format!("spend/{owner_id}/P2"),
+            ])
             .await
             .unwrap();
         assert_eq!(ledger.digest(&owner_id).await.unwrap().entries, 8);
@@ -2109,8 +2186,14 @@ mod tests {
             Ok(Applied::New)
         );
         assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 6);
-        sqlx::query("UPDATE credit_entries SET pending_until = 1 WHERE id = 'spend/P6'")
+        sqlx::query("UPDATE credit_entries SET pending_until = 1 WHERE id LIKE 'spend/%/P6'")
             .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 36);
+        // A confirmation after the hold ran out does not bring it back.
+        ledger
+            .finalize(&[format!("spend/{owner_id}/P6")])
             .await
             .unwrap();
         assert_eq!(ledger.balance(&owner_id).await.unwrap().balance, 36);
@@ -2120,7 +2203,7 @@ mod tests {
                 .await
                 .unwrap()
                 .iter()
-                .all(|e| e.id != "spend/P6")
+                .all(|e| !e.id.ends_with("/P6"))
         );
         ledger.expire().await.unwrap();
         // The same spend merged from a replica where it was decided counts for good.

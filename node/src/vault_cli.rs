@@ -37,12 +37,23 @@ pub struct VaultOpts {
     /// The account the key pays for, when it is a device key [default: the key's own].
     #[arg(long, global = true, env = "NX1_PAY_FOR", value_name = "ACCOUNT")]
     pub pay_for: Option<String>,
+    /// The most credits this device pays for one sync write without asking you again.
+    #[arg(
+        long,
+        global = true,
+        env = "NX1_MAX_PRICE",
+        value_name = "CREDITS",
+        default_value_t = 1000
+    )]
+    pub max_price: u64,
 }
 
 /// Pays for sync beyond the free tier: signs spends of a credits account.
 struct Payer {
     key: ed25519_dalek::SigningKey,
     account: String,
+    /// The most it pays for one write.
+    max_price: u64,
     /// Payments made in this run, by memo (one change is paid for once): amount and header.
     made: std::cell::RefCell<std::collections::HashMap<String, (u64, String)>>,
 }
@@ -58,6 +69,7 @@ impl Payer {
             .signing_key();
         let own = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
         Ok(Some(Payer {
+            max_price: opts.max_price,
             account: opts.pay_for.clone().unwrap_or(own),
             key,
             made: Default::default(),
@@ -165,7 +177,7 @@ fn paid_write(
 ) -> anyhow::Result<Reply> {
     let memo = crate::vault::payment_memo(&account.to_string(), seq);
     let mut payment = payer.and_then(|p| p.made(&memo));
-    let mut paid = 0;
+    let (mut paid, mut attempts) = (0, 0);
     loop {
         let reply = r.call_with("POST", path, Some(body.clone()), payment.as_deref())?;
         let price = match (&reply, payer) {
@@ -175,8 +187,16 @@ fn paid_write(
             _ => None,
         };
         match (price, payer) {
-            (Some(price), Some(p)) if price > paid => {
+            (Some(price), Some(p)) if price > p.max_price => bail!(
+                "{}: the node asks {price} credits for this sync, more than --max-price {}; not paid",
+                r.base,
+                p.max_price
+            ),
+            // One payment, and one more if the node then asks more (its count moved): a node
+            // cannot make the device sign again and again.
+            (Some(price), Some(p)) if price > paid && attempts < 2 => {
                 paid = price;
+                attempts += 1;
                 payment = Some(p.pay(&memo, price));
             }
             _ => return Ok(reply),
