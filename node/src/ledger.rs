@@ -683,11 +683,12 @@ impl Ledger {
                     .map_err(|_| LedgerError::Receipt("totals out of range".into()))?;
                 let id = id_of(&entry, Some(&session));
                 let amount = self.pricing.earned(e.duty, bytes as u64) as i64;
-                let held =
-                    sqlx::query("SELECT account, progress FROM credit_entries WHERE id = $1")
-                        .bind(&id)
-                        .fetch_optional(self.store.pool())
-                        .await?;
+                let held = sqlx::query(
+                    "SELECT account, progress, entry FROM credit_entries WHERE id = $1",
+                )
+                .bind(&id)
+                .fetch_optional(self.store.pool())
+                .await?;
                 match held {
                     Some(row) => {
                         let account: String = row.try_get(0)?;
@@ -697,7 +698,10 @@ impl Ledger {
                                 "session {session} is claimed for another account"
                             )));
                         }
-                        if bytes <= progress {
+                        // Higher totals win; between equal ones the smaller text, so replicas
+                        // that got different claims of the same bytes end up with the same.
+                        let text: String = row.try_get(2)?;
+                        if bytes < progress || (bytes == progress && signed.entry >= text) {
                             return Ok(Applied::Same);
                         }
                         self.raise(&id, amount, bytes, signed, e.at, now).await?;
@@ -744,7 +748,7 @@ impl Ledger {
                 };
                 let id = id_of(&entry, Some(&r.session));
                 let held = sqlx::query(
-                    "SELECT account, progress, amount FROM credit_entries WHERE id = $1",
+                    "SELECT account, progress, amount, entry FROM credit_entries WHERE id = $1",
                 )
                 .bind(&id)
                 .fetch_optional(self.store.pool())
@@ -758,7 +762,8 @@ impl Ledger {
                                 r.session
                             )));
                         }
-                        if bytes <= row.try_get::<i64, _>(1)? {
+                        let (progress, text): (i64, String) = (row.try_get(1)?, row.try_get(3)?);
+                        if bytes < progress || (bytes == progress && signed.entry >= text) {
                             return Ok(Applied::Same);
                         }
                         -row.try_get::<i64, _>(2)?
@@ -1090,22 +1095,28 @@ impl Ledger {
 
     /// What the account's entries hash to here.
     pub async fn digest(&self, account: &str) -> Result<Digest, LedgerError> {
-        let rows =
-            sqlx::query("SELECT id, entry FROM credit_entries WHERE account = $1 AND pending_until IS NULL ORDER BY id")
-                .bind(account)
-                .fetch_all(self.store.pool())
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, entry FROM credit_entries WHERE account = $1 AND pending_until IS NULL",
+        )
+        .bind(account)
+        .fetch_all(self.store.pool())
+        .await?;
+        // Sorted here by bytes: SQLite and PostgreSQL (with its collation) order text
+        // differently, and replicas on both must agree.
+        let mut entries = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        entries.sort();
         let mut h = Sha256::new();
-        for r in &rows {
-            let id: String = r.try_get(0)?;
-            let text: String = r.try_get(1)?;
+        for (id, text) in &entries {
             h.update((id.len() as u64).to_be_bytes());
             h.update(id.as_bytes());
             h.update((text.len() as u64).to_be_bytes());
             h.update(text.as_bytes());
         }
         Ok(Digest {
-            entries: rows.len() as u64,
+            entries: entries.len() as u64,
             hash: hex::encode(h.finalize()),
         })
     }
