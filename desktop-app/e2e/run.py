@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """The NX1 app end to end: the real app in a real WebKit window (tauri-driver +
-WebKitWebDriver, under Xvfb), against a real `nx1 up` node with relay duty.
+WebKitWebDriver, under Xvfb), against a real `nx1 up` node with WireGuard, Guard and relay
+duty, in a network namespace of its own.
 
     xvfb-run -a dbus-run-session -- python3 e2e/run.py NX1_BIN APP_BIN [--update-docs]
 
-Checks: the Connect screen shows the node the daemon runs and the tunnel state; the
-Contribute screen shows relay duty, and its button turns relay duty off and on in the
-daemon itself; the tray follows the daemon. Screenshots of each screen go to
+Checks: the Connect screen shows the node the daemon runs and the tunnel state; the Guard
+screen shows a name Guard blocked (a query on the node's tunnel address) with its list, and
+its Allow button allows it in the daemon; the Contribute screen shows relay duty, and its
+button turns relay duty off and on in the daemon itself; the tray follows the daemon. Screenshots of each screen go to
 e2e/artifacts/ (and to docs/screenshots/ with --update-docs).
 """
 import base64, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
@@ -70,11 +72,18 @@ def main():
     os.makedirs(artifacts, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="nx1-app-e2e-")
     node_dir = os.path.join(tmp, "node")
+    ns = f"nx1e2e{os.getpid()}"
     procs = []
+    subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         subprocess.run([nx1, "init", "--dir", node_dir], check=True, capture_output=True)
         config = os.path.join(node_dir, "nx1.toml")
-        set_config(config, "vpn", "enabled", "false")
+        os.makedirs(os.path.join(node_dir, "lists"))
+        open(os.path.join(node_dir, "lists", "ads.txt"), "w").write("||ads.example^\n")
+        set_config(config, "vpn", "interface", '"nx1e2e"')
+        set_config(config, "vpn", "exit", "false")
+        set_config(config, "guard", "blocklists", '["lists/ads.txt"]')
         set_config(config, "api", "listen", f'"127.0.0.1:{free_port(socket.SOCK_STREAM)}"')
         set_config(config, "mesh", "enabled", "true")
         set_config(config, "mesh", "listen", f'"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"')
@@ -82,7 +91,8 @@ def main():
         set_config(config, "relay", "enabled", "true")
         set_config(config, "relay", "listen_port", str(free_port(socket.SOCK_DGRAM)))
         log = open(os.path.join(artifacts, "node.log"), "w")
-        procs.append(subprocess.Popen([nx1, "--config", config, "up"], stdout=log, stderr=log))
+        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, nx1, "--config", config, "up"],
+                                      stdout=log, stderr=log))
 
         def nx1_json(*args):
             out = subprocess.run([nx1, "--config", config, *args, "--json"],
@@ -122,6 +132,21 @@ def main():
             assert text("#daemon-state") == "daemon running"
             assert "home-lab" in text("#nodes"), text("#nodes")
             shots = [shot("connect.png")]
+
+            # Guard: a query for a listed name is blocked, shown with its list, and allowed in
+            # one click.
+            dig = subprocess.run(["ip", "netns", "exec", ns, "dig", "@10.87.0.1", "+short",
+                                  "+time=2", "+tries=2", "ads.example", "A"],
+                                 capture_output=True, text=True)
+            assert dig.stdout.strip() == "0.0.0.0", dig.stdout + dig.stderr
+            click("#tab-guard")
+            eventually("the blocked name on the Guard screen",
+                       lambda: "ads.example" in text("#findings") and "ads.txt" in text("#findings"))
+            shots.append(shot("guard.png"))
+            click("button.allow")
+            eventually("the name allowed in the daemon",
+                       lambda: nx1_json("guard", "check", "ads.example")["verdict"] == "allowed")
+            eventually("the verdict on screen", lambda: "allowed" in text("#verdict"))
 
             # Contribute: relay duty as the daemon has it; the button turns it off and on.
             click("#tab-contribute")
@@ -164,6 +189,7 @@ def main():
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        subprocess.run(["ip", "netns", "del", ns])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

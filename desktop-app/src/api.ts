@@ -30,6 +30,7 @@ export interface Status {
   mesh: { members: MeshMember[] } | null;
   relay: unknown | null;
   vpn: { interface: string; peers: number } | null;
+  guard: { lists: string[]; blocked_names: number; dns_listen: string[] } | null;
 }
 
 export interface Contribution {
@@ -75,3 +76,27 @@ export const connect = (config: string, iface: string) =>
   invoke<unknown>("connect", { config, interface: iface });
 export const disconnect = () => invoke<unknown>("disconnect");
 export const socketPath = () => invoke<string>("socket_path");
+
+export interface GuardFinding {
+  at: number;
+  peer: string | null;
+  client: string;
+  name: string;
+  query_type: string;
+  list: string;
+  rule: string;
+}
+
+export interface GuardVerdict {
+  domain: string;
+  verdict: string;
+  list: string | null;
+  rule: string | null;
+  scores: { model: string; score: number; flagged: boolean }[];
+}
+
+export const guardFindings = () =>
+  invoke<{ findings: GuardFinding[] }>("guard_findings").then((r) => r.findings);
+export const guardCheck = (domain: string) => invoke<GuardVerdict>("guard_check", { domain });
+export const guardRule = (domain: string, action: "allow" | "deny" | "clear") =>
+  invoke<GuardVerdict>("guard_rule", { domain, action });

@@ -1,9 +1,12 @@
 // Wires the screens to the daemon: a refresh every two seconds and the buttons.
 import * as api from "./api";
-import { connectView, contributeView } from "./view";
+import { connectView, contributeView, guardView, verdictText } from "./view";
 
-type Screen = "connect" | "contribute";
+type Screen = "connect" | "guard" | "contribute";
+const screens: Screen[] = ["connect", "guard", "contribute"];
 let screen: Screen = "connect";
+/** The last domain check's answer, in words. */
+let checked: string | null = null;
 
 const $ = <T extends HTMLElement>(sel: string) => document.querySelector<T>(sel);
 
@@ -25,6 +28,12 @@ async function refresh() {
       if (!(document.activeElement instanceof HTMLInputElement)) {
         $("#screen-connect")!.innerHTML = connectView(s);
       }
+    } else if (screen === "guard") {
+      const s = await api.status();
+      const findings = s.guard ? await api.guardFindings() : [];
+      if (!(document.activeElement instanceof HTMLInputElement)) {
+        $("#screen-guard")!.innerHTML = guardView(s, findings, checked);
+      }
     } else {
       const [c, k] = await Promise.all([api.contribute(), api.credits()]);
       if (!(document.activeElement instanceof HTMLInputElement)) {
@@ -45,7 +54,7 @@ async function refresh() {
 
 function show(next: Screen) {
   screen = next;
-  for (const s of ["connect", "contribute"] as Screen[]) {
+  for (const s of screens) {
     $(`#screen-${s}`)!.hidden = s !== next;
     $(`#tab-${s}`)!.classList.toggle("active", s === next);
   }
@@ -78,6 +87,15 @@ document.addEventListener("click", (ev) => {
       api.connect($<HTMLInputElement>("#config-path")!.value, $<HTMLInputElement>("#interface")!.value),
     );
   else if (t.id === "disconnect") void act(() => api.disconnect());
+  else if (t.classList.contains("allow") && t.dataset.domain) {
+    const domain = t.dataset.domain;
+    void act(async () => {
+      checked = verdictText(await api.guardRule(domain, "allow"));
+    });
+  } else if (t.id === "check")
+    void act(async () => {
+      checked = verdictText(await api.guardCheck($<HTMLInputElement>("#check-domain")!.value));
+    });
 });
 
 show("connect");

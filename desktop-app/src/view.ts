@@ -1,6 +1,6 @@
 // What each screen shows, as HTML from the daemon's answers: pure functions, so the tests
 // can check them without a window.
-import type { Contribution, Credits, Status } from "./api";
+import type { Contribution, Credits, GuardFinding, GuardVerdict, Status } from "./api";
 
 /** Escapes text for HTML. */
 export function esc(s: unknown): string {
@@ -105,4 +105,47 @@ export function contributeView(c: Contribution, k: Credits): string {
     <p class="muted" id="carried">Carried ${bytes(c.relayed_bytes)} relayed, ${bytes(c.exited_bytes)} through the exit.</p>
     <h2>Credits</h2>${balance}${unlocks}
     <p class="muted">Account <code>${esc(k.owner)}</code></p>`;
+}
+
+/** A block list by its file name (a local path is long and says little), or as given. */
+export function listName(list: string): string {
+  return list.startsWith("/") ? (list.split("/").pop() ?? list) : list;
+}
+
+/** A verdict in words: blocked or allowed by which list and rule, or what the models said. */
+export function verdictText(v: GuardVerdict): string {
+  const why = v.list ? ` by ${listName(v.list)}${v.rule ? ` (${v.rule})` : ""}` : "";
+  const flagged = v.scores.filter((s) => s.flagged).map((s) => `${s.model} ${s.score.toFixed(2)}`);
+  if (v.verdict === "blocked") return `${v.domain}: blocked${why}`;
+  if (v.verdict === "allowed") return `${v.domain}: allowed${why}`;
+  if (flagged.length) return `${v.domain}: blocked by the models (${flagged.join(", ")})`;
+  return `${v.domain}: not on any list; the models pass it`;
+}
+
+/** The Guard screen: what was blocked and why, one-click allow, and a domain check. */
+export function guardView(s: Status, findings: GuardFinding[], checked: string | null): string {
+  if (!s.guard) {
+    return `<p class="muted" id="guard-off">Guard is not running on this node (<code>[guard] enabled</code>, with WireGuard).</p>`;
+  }
+  const rows = findings
+    .slice()
+    .reverse()
+    .map(
+      (f) => `<tr><td>${esc(new Date(f.at * 1000).toLocaleTimeString())}</td>
+        <td class="finding-name">${esc(f.name)}</td><td>${esc(f.query_type)}</td>
+        <td>${esc(listName(f.list))} <code>${esc(f.rule)}</code></td><td>${esc(f.peer ?? f.client)}</td>
+        <td><button class="allow" data-domain="${esc(f.name)}">Allow</button></td></tr>`,
+    )
+    .join("");
+  const table = findings.length
+    ? `<table id="findings"><tr><th>When</th><th>Name</th><th>Type</th><th>Why</th><th>Who</th><th></th></tr>${rows}</table>`
+    : `<p class="muted" id="findings">Nothing blocked yet.</p>`;
+  return `<h2>Blocked</h2>${table}
+    <h2>Check a domain</h2>
+    <div class="row">
+      <input id="check-domain" size="32" placeholder="example.com" />
+      <button id="check">Check</button>
+    </div>
+    ${checked ? `<p id="verdict">${esc(checked)}</p>` : ""}
+    <p class="muted">${s.guard.blocked_names} names on ${s.guard.lists.length} list(s): ${esc(s.guard.lists.map(listName).join(", "))}</p>`;
 }

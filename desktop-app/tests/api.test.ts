@@ -32,3 +32,15 @@ test("a refusal from the daemon reaches the caller as an error", async () => {
   });
   await expect(api.status()).rejects.toMatch("no nx1 daemon is running");
 });
+
+test("Guard calls carry the domain and action", async () => {
+  const calls = vi.fn((cmd: string) =>
+    cmd === "guard_findings" ? { result: "guard_findings", findings: [{ name: "ads.example" }] } : { verdict: "allowed" },
+  );
+  mockIPC(calls);
+  await expect(api.guardFindings()).resolves.toEqual([{ name: "ads.example" }]);
+  await api.guardRule("ads.example", "allow");
+  expect(calls).toHaveBeenLastCalledWith("guard_rule", { domain: "ads.example", action: "allow" });
+  await api.guardCheck("x.test");
+  expect(calls).toHaveBeenLastCalledWith("guard_check", { domain: "x.test" });
+});

@@ -1,6 +1,6 @@
 import { expect, test } from "vitest";
 import type { Contribution, Credits, Status } from "../src/api";
-import { bytes, connectView, contributeView, esc, tunnelState } from "../src/view";
+import { bytes, connectView, contributeView, esc, guardView, listName, tunnelState, verdictText } from "../src/view";
 
 const base: Status = {
   version: "0.1.0",
@@ -10,6 +10,7 @@ const base: Status = {
   mesh: null,
   relay: null,
   vpn: null,
+  guard: null,
 };
 
 const client = {
@@ -114,4 +115,45 @@ test("the Contribute screen shows relay duty, the cap, what was carried and the 
   off.innerHTML = contributeView({ ...contribution, relay_on: false }, { ...credits, balance: null, balance_error: "no replica" });
   expect(off.querySelector("#relay-toggle")!.textContent).toBe("Relay for others");
   expect(off.textContent).toContain("no replica");
+});
+
+test("the Guard screen lists what was blocked, why, with an Allow button each", () => {
+  const off = document.createElement("div");
+  off.innerHTML = guardView(base, [], null);
+  expect(off.querySelector("#guard-off")).not.toBeNull();
+  const s = { ...base, guard: { lists: ["lists/ads.txt"], blocked_names: 3, dns_listen: ["10.87.0.1:53"] } };
+  const empty = document.createElement("div");
+  empty.innerHTML = guardView(s, [], null);
+  expect(empty.querySelector("#findings")!.textContent).toBe("Nothing blocked yet.");
+  const el = document.createElement("div");
+  el.innerHTML = guardView(
+    s,
+    [
+      { at: 1, peer: "laptop", client: "10.87.0.2", name: "ads.example", query_type: "A", list: "lists/ads.txt", rule: "||ads.example^" },
+      { at: 2, peer: null, client: "10.87.0.3", name: "<b>x</b>.test", query_type: "AAAA", list: "dga", rule: "score 0.99" },
+    ],
+    "ads.example: allowed by local",
+  );
+  const names = Array.from(el.querySelectorAll(".finding-name")).map((n) => n.textContent);
+  expect(names).toEqual(["<b>x</b>.test", "ads.example"]);
+  expect(el.querySelector<HTMLButtonElement>("button.allow")!.dataset.domain).toBe("<b>x</b>.test");
+  expect(el.querySelector("#findings")!.textContent).toContain("laptop");
+  expect(el.querySelector("#verdict")!.textContent).toBe("ads.example: allowed by local");
+});
+
+test("verdicts say blocked or allowed and by what", () => {
+  const v = { domain: "ads.example", verdict: "blocked", list: "lists/ads.txt", rule: "||ads.example^", scores: [] };
+  expect(verdictText(v)).toBe("ads.example: blocked by lists/ads.txt (||ads.example^)");
+  expect(listName("/var/lib/nx1/./lists/ads.txt")).toBe("ads.txt");
+  expect(listName("https://lists.example/hosts")).toBe("https://lists.example/hosts");
+  expect(listName("nx1 guard allow/deny")).toBe("nx1 guard allow/deny");
+  expect(verdictText({ ...v, verdict: "allowed", list: "local", rule: "allow ads.example" })).toBe(
+    "ads.example: allowed by local (allow ads.example)",
+  );
+  expect(verdictText({ ...v, verdict: "unlisted", list: null, rule: null })).toBe(
+    "ads.example: not on any list; the models pass it",
+  );
+  expect(
+    verdictText({ ...v, verdict: "unlisted", list: null, rule: null, scores: [{ model: "dga", score: 0.97, flagged: true }] }),
+  ).toBe("ads.example: blocked by the models (dga 0.97)");
 });

@@ -123,6 +123,27 @@ impl Daemon {
     pub async fn disconnect(&self) -> Result<Value, String> {
         self.call(json!({ "cmd": "disconnect" })).await
     }
+
+    /// What Guard blocked lately (of one peer, when named), oldest first.
+    pub async fn guard_findings(&self, peer: Option<String>) -> Result<Value, String> {
+        self.call(json!({ "cmd": "guard_findings", "peer": peer }))
+            .await
+    }
+
+    /// Guard's verdict for a domain, with its reason.
+    pub async fn guard_check(&self, domain: &str) -> Result<Value, String> {
+        self.call(json!({ "cmd": "guard_check", "domain": domain }))
+            .await
+    }
+
+    /// Allows a domain (wins over every list), blocks it, or clears the node's own rule.
+    pub async fn guard_rule(&self, domain: &str, action: &str) -> Result<Value, String> {
+        if !["allow", "deny", "clear"].contains(&action) {
+            return Err(format!("{action:?} is not allow, deny or clear"));
+        }
+        self.call(json!({ "cmd": "guard_rule", "domain": domain, "action": action }))
+            .await
+    }
 }
 
 /// The one-line state the tray shows for a status answer (or the error getting it).

@@ -56,6 +56,28 @@ async fn disconnect(daemon: State<'_, Daemon>) -> Result<Value, String> {
     daemon.disconnect().await
 }
 
+/// What Guard blocked lately.
+#[tauri::command]
+async fn guard_findings(daemon: State<'_, Daemon>) -> Result<Value, String> {
+    daemon.guard_findings(None).await
+}
+
+/// Guard's verdict for a domain.
+#[tauri::command]
+async fn guard_check(daemon: State<'_, Daemon>, domain: String) -> Result<Value, String> {
+    daemon.guard_check(&domain).await
+}
+
+/// Allows or blocks a domain on this node, or clears its rule.
+#[tauri::command]
+async fn guard_rule(
+    daemon: State<'_, Daemon>,
+    domain: String,
+    action: String,
+) -> Result<Value, String> {
+    daemon.guard_rule(&domain, &action).await
+}
+
 /// What the tray shows now (the tray itself is outside the window).
 #[tauri::command]
 async fn tray_text(tray: State<'_, Tray>) -> Result<String, String> {
@@ -109,6 +131,9 @@ pub fn run() {
             credits,
             connect,
             disconnect,
+            guard_findings,
+            guard_check,
+            guard_rule,
             tray_text,
             socket_path
         ])

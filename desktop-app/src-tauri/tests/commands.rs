@@ -30,13 +30,17 @@ fn free_port(udp: bool) -> u16 {
     }
 }
 
-/// A running `nx1 up`, killed when dropped.
-struct Node(Child);
+/// A running `nx1 up`, killed when dropped (and its network namespace, if it has one,
+/// deleted after it).
+struct Node(Child, Option<String>);
 
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(ns) = &self.1 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 
@@ -84,7 +88,7 @@ fn start_node(dir: &Path) -> (Node, Daemon, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let node = Node(child);
+    let node = Node(child, None);
     let daemon = Daemon::at(dir.join("nx1.sock"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -163,4 +167,124 @@ async fn every_command_does_what_the_daemon_says() {
         .await
         .unwrap_err();
     assert!(!e.is_empty());
+}
+
+/// Runs `cmd` in the network namespace `ns`.
+fn in_ns(ns: &str, cmd: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guard_commands_show_what_was_blocked_and_allow_it() {
+    // A node with WireGuard and Guard, in a network namespace of its own.
+    let ns = format!("nx1app{}", std::process::id());
+    let made = Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap();
+    assert!(made.success(), "ip netns add {ns} (this test needs root)");
+    assert!(
+        in_ns(&ns, &["ip", "link", "set", "lo", "up"])
+            .status
+            .success()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let out = Command::new(nx1_bin())
+        .args(["init", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(dir.join("lists")).unwrap();
+    std::fs::write(dir.join("lists/ads.txt"), "||ads.example^\n").unwrap();
+    let config = dir.join("nx1.toml");
+    let mut t: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    let mut set = |section: &str, key: &str, value: toml::Value| {
+        t.get_mut(section)
+            .and_then(|s| s.as_table_mut())
+            .unwrap()
+            .insert(key.into(), value);
+    };
+    set("vpn", "interface", "nx1app".into());
+    set("vpn", "exit", false.into());
+    set("api", "listen", "127.0.0.1:7870".into());
+    set(
+        "guard",
+        "blocklists",
+        toml::Value::Array(vec!["lists/ads.txt".into()]),
+    );
+    std::fs::write(&config, t.to_string()).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(nx1_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("up")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _node = Node(child, Some(ns.clone()));
+    let daemon = Daemon::at(dir.join("nx1.sock"));
+    let start = Instant::now();
+    while daemon.status().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(daemon.status().await.unwrap()["guard"]["blocked_names"], 1);
+
+    // The verdict for a listed name, and nothing blocked yet.
+    let v = daemon.guard_check("ads.example").await.unwrap();
+    assert_eq!(v["verdict"], "blocked");
+    assert!(
+        v["list"].as_str().unwrap().ends_with("lists/ads.txt"),
+        "{v}"
+    );
+    let f = daemon.guard_findings(None).await.unwrap();
+    assert_eq!(f["findings"].as_array().map(Vec::len), Some(0));
+
+    // A query for it (dig, on the node's tunnel address) is blocked and shows as a finding.
+    let dig = in_ns(
+        &ns,
+        &[
+            "dig",
+            "@10.87.0.1",
+            "+short",
+            "+time=2",
+            "+tries=2",
+            "ads.example",
+            "A",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "0.0.0.0");
+    let f = daemon.guard_findings(None).await.unwrap();
+    assert_eq!(f["findings"][0]["name"], "ads.example");
+    assert!(
+        f["findings"][0]["list"]
+            .as_str()
+            .unwrap()
+            .ends_with("lists/ads.txt")
+    );
+
+    // Allowed in one call: the verdict and the answer change.
+    let v = daemon.guard_rule("ads.example", "allow").await.unwrap();
+    assert_eq!(v["verdict"], "allowed");
+    assert_eq!(
+        daemon.guard_check("ads.example").await.unwrap()["verdict"],
+        "allowed"
+    );
+    let e = daemon.guard_rule("ads.example", "bogus").await.unwrap_err();
+    assert!(e.contains("bogus"), "{e}");
 }
