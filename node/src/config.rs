@@ -111,6 +111,9 @@ pub struct ApiSection {
     pub listen: SocketAddr,
     /// Path of the control socket used by the `nx1` command line (created with mode 0600).
     pub control_socket: PathBuf,
+    /// A group whose members may use the control socket too (mode 0660): how a user runs the
+    /// desktop app. The socket must then be outside the data directory (mode 0700).
+    pub control_group: String,
 }
 
 impl Default for ApiSection {
@@ -118,6 +121,7 @@ impl Default for ApiSection {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7870)),
             control_socket: PathBuf::from("nx1.sock"),
+            control_group: String::new(),
         }
     }
 }
@@ -727,6 +731,8 @@ pub struct Resolved {
     pub wireguard_key: PathBuf,
     /// Absolute control socket path.
     pub control_socket: PathBuf,
+    /// The group (gid) whose members may use the control socket, if one is set.
+    pub control_group: Option<u32>,
     /// The database to open.
     pub database: Database,
     /// The WireGuard interface, unless disabled.
@@ -826,6 +832,29 @@ impl Config {
                 ),
             ));
         }
+        let control_group = match self.api.control_group.trim() {
+            "" => None,
+            name => {
+                let group = nix::unistd::Group::from_name(name)
+                    .map_err(|e| invalid("api.control_group", format!("looking up {name:?}: {e}")))?
+                    .ok_or_else(|| {
+                        invalid(
+                            "api.control_group",
+                            format!("no group {name:?} on this machine"),
+                        )
+                    })?;
+                if socket.starts_with(&data_dir) {
+                    return Err(invalid(
+                        "api.control_group",
+                        format!(
+                            "needs the control socket outside the data directory, which only the node's user may enter: set api.control_socket to e.g. /run/nx1/nx1.sock, not {}",
+                            socket.display()
+                        ),
+                    ));
+                }
+                Some(group.gid.as_raw())
+            }
+        };
         let vpn = self.vpn.validate(&invalid)?;
         let mesh = if self.mesh.enabled {
             let m = &self.mesh;
@@ -1143,6 +1172,7 @@ impl Config {
             identity_key: in_data(&self.node.identity_key),
             wireguard_key: in_data(&self.node.wireguard_key),
             control_socket: socket,
+            control_group,
             data_dir,
             database,
             raw: self,
@@ -1185,6 +1215,9 @@ max_connections = {max_connections}
 listen = "{listen}"
 # Control socket for the nx1 command line (mode 0600, relative to data_dir).
 control_socket = "{control_socket}"
+# A group whose members may use the control socket too (mode 0660), e.g. to run the desktop
+# app as a user in it; the socket must then be outside data_dir (e.g. /run/nx1/nx1.sock).
+control_group = "{control_group}"
 
 [vpn]
 # Run the WireGuard interface (needs root or CAP_NET_ADMIN).
@@ -1355,6 +1388,7 @@ spend_hold_secs = 30
         level = d.log.level,
         max_connections = d.store.max_connections,
         listen = d.api.listen,
+        control_group = d.api.control_group,
         control_socket = d.api.control_socket.display(),
         interface = d.vpn.interface,
         listen_port = d.vpn.listen_port,
@@ -1484,6 +1518,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("api.control_socket"), "{msg}");
+    }
+
+    #[test]
+    fn a_control_group_must_exist_and_needs_the_socket_outside_the_data_dir() {
+        let msg = parse("[api]\ncontrol_group = \"no-such-group-nx1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("no group"), "{msg}");
+        let msg = parse("[api]\ncontrol_group = \"root\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("outside the data directory"), "{msg}");
+        let ok = parse("[api]\ncontrol_group = \"root\"\ncontrol_socket = \"/run/nx1/nx1.sock\"\n")
+            .unwrap();
+        assert_eq!(ok.control_group, Some(0));
+        assert_eq!(parse("").unwrap().control_group, None);
     }
 
     #[test]

@@ -683,7 +683,8 @@ pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientEr
 
 /// Binds the control socket, refusing to steal it from a daemon that is still running and
 /// removing a stale one left by a crash.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds the control socket, owner-only; with `group`, that group may use it too (0660).
+pub async fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     use anyhow::Context as _;
     use std::os::unix::fs::PermissionsExt as _;
     if path.exists() {
@@ -696,11 +697,22 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale control socket {}", path.display()))?;
     }
+    if let Some(parent) = path.parent().filter(|_| group.is_some()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding control socket {}", path.display()))?;
-    // The data directory is 0700, so the moment between bind and chmod exposes nothing.
+    // Inside the 0700 data directory the moment between bind and chmod exposes nothing;
+    // outside it (with a group) the socket is the group's only after the chown.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting control socket {}", path.display()))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving control socket {} to group {gid}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("opening control socket {} to its group", path.display()))?;
+    }
     Ok(listener)
 }
 
@@ -786,11 +798,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nx1.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let live = bind(&path).await.unwrap();
+        let live = bind(&path, None).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let err = bind(&path).await.unwrap_err().to_string();
+        let err = bind(&path, None).await.unwrap_err().to_string();
         assert!(err.contains("already running"), "{err}");
         drop(live);
+    }
+
+    #[tokio::test]
+    async fn a_control_group_gets_the_socket_too() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        // A socket in a directory of its own, which bind makes.
+        let path = dir.path().join("run").join("nx1.sock");
+        // A group this process may give files to: its own primary group.
+        let gid = nix::unistd::getegid().as_raw();
+        let _live = bind(&path, Some(gid)).await.unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
+        assert!(
+            call(&path, &Request::Status)
+                .await
+                .is_err_and(|e| !matches!(e, ClientError::Denied(_)))
+        );
     }
 }

@@ -853,7 +853,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
         .set_meta("software_version", env!("CARGO_PKG_VERSION"))
         .await?;
 
-    let control_listener = control::bind(&config.control_socket).await?;
+    let control_listener = control::bind(&config.control_socket, config.control_group).await?;
     // From here on the socket file exists: remove it on every way out.
     let socket_guard = RemoveOnDrop(config.control_socket.clone());
     let vpn = match &config.vpn {

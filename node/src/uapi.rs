@@ -28,7 +28,7 @@ pub async fn bind(interface: &str) -> anyhow::Result<(UnixListener, PathBuf)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
     }
-    let listener = crate::control::bind(&path).await?;
+    let listener = crate::control::bind(&path, None).await?;
     Ok((listener, path))
 }
 
