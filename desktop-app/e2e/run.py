@@ -131,6 +131,7 @@ def main():
             assert text("#tunnel-state") == "Not connected", text("#tunnel-state")
             assert text("#daemon-state") == "daemon running"
             assert "home-lab" in text("#nodes"), text("#nodes")
+            assert "0 active / 0 clients of 65533" in text("#nodes"), text("#nodes")
             shots = [shot("connect.png")]
 
             # Guard: a query for a listed name is blocked, shown with its list, and allowed in

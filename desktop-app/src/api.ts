@@ -7,6 +7,8 @@ export interface MeshMember {
   region: string;
   roles: string[];
   endpoints: string[];
+  load?: { peers: number; active_peers: number };
+  capacity?: { peers: number; bandwidth_mbps: number };
 }
 
 export interface ClientStatus {

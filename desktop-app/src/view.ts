@@ -1,6 +1,6 @@
 // What each screen shows, as HTML from the daemon's answers: pure functions, so the tests
 // can check them without a window.
-import type { Contribution, Credits, GuardFinding, GuardVerdict, Status } from "./api";
+import type { Contribution, Credits, GuardFinding, GuardVerdict, MeshMember, Status } from "./api";
 
 /** Escapes text for HTML. */
 export function esc(s: unknown): string {
@@ -30,6 +30,13 @@ export function tunnelState(s: Status): { text: string; cls: "ok" | "off" | "bad
   return { text: "Connected", cls: "ok" };
 }
 
+/** A node's load from its signed record: active clients of those it has, and of what it takes. */
+export function load(m: MeshMember): string {
+  if (!m.load) return "–";
+  const of = m.capacity && m.capacity.peers > 0 ? ` of ${m.capacity.peers}` : "";
+  return `${m.load.active_peers} active / ${m.load.peers} clients${of}`;
+}
+
 /** The Connect screen: this node, the tunnel, and the nodes of the directory. */
 export function connectView(s: Status): string {
   const t = tunnelState(s);
@@ -51,11 +58,11 @@ export function connectView(s: Status): string {
       <p class="muted">A config from <code>nx1 peer add</code> on the node you use.</p>`;
   const members = s.mesh?.members ?? [];
   const nodes = members.length
-    ? `<table id="nodes"><tr><th>Node</th><th>Region</th><th>Roles</th><th>State</th></tr>
+    ? `<table id="nodes"><tr><th>Node</th><th>Region</th><th>Roles</th><th>Load</th><th>State</th></tr>
         ${members
           .map(
             (m) => `<tr><td><code>${esc(m.id.slice(0, 12))}…</code></td><td>${esc(m.region)}</td>
-              <td>${esc(m.roles.join(", "))}</td><td>${esc(m.state)}</td></tr>`,
+              <td>${esc(m.roles.join(", "))}</td><td class="load">${load(m)}</td><td>${esc(m.state)}</td></tr>`,
           )
           .join("")}</table>`
     : `<p class="muted" id="nodes">This node is not in a mesh.</p>`;

@@ -66,11 +66,24 @@ test("the Connect screen offers to connect when down and to disconnect when up",
   up.innerHTML = connectView({
     ...base,
     client,
-    mesh: { members: [{ id: "B".repeat(44), state: "live", region: "eu-west", roles: ["exit", "relay"], endpoints: [] }] },
+    mesh: {
+      members: [
+        {
+          id: "B".repeat(44),
+          state: "live",
+          region: "eu-west",
+          roles: ["exit", "relay"],
+          endpoints: [],
+          load: { peers: 12, active_peers: 5 },
+          capacity: { peers: 65533, bandwidth_mbps: 0 },
+        },
+      ],
+    },
   });
   expect(up.querySelector("#disconnect")).not.toBeNull();
   expect(up.querySelector("#tunnel-server")!.textContent).toBe("198.51.100.7:51820");
   expect(up.querySelector("#nodes")!.textContent).toContain("eu-west");
+  expect(up.querySelector(".load")!.textContent).toBe("5 active / 12 clients of 65533");
 });
 
 const contribution: Contribution = {

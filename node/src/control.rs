@@ -622,6 +622,12 @@ pub struct MeshMember {
     pub endpoints: Vec<String>,
     /// Where it gossips.
     pub gossip: String,
+    /// Its clients now, as its signed record says.
+    #[serde(default)]
+    pub load: crate::mesh::Load,
+    /// What it offers.
+    #[serde(default)]
+    pub capacity: crate::mesh::Capacity,
 }
 
 /// Why the command line could not get an answer.

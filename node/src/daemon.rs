@@ -1392,6 +1392,8 @@ fn mesh_status(dir: crate::mesh::Directory) -> control::MeshStatus {
                     .collect(),
                 endpoints: m.record.endpoints.clone(),
                 gossip: m.gossip.to_string(),
+                load: m.record.load.clone(),
+                capacity: m.record.capacity.clone(),
             })
             .collect(),
         refused: dir.refused.into_iter().collect(),
