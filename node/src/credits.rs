@@ -487,8 +487,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Length of a free-tier period.
-const PERIOD_SECS: i64 = 30 * 24 * 3600;
+/// Length of a free-tier period (tunnels and vault sync alike).
+pub const PERIOD_SECS: i64 = 30 * 24 * 3600;
 
 /// Charges a session's account for its traffic beyond the free tier and cuts the tunnel off
 /// while the account cannot pay (lets it through again once it can).

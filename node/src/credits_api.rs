@@ -9,9 +9,7 @@
 
 use crate::control::Request;
 use crate::daemon::Node;
-use crate::ledger::{
-    AccountView, ApplyRequest, ApplyResult, Duty, LedgerError, MAX_BATCH, Mode, SignedEntry,
-};
+use crate::ledger::{ApplyRequest, ApplyResult, Duty, LedgerError, MAX_BATCH, Mode, SignedEntry};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
@@ -216,14 +214,7 @@ async fn local_account(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    let view = async {
-        Ok::<_, LedgerError>(AccountView {
-            replica: node.node_id.clone(),
-            balance: node.ledger.balance(&account).await?,
-            history: node.ledger.history(&account).await?,
-        })
-    };
-    match view.await {
+    match node.ledger.local_view(&account).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => ledger_error(e),
     }

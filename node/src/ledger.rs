@@ -1663,6 +1663,15 @@ impl Ledger {
         Ok(())
     }
 
+    /// The account as this node holds it.
+    pub async fn local_view(&self, account: &str) -> Result<AccountView, LedgerError> {
+        Ok(AccountView {
+            replica: self.node_id.clone(),
+            balance: self.balance(account).await?,
+            history: self.history(account).await?,
+        })
+    }
+
     /// The account's balance from one of its replicas: this node when it is one, else the
     /// first that answers.
     pub async fn account(&self, account: &str) -> Result<AccountView, LedgerError> {
@@ -1670,13 +1679,7 @@ impl Ledger {
         let mut errors = Vec::new();
         for r in &replicas {
             match r {
-                Replica::Local => {
-                    return Ok(AccountView {
-                        replica: self.node_id.clone(),
-                        balance: self.balance(account).await?,
-                        history: self.history(account).await?,
-                    });
-                }
+                Replica::Local => return self.local_view(account).await,
                 Replica::Remote(url) => {
                     match self
                         .call::<AccountView>(

@@ -858,8 +858,6 @@ async fn push(
 /// The header that carries a payment: a signed spend (`nx1_node::ledger::SignedEntry` JSON,
 /// base64url).
 pub const PAYMENT_HEADER: &str = "x-nx1-payment";
-/// Length of a free-tier period.
-const PERIOD_SECS: i64 = 30 * 24 * 3600;
 
 /// What a spend for change `seq` of vault account `account` names as its memo.
 pub fn payment_memo(account: &str, seq: u64) -> String {
@@ -868,8 +866,8 @@ pub fn payment_memo(account: &str, seq: u64) -> String {
 
 impl VaultService {
     /// Vault sync this account used in the current period, in bytes.
-    async fn sync_used(&self, account: &str) -> ApiResult<(i64, u64)> {
-        let period = crate::now_unix() / PERIOD_SECS;
+    async fn sync_used(&self, account: &str) -> ApiResult<u64> {
+        let period = crate::now_unix() / crate::credits::PERIOD_SECS;
         let used: Option<i64> = sqlx::query_scalar(
             "SELECT bytes FROM vault_sync_usage WHERE account = $1 AND period = $2",
         )
@@ -877,7 +875,7 @@ impl VaultService {
         .bind(period)
         .fetch_optional(self.store.pool())
         .await?;
-        Ok((period, used.unwrap_or(0).max(0) as u64))
+        Ok(used.unwrap_or(0).max(0) as u64)
     }
 
     /// Charges for `bytes` of sync up to change `seq`: free within the period's free tier;
@@ -890,7 +888,7 @@ impl VaultService {
         bytes: u64,
         headers: &HeaderMap,
     ) -> ApiResult<()> {
-        let (_, used) = self.sync_used(&account.to_string()).await?;
+        let used = self.sync_used(&account.to_string()).await?;
         let pricing = &self.ledger.pricing;
         let price = pricing.vault_sync(used, bytes);
         if price == 0 {
@@ -993,7 +991,7 @@ async fn record_sync(
     account: &str,
     bytes: u64,
 ) -> Result<(), sqlx::Error> {
-    let period = crate::now_unix() / PERIOD_SECS;
+    let period = crate::now_unix() / crate::credits::PERIOD_SECS;
     let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
     let moved = sqlx::query(
         "UPDATE vault_sync_usage SET bytes = bytes + $1 WHERE account = $2 AND period = $3",
