@@ -44,9 +44,14 @@ impl Drop for Node {
     }
 }
 
-/// A node with relay duty (no WireGuard, so no privileges needed): its directory and the
-/// running daemon.
-fn start_node(dir: &Path) -> (Node, Daemon, String) {
+/// `nx1 init` in `dir`, the config's `settings` (section, key, value) set, and `nx1 up`
+/// started (inside the network namespace `ns`, when given): the running node, the daemon
+/// and its node id, once it answers.
+async fn start_node(
+    dir: &Path,
+    ns: Option<&str>,
+    settings: &[(&str, &str, toml::Value)],
+) -> (Node, Daemon, String) {
     let out = Command::new(nx1_bin())
         .args(["init", "--dir"])
         .arg(dir)
@@ -59,28 +64,22 @@ fn start_node(dir: &Path) -> (Node, Daemon, String) {
     );
     let config = dir.join("nx1.toml");
     let mut t: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
-    let mut set = |section: &str, key: &str, value: toml::Value| {
-        t.get_mut(section)
+    for (section, key, value) in settings {
+        t.get_mut(*section)
             .and_then(|s| s.as_table_mut())
             .unwrap()
-            .insert(key.into(), value);
-    };
-    set("vpn", "enabled", false.into());
-    set(
-        "api",
-        "listen",
-        format!("127.0.0.1:{}", free_port(false)).into(),
-    );
-    set("mesh", "enabled", true.into());
-    set(
-        "mesh",
-        "listen",
-        format!("127.0.0.1:{}", free_port(true)).into(),
-    );
-    set("relay", "enabled", true.into());
-    set("relay", "listen_port", i64::from(free_port(true)).into());
+            .insert((*key).into(), value.clone());
+    }
     std::fs::write(&config, t.to_string()).unwrap();
-    let child = Command::new(nx1_bin())
+    let mut up = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(nx1_bin());
+            c
+        }
+        None => Command::new(nx1_bin()),
+    };
+    let child = up
         .arg("--config")
         .arg(&config)
         .arg("up")
@@ -88,22 +87,18 @@ fn start_node(dir: &Path) -> (Node, Daemon, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let node = Node(child, None);
+    let node = Node(child, ns.map(str::to_owned));
     let daemon = Daemon::at(dir.join("nx1.sock"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let start = Instant::now();
     let id = loop {
-        if let Ok(s) = rt.block_on(daemon.status()) {
+        if let Ok(s) = daemon.status().await {
             break s["node_id"].as_str().unwrap().to_owned();
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the daemon never answered"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     (node, daemon, id)
 }
@@ -112,7 +107,28 @@ fn start_node(dir: &Path) -> (Node, Daemon, String) {
 async fn every_command_does_what_the_daemon_says() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
-    let (_node, daemon, id) = tokio::task::block_in_place(|| start_node(&dir));
+    // Relay duty, no WireGuard (so no privileges needed).
+    let (_node, daemon, id) = start_node(
+        &dir,
+        None,
+        &[
+            ("vpn", "enabled", false.into()),
+            (
+                "api",
+                "listen",
+                format!("127.0.0.1:{}", free_port(false)).into(),
+            ),
+            ("mesh", "enabled", true.into()),
+            (
+                "mesh",
+                "listen",
+                format!("127.0.0.1:{}", free_port(true)).into(),
+            ),
+            ("relay", "enabled", true.into()),
+            ("relay", "listen_port", i64::from(free_port(true)).into()),
+        ],
+    )
+    .await;
 
     // Status: the node the app talks to, not in client mode.
     let s = daemon.status().await.unwrap();
@@ -194,55 +210,24 @@ async fn guard_commands_show_what_was_blocked_and_allow_it() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
-    let out = Command::new(nx1_bin())
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The block list is in place before the node reads it.
     std::fs::create_dir_all(dir.join("lists")).unwrap();
     std::fs::write(dir.join("lists/ads.txt"), "||ads.example^\n").unwrap();
-    let config = dir.join("nx1.toml");
-    let mut t: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
-    let mut set = |section: &str, key: &str, value: toml::Value| {
-        t.get_mut(section)
-            .and_then(|s| s.as_table_mut())
-            .unwrap()
-            .insert(key.into(), value);
-    };
-    set("vpn", "interface", "nx1app".into());
-    set("vpn", "exit", false.into());
-    set("api", "listen", "127.0.0.1:7870".into());
-    set(
-        "guard",
-        "blocklists",
-        toml::Value::Array(vec!["lists/ads.txt".into()]),
-    );
-    std::fs::write(&config, t.to_string()).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(nx1_bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("up")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _node = Node(child, Some(ns.clone()));
-    let daemon = Daemon::at(dir.join("nx1.sock"));
-    let start = Instant::now();
-    while daemon.status().await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the daemon never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_node, daemon, _) = start_node(
+        &dir,
+        Some(&ns),
+        &[
+            ("vpn", "interface", "nx1app".into()),
+            ("vpn", "exit", false.into()),
+            ("api", "listen", "127.0.0.1:7870".into()),
+            (
+                "guard",
+                "blocklists",
+                toml::Value::Array(vec!["lists/ads.txt".into()]),
+            ),
+        ],
+    )
+    .await;
     assert_eq!(daemon.status().await.unwrap()["guard"]["blocked_names"], 1);
 
     // The verdict for a listed name, and nothing blocked yet.
