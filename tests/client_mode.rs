@@ -1,7 +1,7 @@
 //! Client mode end to end: `nx1 connect` with a standard wg-quick config, against a
 //! wireguard-go server acting as the exit.
 
-use nx1_tests::lab::{Background, ExitLab, WEB_V4, WEB_V6};
+use nx1_tests::lab::{Background, EXIT_CLI_ADDR, ExitLab, WEB_V4, WEB_V6};
 use nx1_tests::netns::must;
 use nx1_tests::{eventually, set_config, text};
 use std::process::Stdio;
@@ -30,14 +30,10 @@ fn wg_genkey() -> (String, String) {
     (private, public)
 }
 
-#[test]
-fn nx1_connect_reaches_the_web_through_a_wireguard_go_server_and_disconnects() {
-    let mut lab = ExitLab::new();
-    // The node in `cli` is a client only: no server interface of its own.
-    set_config(&lab.config, "vpn", "enabled", "false");
-    lab.start_node_in(true);
-
-    // wireguard-go as the server in `exit`, forwarding and masquerading with nftables.
+/// wireguard-go as the server in `exit`, forwarding and masquerading with nftables, and a
+/// client config for it: the server (stopped when dropped), the config's path and the
+/// server's interface.
+fn wireguard_go_server(lab: &ExitLab) -> (Background, std::path::PathBuf, String) {
     let server_if = format!("wgs{}", lab.tag);
     let (server_private, server_public) = wg_genkey();
     let (client_private, client_public) = wg_genkey();
@@ -50,7 +46,7 @@ fn nx1_connect_reaches_the_web_through_a_wireguard_go_server_and_disconnects() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _server = Background(server);
+    let server = Background(server);
     let sock = std::path::PathBuf::from(format!("/var/run/wireguard/{server_if}.sock"));
     eventually("wireguard-go's socket", Duration::from_secs(10), || {
         sock.exists().then_some(())
@@ -90,6 +86,17 @@ fn nx1_connect_reaches_the_web_through_a_wireguard_go_server_and_disconnects() {
         ),
     )
     .unwrap();
+    (server, conf, server_if)
+}
+
+#[test]
+fn nx1_connect_reaches_the_web_through_a_wireguard_go_server_and_disconnects() {
+    let mut lab = ExitLab::new();
+    // The node in `cli` is a client only: no server interface of its own.
+    set_config(&lab.config, "vpn", "enabled", "false");
+    lab.start_node_in(true);
+
+    let (_server, conf, server_if) = wireguard_go_server(&lab);
     let client_if = format!("nx1c{}", lab.tag);
     let out = lab.nx1(&["connect", conf.to_str().unwrap(), "--interface", &client_if]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -148,5 +155,124 @@ fn a_broken_client_config_is_refused_with_its_line() {
     let err = text(&out.stderr);
     assert!(err.contains("line 2: bad PrivateKey"), "{err}");
     assert_eq!(lab.status().unwrap()["client"], serde_json::Value::Null);
+    assert!(lab.stop_node());
+}
+
+/// The nftables table's counters in the status: (DNS, other) packets stopped.
+fn blocked(lab: &ExitLab) -> (u64, u64) {
+    let st = lab.status().unwrap();
+    let p = &st["client"]["protection"];
+    (
+        p["dns_blocked"].as_u64().unwrap(),
+        p["other_blocked"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn dns_leak_protection_and_the_kill_switch_keep_traffic_in_the_tunnel() {
+    let mut lab = ExitLab::new();
+    set_config(&lab.config, "vpn", "enabled", "false");
+    lab.start_node_in(true);
+    let (server, conf, _) = wireguard_go_server(&lab);
+    let client_if = format!("nx1c{}", lab.tag);
+    let table = format!("nx1ks_{client_if}");
+    let conf = conf.to_str().unwrap();
+    // The exit's own address is reached outside the tunnel (the endpoint's host route):
+    // the way a leak would go.
+    let outside = |lab: &ExitLab| {
+        lab.cli
+            .sh(&format!("ping -c 1 -W 1 {EXIT_CLI_ADDR}"))
+            .status
+            .success()
+    };
+    let dig_outside = |lab: &ExitLab| {
+        lab.cli.sh(&format!(
+            "dig @{EXIT_CLI_ADDR} +time=1 +tries=1 example.com A"
+        ));
+    };
+    assert!(outside(&lab), "the control: reachable without protection");
+
+    // DNS-leak protection only: DNS outside the tunnel is stopped, other traffic is not.
+    let out = lab.nx1(&[
+        "connect",
+        conf,
+        "--interface",
+        &client_if,
+        "--dns-protection",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+    assert!(outside(&lab));
+    assert_eq!(blocked(&lab).0, 0);
+    dig_outside(&lab);
+    assert!(
+        blocked(&lab).0 >= 1,
+        "the query outside the tunnel was stopped"
+    );
+    assert_eq!(
+        lab.status().unwrap()["client"]["protection"]["kill_switch"],
+        false
+    );
+    assert!(lab.nx1(&["disconnect"]).status.success());
+    assert!(
+        !lab.cli
+            .sh(&format!("nft list table inet {table}"))
+            .status
+            .success()
+    );
+
+    // The kill switch: only the tunnel (and its datagrams to the server) gets out.
+    let out = lab.nx1(&["connect", conf, "--interface", &client_if, "--kill-switch"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+    assert!(
+        !outside(&lab),
+        "the kill switch stops traffic outside the tunnel"
+    );
+    dig_outside(&lab);
+    let (dns, other) = blocked(&lab);
+    assert!(dns >= 1 && other >= 1, "{dns} {other}");
+    let shown = text(&lab.nx1(&["status"]).stdout);
+    assert!(shown.contains("kill switch on"), "{shown}");
+
+    // The server goes: traffic stops instead of taking the host's own way.
+    drop(server);
+    assert!(!lab.ping(WEB_V4, 2));
+    assert!(!outside(&lab));
+
+    // Disconnected: the table is gone and the host's own way works again.
+    assert!(lab.nx1(&["disconnect"]).status.success());
+    assert!(
+        !lab.cli
+            .sh(&format!("nft list table inet {table}"))
+            .status
+            .success()
+    );
+    assert!(outside(&lab));
+
+    // A daemon that dies with the kill switch on leaves the host blocked (fail closed)
+    // until `nx1 disconnect` on the next run clears it.
+    let (_server, conf, _) = wireguard_go_server(&lab);
+    let conf = conf.to_str().unwrap();
+    let out = lab.nx1(&["connect", conf, "--interface", &client_if, "--kill-switch"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    lab.node.take().unwrap().stop_with(libc::SIGKILL);
+    assert!(
+        lab.cli
+            .sh(&format!("nft list table inet {table}"))
+            .status
+            .success()
+    );
+    assert!(!outside(&lab), "still blocked after the daemon died");
+    lab.start_node_in(true);
+    let out = lab.nx1(&["disconnect"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("a previous run left"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(outside(&lab));
+    assert!(text(&lab.nx1(&["disconnect"]).stderr).contains("not connected"));
     assert!(lab.stop_node());
 }

@@ -512,3 +512,52 @@ fn a_tunnel_beyond_the_free_tier_is_paid_for_and_cut_off_when_the_account_cannot
     );
     assert!(daemon.stop_with(libc::SIGTERM).success());
 }
+
+#[test]
+fn the_exit_tells_a_client_what_its_guard_blocked_for_it() {
+    let mut lab = ExitLab::new();
+    let list = lab.dir.path().join("trackers.txt");
+    std::fs::write(&list, "||tracker.example^\n").unwrap();
+    set_config(
+        &lab.config,
+        "guard",
+        "blocklists",
+        &format!("[\"{}\"]", list.display()),
+    );
+    lab.start_node();
+    let cwd = lab.dir.path().to_owned();
+    let (client, _, daemon) = connect_client(&lab, &lab.add_peer("laptop"));
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+    let guard = |client: &Path| {
+        json(client, &["status", "--json"], &cwd)
+            .map(|s| s["client"]["node_answer"]["guard"].clone())
+    };
+    // Nothing yet: the answers carry no findings.
+    eventually("a first answer", Duration::from_secs(10), || {
+        json(&client, &["status", "--json"], &cwd)?["client"]["node_answer"]
+            .is_object()
+            .then_some(())
+    });
+    assert!(guard(&client).unwrap().is_null());
+    let dig = lab.in_cli("dig @10.87.0.1 +short +time=2 +tries=2 tracker.example A");
+    assert_eq!(text(&dig.stdout).trim(), "0.0.0.0", "{}", text(&dig.stderr));
+    let found = eventually(
+        "the finding in the client's status",
+        Duration::from_secs(15),
+        || {
+            let g = guard(&client)?;
+            let f = g
+                .as_array()?
+                .iter()
+                .find(|f| f["name"] == "tracker.example")?
+                .clone();
+            Some(f)
+        },
+    );
+    assert!(
+        found["list"].as_str().unwrap().ends_with("trackers.txt"),
+        "{found}"
+    );
+    assert_eq!(found["query_type"], "A");
+    assert!(daemon.stop_with(libc::SIGTERM).success());
+}

@@ -862,3 +862,219 @@ fn replicas_come_from_the_mesh_directory_and_survive_the_node_the_user_named() {
         n.stop();
     }
 }
+
+/// `nx1 vault serve` as the desktop app drives it: one JSON request per line on stdin, one
+/// answer per line on stdout (progress events before it).
+struct Serve {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    events: Vec<serde_json::Value>,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> Serve {
+        use std::io::BufRead as _;
+        let mut child = Command::new(nx1_bin())
+            .args(["vault", "serve", "--vault-dir", dir.to_str().unwrap()])
+            .env_remove("NX1_VAULT_DIR")
+            .env_remove("NX1_VAULT_ACCOUNT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nx1 vault serve");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Serve {
+            child,
+            stdin: Some(stdin),
+            lines,
+            events: Vec::new(),
+        }
+    }
+
+    fn send_line(&mut self, line: &str) -> serde_json::Value {
+        use std::io::Write as _;
+        writeln!(self.stdin.as_mut().unwrap(), "{line}").unwrap();
+        loop {
+            let answer = self
+                .lines
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the session answers");
+            let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
+    fn ok(&mut self, request: serde_json::Value) -> serde_json::Value {
+        let a = self.send_line(&request.to_string());
+        assert_eq!(a["ok"], true, "{request}: {a}");
+        a
+    }
+
+    fn err(&mut self, request: serde_json::Value) -> String {
+        let a = self.send_line(&request.to_string());
+        assert_eq!(a["ok"], false, "{request} should fail: {a}");
+        a["error"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_app_session_does_what_the_command_line_does_and_syncs_it() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path(), "node", None);
+    node.start();
+    let (account, password) = ("hana", "hana's master password");
+    let mut s = Serve::start(&tmp.path().join("app-device"));
+
+    // Before an account: nothing on the device, everything but unlocking refused.
+    let st = s.ok(json!({ "op": "state" }));
+    assert_eq!(st["accounts"], json!([]));
+    assert!(st["unlocked"].is_null());
+    assert!(s.err(json!({ "op": "list" })).contains("locked"));
+    assert!(
+        s.send_line("not json")["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a request")
+    );
+    assert!(
+        s.err(json!({ "op": "format_disk" }))
+            .contains("not a request")
+    );
+    let e = s.err(
+        json!({ "op": "register", "account": account, "password": "", "servers": [node.url()] }),
+    );
+    assert!(e.contains("empty"), "{e}");
+
+    let st = s.ok(json!({ "op": "register", "account": account, "password": password, "servers": [node.url()] }));
+    assert_eq!(st["account"], account);
+    assert_eq!(st["synced"], true, "{st}");
+
+    // Add, find, read, TOTP.
+    let secret = "JBSWY3DPEHPK3PXP";
+    let added = s.ok(json!({ "op": "add", "item": {
+        "name": "Codeberg", "username": "hana", "password": "s3cret-from-the-app",
+        "url": "https://codeberg.org", "totp": secret } }));
+    let id = added["id"].as_str().unwrap().to_owned();
+    assert_eq!(added["status"]["pending"], 0, "{added}");
+    let found = s.ok(json!({ "op": "list", "query": "codeb" }))["items"].clone();
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    assert_eq!(found[0]["name"], "Codeberg");
+    assert_eq!(found[0]["totp"], true);
+    assert!(
+        found[0].get("password").is_none(),
+        "the list carries no secrets"
+    );
+    assert_eq!(
+        s.ok(json!({ "op": "list", "query": "zzz" }))["items"],
+        json!([])
+    );
+    let got = s.ok(json!({ "op": "get", "id": id }));
+    assert_eq!(got["item"]["password"], "s3cret-from-the-app");
+    let code = s.ok(json!({ "op": "totp", "id": id }));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let near: Vec<String> = [now - 30, now, now + 30]
+        .iter()
+        .map(|t| nx1_vault::totp::code(secret, *t).unwrap().code)
+        .collect();
+    assert!(
+        near.contains(&code["code"].as_str().unwrap().to_owned()),
+        "{code}"
+    );
+
+    // Edit: the new password, the TOTP secret cleared, the old password in the history.
+    s.ok(json!({ "op": "edit", "id": id, "item": { "password": "n3w-password", "totp": "" } }));
+    let got = s.ok(json!({ "op": "get", "id": id }))["item"].clone();
+    assert_eq!(got["password"], "n3w-password");
+    assert_eq!(got["totp"], "");
+    assert!(
+        got["history"].to_string().contains("s3cret-from-the-app"),
+        "{got}"
+    );
+    assert!(s.err(json!({ "op": "totp", "id": id })).contains("no TOTP"));
+    assert!(
+        s.err(json!({ "op": "get", "id": "nonsense" }))
+            .contains("not an item id")
+    );
+
+    // The generator.
+    let g = s.ok(json!({ "op": "generate", "length": 24, "symbols": false }));
+    let pw = g["password"].as_str().unwrap();
+    assert_eq!(pw.len(), 24);
+    assert!(pw.chars().all(|c| c.is_ascii_alphanumeric()), "{pw}");
+    let g = s.ok(json!({ "op": "generate", "words": 5 }));
+    assert_eq!(g["password"].as_str().unwrap().split('-').count(), 5, "{g}");
+
+    // Import, with progress events up to every item.
+    let export =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../vault/tests/data/import/bitwarden.json");
+    let imported = s.ok(json!({ "op": "import", "path": export }));
+    let n = imported["imported"].as_u64().unwrap();
+    assert!(n >= 3, "{imported}");
+    assert_eq!(imported["pending"], 0, "{imported}");
+    let last = s.events.last().expect("progress events").clone();
+    assert_eq!(last["done"], last["total"], "{last}");
+    assert_eq!(last["total"].as_u64().unwrap(), n, "{last}");
+
+    // Another device, through the command line, sees all of it.
+    let b = Device::new(tmp.path(), "cli-device", account, password);
+    b.ok(&["unlock", "--server", &node.url()]);
+    assert_eq!(b.item("Codeberg")["password"], "n3w-password");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&b.ok(&["list", "--json"])).unwrap();
+    assert_eq!(listed.len() as u64, n + 1);
+
+    // Delete syncs too.
+    s.ok(json!({ "op": "delete", "id": id }));
+    b.ok(&["sync"]);
+    assert!(b.fails(&["get", "Codeberg"]).contains("no item named"));
+
+    // Lock; a wrong password stays locked; the right one opens what was saved.
+    s.ok(json!({ "op": "lock" }));
+    assert!(s.err(json!({ "op": "list" })).contains("locked"));
+    let e = s.err(json!({ "op": "open", "account": account, "password": "wrong" }));
+    assert!(e.contains("wrong master password"), "{e}");
+    assert!(s.err(json!({ "op": "list" })).contains("locked"));
+    let st = s.ok(json!({ "op": "open", "account": account, "password": password }));
+    assert_eq!(st["items"].as_u64().unwrap(), n);
+    assert_eq!(s.ok(json!({ "op": "state" }))["accounts"], json!([account]));
+
+    // A new device sets itself up from the node through a session too.
+    let mut c = Serve::start(&tmp.path().join("new-device"));
+    let e = c.err(json!({ "op": "open", "account": account, "password": password }));
+    assert!(e.contains("give a node"), "{e}");
+    let st = c.ok(
+        json!({ "op": "open", "account": account, "password": password, "servers": [node.url()] }),
+    );
+    assert_eq!(st["items"].as_u64().unwrap(), n);
+
+    // The end of stdin ends the session cleanly.
+    s.stdin = None;
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    node.stop();
+}

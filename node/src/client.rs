@@ -72,6 +72,9 @@ pub struct ClientTunnel {
     watcher: Option<tokio::task::JoinHandle<()>>,
     signer: Option<tokio::task::JoinHandle<()>>,
     host_routes: Vec<String>,
+    /// DNS-leak protection and kill switch, when asked for. The last field: it goes after
+    /// the interface and its routes, so nothing leaks while the tunnel comes down.
+    pub protection: Option<nx1_vpn::killswitch::KillSwitch>,
 }
 
 /// The `# KEY = value` comments of a config.
@@ -157,7 +160,7 @@ async fn sign_receipts(
         if socket.send_to(&text, to).await.is_ok() {
             *state.last.lock() = Some(receipt);
         }
-        let mut buf = [0u8; 1024];
+        let mut buf = [0u8; 2048];
         if let Ok(Ok((n, from))) =
             tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
             && from == to
@@ -379,6 +382,7 @@ impl ClientTunnel {
             watcher: None,
             signer: None,
             host_routes: Vec::new(),
+            protection: None,
         };
         // The endpoints' own routes first (the standby nodes' too), then the tunnel's routes;
         // on failure `Drop` undoes. Any route that covers an endpoint would carry the
@@ -453,6 +457,37 @@ impl ClientTunnel {
 
     /// Takes the tunnel down and removes the endpoint's host route.
     pub fn stop(self) {}
+
+    /// Every server the tunnel may send to: the endpoints and the standby nodes.
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        let mut all = self.endpoints.clone();
+        if let Some(f) = &self.failover {
+            for (_, e) in &f.servers {
+                if !all.contains(e) {
+                    all.push(*e);
+                }
+            }
+        }
+        all
+    }
+
+    /// Keeps DNS (and with `kill_switch` everything) from leaving outside the tunnel, but
+    /// for the node's own services on `own` ports.
+    pub fn protect(
+        &mut self,
+        own: &nx1_vpn::killswitch::OwnPorts,
+        kill_switch: bool,
+    ) -> anyhow::Result<()> {
+        let ks = nx1_vpn::killswitch::KillSwitch::install(
+            self.name(),
+            &self.servers(),
+            own,
+            kill_switch,
+        )
+        .context("leak protection")?;
+        self.protection = Some(ks);
+        Ok(())
+    }
 }
 
 impl Drop for ClientTunnel {

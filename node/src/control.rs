@@ -46,6 +46,12 @@ pub enum Request {
         config: String,
         /// The interface name.
         interface: String,
+        /// Keep DNS from leaving outside the tunnel (nftables).
+        #[serde(default)]
+        dns_protection: bool,
+        /// Block everything that would leave outside the tunnel (implies DNS protection).
+        #[serde(default)]
+        kill_switch: bool,
     },
     /// Client mode: take the tunnel down.
     Disconnect,
@@ -374,11 +380,27 @@ pub struct GuardStatus {
     pub flows_untracked: u64,
 }
 
+/// A client tunnel's leak protection (an nftables table of its own).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Protection {
+    /// The nftables table.
+    pub table: String,
+    /// Everything outside the tunnel is blocked (else DNS only).
+    pub kill_switch: bool,
+    /// DNS packets stopped outside the tunnel.
+    pub dns_blocked: u64,
+    /// Other packets stopped outside the tunnel.
+    pub other_blocked: u64,
+}
+
 /// The client-mode tunnel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientStatus {
     /// Interface name.
     pub interface: String,
+    /// The leak protection in force, when any.
+    #[serde(default)]
+    pub protection: Option<Protection>,
     /// Server endpoints.
     pub endpoints: Vec<String>,
     /// Tunnel addresses.

@@ -332,6 +332,30 @@ pub struct ReceiptAnswer {
     /// Why the account cannot pay for the tunnel beyond the free tier, if it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_of_credits: Option<String>,
+    /// The latest findings of the node's Guard for this tunnel's addresses (blocked names,
+    /// detectors), newest last: what the client's user sees as blocked for this device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guard: Vec<crate::guard::Finding>,
+}
+
+/// Bytes of findings an answer carries at most, so that it stays one datagram well inside
+/// the tunnel's MTU.
+const ANSWER_FINDINGS_BYTES: usize = 800;
+
+/// The newest of `findings` (oldest first) that fit in [`ANSWER_FINDINGS_BYTES`], oldest
+/// first.
+fn latest_findings(findings: Vec<crate::guard::Finding>) -> Vec<crate::guard::Finding> {
+    let mut kept = Vec::new();
+    let mut size = 0;
+    for f in findings.into_iter().rev() {
+        size += serde_json::to_vec(&f).map_or(usize::MAX, |b| b.len() + 1);
+        if size > ANSWER_FINDINGS_BYTES {
+            break;
+        }
+        kept.push(f);
+    }
+    kept.reverse();
+    kept
 }
 
 /// Cuts off, every second, the clients whose carried traffic runs more than `allowance`
@@ -387,6 +411,7 @@ pub async fn serve(
     counters: std::sync::Arc<ReceiptCounters>,
     meter: std::sync::Arc<Meter>,
     ledger: std::sync::Arc<crate::ledger::Ledger>,
+    guard: Option<std::sync::Arc<crate::guard::GuardService>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let socket = tokio::net::UdpSocket::bind((address, RECEIPT_PORT)).await?;
@@ -463,6 +488,16 @@ pub async fn serve(
                 refused: result.as_ref().err().map(|e| e.to_string()),
                 cut_off: sender.is_some_and(|k| device.is_restricted(&k)),
                 out_of_credits: sender.and_then(|k| meter.out_of_credits(&k.to_base64())),
+                // Every address of the tunnel (IPv4 and IPv6 queries alike).
+                guard: match (&guard, sender) {
+                    (Some(g), Some(k)) => latest_findings(
+                        g.findings(None)
+                            .into_iter()
+                            .filter(|f| device.peer_for(f.client) == Some(k))
+                            .collect(),
+                    ),
+                    _ => Vec::new(),
+                },
             };
             match result {
                 Ok((r, taken)) => {

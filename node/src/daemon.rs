@@ -84,9 +84,15 @@ impl Node {
             } => self.peer_add(&name, &public_key, endpoint, via).await,
             Request::PeerList => self.peer_list().await,
             Request::PeerRemove { name } => self.peer_remove(&name).await,
-            Request::Connect { config, interface } => {
+            Request::Connect {
+                config,
+                interface,
+                dns_protection,
+                kill_switch,
+            } => {
                 let config = zeroize::Zeroizing::new(config);
-                self.connect(&config, &interface).await
+                let protect = (dns_protection || kill_switch).then_some(kill_switch);
+                self.connect(&config, &interface, protect).await
             }
             Request::Disconnect => self.disconnect().await,
             Request::GuardCheck { domain, peer } => {
@@ -676,7 +682,14 @@ impl Node {
         Ok(Response::GuardFindings { findings })
     }
 
-    async fn connect(&self, config: &str, interface: &str) -> anyhow::Result<Response> {
+    /// Brings the client tunnel up; `protect` installs leak protection (`Some(true)`: the
+    /// kill switch too) before the tunnel counts as up.
+    async fn connect(
+        &self,
+        config: &str,
+        interface: &str,
+        protect: Option<bool>,
+    ) -> anyhow::Result<Response> {
         let mut client = self.client.lock().await;
         if let Some(c) = client.as_ref() {
             anyhow::bail!(
@@ -685,8 +698,25 @@ impl Node {
             );
         }
         let account = ed25519_dalek::SigningKey::from_bytes(&self.account);
-        let tunnel = crate::client::ClientTunnel::start(config, interface, account).await?;
-        tracing::info!(interface, endpoints = ?tunnel.endpoints, "client tunnel up");
+        let mut tunnel = crate::client::ClientTunnel::start(config, interface, account).await?;
+        if let Some(kill_switch) = protect {
+            // The node's own services answer from their ports whatever the tunnel does.
+            let raw = &self.config.raw;
+            let own = nx1_vpn::killswitch::OwnPorts {
+                udp: [
+                    self.vpn.as_ref().map(|v| v.port),
+                    self.relay.as_ref().map(|_| raw.relay.listen_port),
+                    self.mesh.as_ref().map(|_| raw.mesh.listen.port()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+                tcp: vec![self.http_listen.port()],
+            };
+            // Without the protection asked for, no tunnel: dropping it takes it down.
+            tunnel.protect(&own, kill_switch)?;
+        }
+        tracing::info!(interface, endpoints = ?tunnel.endpoints, ?protect, "client tunnel up");
         let status = client_status(&tunnel);
         *client = Some(tunnel);
         Ok(Response::Connected(status))
@@ -700,7 +730,21 @@ impl Node {
                 tracing::info!(interface, "client tunnel down");
                 Ok(Response::Disconnected { interface })
             }
-            None => anyhow::bail!("not connected"),
+            None => {
+                // A run that died with its kill switch on left the host blocked: this is the
+                // way out.
+                let stale = nx1_vpn::killswitch::remove_stale();
+                if stale.is_empty() {
+                    anyhow::bail!("not connected");
+                }
+                tracing::info!(tables = ?stale, "removed the kill switch a previous run left");
+                Ok(Response::Disconnected {
+                    interface: format!(
+                        "the kill switch a previous run left ({})",
+                        stale.join(", ")
+                    ),
+                })
+            }
         }
     }
 
@@ -790,6 +834,15 @@ fn client_status(tunnel: &crate::client::ClientTunnel) -> control::ClientStatus 
     let stats = tunnel.interface.device().peer_stats();
     control::ClientStatus {
         interface: tunnel.name().to_owned(),
+        protection: tunnel.protection.as_ref().map(|p| {
+            let blocked = p.blocked();
+            control::Protection {
+                table: p.table().to_owned(),
+                kill_switch: p.blocks_all,
+                dns_blocked: blocked.dns_packets,
+                other_blocked: blocked.other_packets,
+            }
+        }),
         endpoints: tunnel.endpoints.iter().map(|e| e.to_string()).collect(),
         addresses: tunnel.addresses.iter().map(|a| a.to_string()).collect(),
         latest_handshake: stats
@@ -1020,6 +1073,7 @@ pub async fn run(config: Resolved) -> anyhow::Result<()> {
             receipts.clone(),
             meter.clone(),
             ledger.clone(),
+            guard.clone(),
             stop_rx.clone(),
         )
         .await

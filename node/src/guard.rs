@@ -27,7 +27,7 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const BLOCK_TTL: u32 = 60;
 
 /// A blocked query and why.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     /// Unix time.
     pub at: u64,

@@ -86,6 +86,13 @@ enum Command {
         /// Name of the tunnel interface.
         #[arg(long, default_value = "nx1c", value_name = "NAME")]
         interface: String,
+        /// Drop DNS that would leave outside the tunnel (nftables).
+        #[arg(long)]
+        dns_protection: bool,
+        /// Drop everything that would leave outside the tunnel, DNS included: when the
+        /// tunnel's node stops answering, traffic stops instead of leaking.
+        #[arg(long)]
+        kill_switch: bool,
     },
     /// Client mode: take the tunnel down.
     Disconnect,
@@ -321,7 +328,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Connect { file, interface } => {
+        Command::Connect {
+            file,
+            interface,
+            dns_protection,
+            kill_switch,
+        } => {
             let config = Config::load(&config_path(cli.config))?;
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(&file)
@@ -330,6 +342,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let request = control::Request::Connect {
                 config: text.to_string(),
                 interface,
+                dns_protection,
+                kill_switch,
             };
             let control::Response::Connected(c) = ask(&config, request).await? else {
                 anyhow::bail!("unexpected answer from the daemon");
@@ -971,6 +985,19 @@ fn print_status(r: &control::StatusReport) {
             c.rx_bytes,
             c.tx_bytes
         );
+        if let Some(p) = &c.protection {
+            println!(
+                "    {} (nftables {}): {} DNS and {} other packets stopped outside the tunnel",
+                if p.kill_switch {
+                    "kill switch on"
+                } else {
+                    "DNS-leak protection on"
+                },
+                p.table,
+                p.dns_blocked,
+                p.other_blocked
+            );
+        }
         if c.standby_servers > 0 {
             println!(
                 "    {} standby nodes, moved {} times",

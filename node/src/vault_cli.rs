@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
+mod serve;
+
 /// Options every vault command takes.
 #[derive(Args, Debug, Clone)]
 pub struct VaultOpts {
@@ -317,6 +319,9 @@ pub enum VaultCommand {
         #[arg(long, value_name = "FD")]
         file_password_fd: Option<u32>,
     },
+    /// Answer JSON requests on stdin, one per line, with one unlocked vault: how the desktop
+    /// app uses the vault (passwords travel on stdin; see `node/src/vault_cli/serve.rs`).
+    Serve,
     /// Write every item to a Bitwarden JSON file (which Bitwarden and most managers import).
     Export {
         /// The file to write (created owner-only).
@@ -360,6 +365,9 @@ pub struct ItemFields {
     /// Read the item's password from this file descriptor (first line).
     #[arg(long, value_name = "FD")]
     item_password_fd: Option<u32>,
+    /// The item's password itself (from the app's session, never from the command line).
+    #[arg(skip)]
+    password: Option<Zeroizing<String>>,
     /// Ask for the item's password (no echo).
     #[arg(long)]
     ask_password: bool,
@@ -674,15 +682,28 @@ struct Open {
     password: Zeroizing<String>,
     master: Option<MasterKeys>,
     payer: Option<Payer>,
+    /// Why the last sync did not reach enough replicas (None: it did, or none ran yet).
+    unsynced: Option<String>,
+    /// Items merged, and deletions undone, because another device edited them too, since
+    /// the vault was opened.
+    merged: usize,
+    kept: usize,
 }
 
 fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
-    let Some(device) = Device::find(opts)? else {
+    if Device::find(opts)?.is_none() {
         bail!(
             "no vault on this device; create one with `nx1 vault register --server URL --account NAME`, or set this device up with `nx1 vault unlock --server URL --account NAME`"
         );
+    }
+    open_with(opts, master_password(opts, false)?)
+}
+
+/// Unlocks the device's vault with its master password.
+fn open_with(opts: &VaultOpts, password: Zeroizing<String>) -> anyhow::Result<Open> {
+    let Some(device) = Device::find(opts)? else {
+        bail!("no vault on this device");
     };
-    let password = master_password(opts, false)?;
     let h = &device.file.header;
     let salt: [u8; 16] = h
         .salt
@@ -703,6 +724,9 @@ fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
         password,
         master: Some(master),
         payer: Payer::from_opts(opts)?,
+        unsynced: None,
+        merged: 0,
+        kept: 0,
     })
 }
 
@@ -898,7 +922,7 @@ fn sync_replicas(
     o: &mut Open,
     mut remotes: Vec<Remote>,
     quorum: usize,
-    progress: Option<&indicatif::ProgressBar>,
+    progress: Option<&dyn Fn(u64)>,
 ) -> anyhow::Result<bool> {
     let mut rounds = 0;
     loop {
@@ -947,6 +971,8 @@ fn sync_replicas(
             eprintln!("warning: {r}");
         }
         o.device.save(&o.vault)?;
+        o.merged += report.merged;
+        o.kept += report.kept;
         if report.merged > 0 {
             eprintln!(
                 "merged {} item(s) edited on another device too (both edits kept; replaced values are in the item's history)",
@@ -1011,8 +1037,8 @@ fn sync_replicas(
         if landed >= quorum {
             o.vault.pushed(prepared);
             o.device.save(&o.vault)?;
-            if let Some(pb) = progress {
-                pb.inc(n as u64);
+            if let Some(advance) = progress {
+                advance(n as u64);
             }
         }
     }
@@ -1020,12 +1046,9 @@ fn sync_replicas(
 
 /// Syncs with the account's nodes (unless offline); nodes that cannot be reached leave the
 /// changes queued, which is not an error.
-fn sync(
-    opts: &VaultOpts,
-    o: &mut Open,
-    progress: Option<&indicatif::ProgressBar>,
-) -> anyhow::Result<()> {
+fn sync(opts: &VaultOpts, o: &mut Open, progress: Option<&dyn Fn(u64)>) -> anyhow::Result<()> {
     if opts.offline {
+        o.unsynced = Some("working offline".into());
         report_pending(&o.vault, None);
         return Ok(());
     }
@@ -1034,7 +1057,8 @@ fn sync(
     }
     let set = replicas(&o.vault.header().account, &o.device.file.servers);
     if set.is_empty() {
-        report_pending(&o.vault, Some("this device knows no node"));
+        o.unsynced = Some("this device knows no node".into());
+        report_pending(&o.vault, o.unsynced.as_deref());
         return Ok(());
     }
     let quorum = set.len() / 2 + 1;
@@ -1057,6 +1081,7 @@ fn sync(
     let reachable = remotes.len();
     let urls: Vec<String> = remotes.iter().map(|r| r.base.clone()).collect();
     if reachable > 0 && sync_replicas(o, remotes, quorum, progress)? {
+        o.unsynced = None;
         confirm_holdings(o, &urls);
         return Ok(());
     }
@@ -1072,6 +1097,7 @@ fn sync(
         eprintln!("not synced: {why}");
     }
     report_pending(&o.vault, Some(&why));
+    o.unsynced = Some(why);
     Ok(())
 }
 
@@ -1132,7 +1158,9 @@ fn apply_fields(item: &mut Item, f: &ItemFields, replace_urls: bool) -> anyhow::
         let (k, v) = split_field(c)?;
         item.set_field(k, v, true, t);
     }
-    let password = if let Some(len) = f.generate {
+    let password = if let Some(p) = &f.password {
+        Some(p.clone())
+    } else if let Some(len) = f.generate {
         Some(Zeroizing::new(generate::password(len, true)))
     } else if let Some(fd) = f.item_password_fd {
         Some(read_fd(fd)?)
@@ -1343,6 +1371,7 @@ pub fn run(opts: &VaultOpts, command: VaultCommand) -> anyhow::Result<()> {
             encrypt,
             file_password_fd,
         } => export_file(opts, &file, encrypt, file_password_fd),
+        VaultCommand::Serve => serve::run(opts),
         VaultCommand::Totp { item } => {
             let o = open(opts)?;
             let (_, it) = pick(&o.vault, &item)?;
@@ -1379,7 +1408,24 @@ fn register(
     };
     kdf.check()?;
     let password = master_password(opts, true)?;
-    let (vault, reg) = Vault::create(&name, password.as_bytes(), kdf)?;
+    let device = create_account(opts, &name, servers, kdf, &password)?;
+    println!("registered {name} (account {})", device.file.header.account);
+    println!("vault file: {}", device.path.display());
+    Ok(())
+}
+
+/// Creates an account on its replicas among `servers` and on this device.
+fn create_account(
+    opts: &VaultOpts,
+    name: &str,
+    servers: Vec<String>,
+    kdf: KdfParams,
+    password: &str,
+) -> anyhow::Result<Device> {
+    if Device::find(opts)?.is_some() {
+        bail!("this device already has the account {name:?}");
+    }
+    let (vault, reg) = Vault::create(name, password.as_bytes(), kdf)?;
     // The account goes to its replicas; one is enough to start (the others get it at the
     // first sync that reaches them).
     let body = serde_json::to_vec(&reg)?;
@@ -1413,9 +1459,7 @@ fn register(
         },
     };
     device.save(&vault)?;
-    println!("registered {name} (account {})", reg.account);
-    println!("vault file: {}", device.path.display());
-    Ok(())
+    Ok(device)
 }
 
 fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
@@ -1429,47 +1473,7 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
             bail!("this device has no copy of {name:?} yet: give a node with --server URL");
         }
         let password = master_password(opts, false)?;
-        // The first node that answers sets the device up (the account's replicas first, from
-        // what the given nodes' mesh directory knows); the sync below then reads from all.
-        let mut servers = servers;
-        with_discovered(&mut servers);
-        let mut joined = None;
-        let mut why = Vec::new();
-        for url in &rank(&AccountId::from_name(&name), &servers) {
-            match Remote::new(url).login(&name, &password, None, None) {
-                Ok(l) => {
-                    joined = Some(l);
-                    break;
-                }
-                Err(e) => why.push(format!("{e:#}")),
-            }
-        }
-        let Some((session, pre, master)) = joined else {
-            bail!("no node set this device up: {}", why.join("; "));
-        };
-        let master = master.expect("a new device derives its keys");
-        let vault = Vault::join(&name, &master, &pre, &session).map_err(|e| match e {
-            VaultError::Crypto(_) => anyhow!("wrong master password"),
-            e => e.into(),
-        })?;
-        let dir = vault_dir(opts)?;
-        let mut device = Device {
-            path: Device::path_for(&dir, &vault.header().account),
-            file: VaultFile {
-                header: vault.header().clone(),
-                servers,
-                sealed: Vec::new(),
-            },
-        };
-        device.save(&vault)?;
-        let mut o = Open {
-            vault,
-            device,
-            password,
-            master: Some(master),
-            payer: Payer::from_opts(opts)?,
-        };
-        sync(opts, &mut o, None)?;
+        let o = join(opts, &name, servers, password)?;
         println!(
             "unlocked {name} on this device: {} items",
             o.vault.items()?.len()
@@ -1494,12 +1498,96 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets this device up with an account that exists on the nodes: the first of `servers` (and
+/// the nodes their mesh knows) that logs the device in gives it the account, then it syncs.
+fn join(
+    opts: &VaultOpts,
+    name: &str,
+    servers: Vec<String>,
+    password: Zeroizing<String>,
+) -> anyhow::Result<Open> {
+    // The first node that answers sets the device up (the account's replicas first, from
+    // what the given nodes' mesh directory knows); the sync below then reads from all.
+    let mut servers = servers;
+    with_discovered(&mut servers);
+    let mut joined = None;
+    let mut why = Vec::new();
+    for url in &rank(&AccountId::from_name(name), &servers) {
+        match Remote::new(url).login(name, &password, None, None) {
+            Ok(l) => {
+                joined = Some(l);
+                break;
+            }
+            Err(e) => why.push(format!("{e:#}")),
+        }
+    }
+    let Some((session, pre, master)) = joined else {
+        bail!("no node set this device up: {}", why.join("; "));
+    };
+    let master = master.expect("a new device derives its keys");
+    let vault = Vault::join(name, &master, &pre, &session).map_err(|e| match e {
+        VaultError::Crypto(_) => anyhow!("wrong master password"),
+        e => e.into(),
+    })?;
+    let dir = vault_dir(opts)?;
+    let mut device = Device {
+        path: Device::path_for(&dir, &vault.header().account),
+        file: VaultFile {
+            header: vault.header().clone(),
+            servers,
+            sealed: Vec::new(),
+        },
+    };
+    device.save(&vault)?;
+    let mut o = Open {
+        vault,
+        device,
+        password,
+        master: Some(master),
+        payer: Payer::from_opts(opts)?,
+        unsynced: None,
+        merged: 0,
+        kept: 0,
+    };
+    sync(opts, &mut o, None)?;
+    Ok(o)
+}
+
 fn import_file(
     opts: &VaultOpts,
     file: &Path,
     format: Option<&str>,
     password_fd: Option<u32>,
 ) -> anyhow::Result<()> {
+    let password = || match password_fd {
+        Some(fd) => read_fd(fd),
+        None => prompt("Password of the exported file"),
+    };
+    let (items, format) = read_export(file, format, password)?;
+    let mut o = open(opts)?;
+    let n = items.len();
+    for item in items {
+        o.vault.add(item);
+    }
+    o.device.save(&o.vault)?;
+    eprintln!("read {n} item(s) from {} ({format})", file.display());
+    let bar = indicatif::ProgressBar::new(o.vault.pending() as u64).with_style(
+        indicatif::ProgressStyle::with_template("uploading {bar:40} {pos}/{len} items")
+            .expect("a valid template"),
+    );
+    sync(opts, &mut o, Some(&|n| bar.inc(n)))?;
+    bar.finish_and_clear();
+    println!("imported {n} item(s)");
+    Ok(())
+}
+
+/// The items of another password manager's export (`format` recognised from the file when
+/// not given); `password` is asked only for a password-protected export.
+fn read_export(
+    file: &Path,
+    format: Option<&str>,
+    password: impl FnOnce() -> anyhow::Result<Zeroizing<String>>,
+) -> anyhow::Result<(Vec<Item>, nx1_vault::import::Format)> {
     use nx1_vault::import::{self, Format, ImportError};
     let bytes =
         Zeroizing::new(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
@@ -1519,30 +1607,10 @@ fn import_file(
         })?,
     };
     let items = match import::import(format, &bytes) {
-        Err(ImportError::PasswordRequired) => {
-            let pw = match password_fd {
-                Some(fd) => read_fd(fd)?,
-                None => prompt("Password of the exported file")?,
-            };
-            import::import_protected(&bytes, &pw)?
-        }
+        Err(ImportError::PasswordRequired) => import::import_protected(&bytes, &password()?)?,
         other => other?,
     };
-    let mut o = open(opts)?;
-    let n = items.len();
-    for item in items {
-        o.vault.add(item);
-    }
-    o.device.save(&o.vault)?;
-    eprintln!("read {n} item(s) from {} ({format})", file.display());
-    let bar = indicatif::ProgressBar::new(o.vault.pending() as u64).with_style(
-        indicatif::ProgressStyle::with_template("uploading {bar:40} {pos}/{len} items")
-            .expect("a valid template"),
-    );
-    sync(opts, &mut o, Some(&bar))?;
-    bar.finish_and_clear();
-    println!("imported {n} item(s)");
-    Ok(())
+    Ok((items, format))
 }
 
 fn export_file(

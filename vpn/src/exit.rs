@@ -45,7 +45,7 @@ pub fn table_name(interface: &str) -> String {
     format!("nx1_{clean}")
 }
 
-fn nft(script: &str) -> Result<(), ExitError> {
+pub(crate) fn nft(script: &str) -> Result<(), ExitError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

@@ -22,6 +22,7 @@ pub mod device;
 pub mod exit;
 pub mod io;
 pub mod keys;
+pub mod killswitch;
 pub mod peer;
 #[cfg(test)]
 mod protocol_tests;
