@@ -13,6 +13,8 @@ export interface MeshMember {
 
 export interface ClientStatus {
   interface: string;
+  /** Leak protection in the daemon (nftables), when on. */
+  protection?: { table: string; kill_switch: boolean; dns_blocked: number; other_blocked: number } | null;
   endpoints: string[];
   addresses: string[];
   latest_handshake: number | null;
@@ -21,7 +23,13 @@ export interface ClientStatus {
   server: string | null;
   standby_servers: number;
   moves: number;
-  node_answer: { refused: string | null; cut_off: boolean; out_of_credits?: string } | null;
+  node_answer: {
+    refused: string | null;
+    cut_off: boolean;
+    out_of_credits?: string;
+    /** What the exit's Guard blocked for this device lately, oldest first. */
+    guard?: DeviceFinding[];
+  } | null;
 }
 
 export interface Status {
@@ -74,10 +82,20 @@ export const status = () => invoke<Status>("status");
 export const contribute = (relay?: boolean, bandwidthMbit?: number) =>
   invoke<Contribution>("contribute", { relay: relay ?? null, bandwidthMbit: bandwidthMbit ?? null });
 export const credits = () => invoke<Credits>("credits");
-export const connect = (config: string, iface: string) =>
-  invoke<unknown>("connect", { config, interface: iface });
+export const connect = (config: string, iface: string, dnsProtection = true, killSwitch = true) =>
+  invoke<unknown>("connect", { config, interface: iface, dnsProtection, killSwitch });
 export const disconnect = () => invoke<unknown>("disconnect");
 export const socketPath = () => invoke<string>("socket_path");
+
+/** A finding of the exit's Guard for this device. */
+export interface DeviceFinding {
+  at: number;
+  client: string;
+  name: string;
+  query_type: string;
+  list: string;
+  rule: string;
+}
 
 export interface GuardFinding {
   at: number;

@@ -1,6 +1,6 @@
 // What each screen shows, as HTML from the daemon's answers: pure functions, so the tests
 // can check them without a window.
-import type { Contribution, Credits, GuardFinding, GuardVerdict, MeshMember, Status } from "./api";
+import type { ClientStatus, Contribution, Credits, GuardFinding, GuardVerdict, MeshMember, Status } from "./api";
 
 /** Escapes text for HTML. */
 export function esc(s: unknown): string {
@@ -30,6 +30,14 @@ export function tunnelState(s: Status): { text: string; cls: "ok" | "off" | "bad
   return { text: "Connected", cls: "ok" };
 }
 
+/** The tunnel's leak protection in words. */
+export function protectionText(c: ClientStatus): string {
+  const p = c.protection;
+  if (!p) return "None: traffic can leave outside the tunnel";
+  const what = p.kill_switch ? "Kill switch on" : "DNS-leak protection on";
+  return `${what} · stopped ${p.dns_blocked} DNS and ${p.other_blocked} other packets outside the tunnel`;
+}
+
 /** A node's load from its signed record: active clients of those it has, and of what it takes. */
 export function load(m: MeshMember): string {
   if (!m.load) return "–";
@@ -45,8 +53,9 @@ export function connectView(s: Status): string {
     ? `<table>
         <tr><th>Node</th><td id="tunnel-server">${esc(c.server ?? c.endpoints.join(", "))}</td></tr>
         <tr><th>Addresses</th><td>${esc(c.addresses.join(", "))}</td></tr>
-        <tr><th>Traffic</th><td>${bytes(c.rx_bytes)} in, ${bytes(c.tx_bytes)} out</td></tr>
+        <tr><th>Traffic</th><td id="tunnel-traffic">${bytes(c.rx_bytes)} in, ${bytes(c.tx_bytes)} out</td></tr>
         <tr><th>Standby nodes</th><td>${c.standby_servers}</td></tr>
+        <tr><th>Protection</th><td id="protection">${protectionText(c)}</td></tr>
         ${c.node_answer?.out_of_credits ? `<tr><th>Why</th><td>${esc(c.node_answer.out_of_credits)}</td></tr>` : ""}
       </table>
       <div class="row"><button id="disconnect">Disconnect</button></div>`
@@ -54,6 +63,10 @@ export function connectView(s: Status): string {
         <input id="config-path" size="44" placeholder="/path/to/nx1-client.conf" />
         <input id="interface" size="8" value="nx1c" />
         <button id="connect" class="primary">Connect</button>
+      </div>
+      <div class="row">
+        <label><input id="kill-switch" type="checkbox" checked /> Kill switch: block traffic outside the tunnel</label>
+        <label><input id="dns-protection" type="checkbox" checked /> DNS-leak protection</label>
       </div>
       <p class="muted">A config from <code>nx1 peer add</code> on the node you use.</p>`;
   const members = s.mesh?.members ?? [];
@@ -129,10 +142,31 @@ export function verdictText(v: GuardVerdict): string {
   return `${v.domain}: not on any list; the models pass it`;
 }
 
-/** The Guard screen: what was blocked and why, one-click allow, and a domain check. */
+/** What the exit's Guard blocked for this device (while a tunnel is up). */
+export function deviceFindingsView(s: Status): string {
+  if (!s.client) return "";
+  const found = s.client.node_answer?.guard ?? [];
+  const rows = found
+    .slice()
+    .reverse()
+    .map(
+      (f) => `<tr><td>${esc(new Date(f.at * 1000).toLocaleTimeString())}</td>
+        <td class="finding-name">${esc(f.name)}</td><td>${esc(f.query_type)}</td>
+        <td>${esc(listName(f.list))} <code>${esc(f.rule)}</code></td></tr>`,
+    )
+    .join("");
+  const table = found.length
+    ? `<table id="device-findings"><tr><th>When</th><th>Name</th><th>Type</th><th>Why</th></tr>${rows}</table>`
+    : `<p class="muted" id="device-findings">The exit's Guard has blocked nothing for this device lately.</p>`;
+  return `<h2>Blocked for this device</h2>${table}`;
+}
+
+/** The Guard screen: what was blocked for this device and on this node and why, one-click
+ * allow, and a domain check. */
 export function guardView(s: Status, findings: GuardFinding[], checked: string | null): string {
+  const device = deviceFindingsView(s);
   if (!s.guard) {
-    return `<p class="muted" id="guard-off">Guard is not running on this node (<code>[guard] enabled</code>, with WireGuard).</p>`;
+    return `${device}<p class="muted" id="guard-off">Guard is not running on this node (<code>[guard] enabled</code>, with WireGuard).</p>`;
   }
   const rows = findings
     .slice()
@@ -147,7 +181,7 @@ export function guardView(s: Status, findings: GuardFinding[], checked: string |
   const table = findings.length
     ? `<table id="findings"><tr><th>When</th><th>Name</th><th>Type</th><th>Why</th><th>Who</th><th></th></tr>${rows}</table>`
     : `<p class="muted" id="findings">Nothing blocked yet.</p>`;
-  return `<h2>Blocked</h2>${table}
+  return `${device}<h2>Blocked on this node</h2>${table}
     <h2>Check a domain</h2>
     <div class="row">
       <input id="check-domain" size="32" placeholder="example.com" />

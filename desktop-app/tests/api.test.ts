@@ -19,11 +19,23 @@ test("contribute sends the change in the native command's argument names", async
   expect(calls).toHaveBeenLastCalledWith("contribute", { relay: null, bandwidthMbit: null });
 });
 
-test("connect passes the config path and interface", async () => {
+test("connect passes the config path, interface and leak protection", async () => {
   const calls = vi.fn(() => ({ result: "connected" }));
   mockIPC(calls);
   await api.connect("/home/u/nx1.conf", "nx1c");
-  expect(calls).toHaveBeenCalledWith("connect", { config: "/home/u/nx1.conf", interface: "nx1c" });
+  expect(calls).toHaveBeenLastCalledWith("connect", {
+    config: "/home/u/nx1.conf",
+    interface: "nx1c",
+    dnsProtection: true,
+    killSwitch: true,
+  });
+  await api.connect("/home/u/nx1.conf", "nx1c", true, false);
+  expect(calls).toHaveBeenLastCalledWith("connect", {
+    config: "/home/u/nx1.conf",
+    interface: "nx1c",
+    dnsProtection: true,
+    killSwitch: false,
+  });
 });
 
 test("a refusal from the daemon reaches the caller as an error", async () => {

@@ -170,3 +170,39 @@ test("verdicts say blocked or allowed and by what", () => {
     verdictText({ ...v, verdict: "unlisted", list: null, rule: null, scores: [{ model: "dga", score: 0.97, flagged: true }] }),
   ).toBe("ads.example: blocked by the models (dga 0.97)");
 });
+
+test("the Guard screen shows what the exit blocked for this device, escaped", () => {
+  const finding = { at: 1, client: "10.87.0.2", name: "tracker.example", query_type: "A", list: "/x/lists/trackers.txt", rule: "tracker.example" };
+  const el = document.createElement("div");
+  el.innerHTML = guardView({ ...base, client: { ...client, node_answer: { refused: null, cut_off: false, guard: [finding] } } }, [], null);
+  expect(el.querySelector("#device-findings")!.textContent).toContain("tracker.example");
+  expect(el.querySelector("#device-findings")!.textContent).toContain("trackers.txt");
+  expect(el.querySelector("#guard-off")).not.toBeNull();
+  el.innerHTML = guardView({ ...base, client }, [], null);
+  expect(el.querySelector("#device-findings")!.textContent).toContain("blocked nothing");
+  el.innerHTML = guardView(base, [], null);
+  expect(el.querySelector("#device-findings")).toBeNull();
+  const hostile = guardView(
+    { ...base, client: { ...client, node_answer: { refused: null, cut_off: false, guard: [{ ...finding, name: "<img src=x>" }] } } },
+    [],
+    null,
+  );
+  expect(hostile).not.toContain("<img");
+});
+
+test("the Connect screen offers leak protection and shows what it stopped", () => {
+  const down = document.createElement("div");
+  down.innerHTML = connectView(base);
+  expect(down.querySelector<HTMLInputElement>("#kill-switch")!.checked).toBe(true);
+  expect(down.querySelector<HTMLInputElement>("#dns-protection")!.checked).toBe(true);
+  const up = document.createElement("div");
+  up.innerHTML = connectView({
+    ...base,
+    client: { ...client, protection: { table: "nx1ks_nx1c", kill_switch: true, dns_blocked: 2, other_blocked: 9 } },
+  });
+  expect(up.querySelector("#protection")!.textContent).toBe(
+    "Kill switch on · stopped 2 DNS and 9 other packets outside the tunnel",
+  );
+  up.innerHTML = connectView({ ...base, client });
+  expect(up.querySelector("#protection")!.textContent).toContain("None");
+});

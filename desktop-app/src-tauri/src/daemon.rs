@@ -110,13 +110,22 @@ impl Daemon {
     }
 
     /// Brings the client tunnel up from a wg-quick file (read here, by the user's app; the
-    /// daemon gets its text).
-    pub async fn connect(&self, config: &Path, interface: &str) -> Result<Value, String> {
+    /// daemon gets its text), with DNS-leak protection and the kill switch as asked.
+    pub async fn connect(
+        &self,
+        config: &Path,
+        interface: &str,
+        dns_protection: bool,
+        kill_switch: bool,
+    ) -> Result<Value, String> {
         let text = tokio::fs::read_to_string(config)
             .await
             .map_err(|e| format!("reading {}: {e}", config.display()))?;
-        self.call(json!({ "cmd": "connect", "config": text, "interface": interface }))
-            .await
+        self.call(json!({
+            "cmd": "connect", "config": text, "interface": interface,
+            "dns_protection": dns_protection, "kill_switch": kill_switch,
+        }))
+        .await
     }
 
     /// Takes the client tunnel down.
@@ -160,9 +169,84 @@ pub fn tray_state(status: &Result<Value, String>) -> String {
     }
 }
 
+/// Which of the exit's Guard findings for this device were already seen, so that only new
+/// ones are announced.
+#[derive(Debug, Default)]
+pub struct FindingsSeen {
+    /// (time, name) of the newest finding seen; None before the first status.
+    newest: Option<(u64, String)>,
+}
+
+impl FindingsSeen {
+    /// The findings of a status answer (`client.node_answer.guard`, oldest first) newer than
+    /// the last seen. The first answer only sets the mark: what was blocked before the app
+    /// started is on the Guard screen, not announced.
+    pub fn new_ones(&mut self, status: &Result<Value, String>) -> Vec<Value> {
+        let Ok(s) = status else { return Vec::new() };
+        let findings: Vec<Value> = s["client"]["node_answer"]["guard"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let key = |f: &Value| {
+            (
+                f["at"].as_u64().unwrap_or(0),
+                f["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        let first = self.newest.is_none();
+        let mark = self.newest.clone().unwrap_or_default();
+        let new: Vec<Value> = findings.into_iter().filter(|f| key(f) > mark).collect();
+        if let Some(last) = new.iter().map(key).max() {
+            self.newest = Some(last);
+        } else if first {
+            self.newest = Some(mark);
+        }
+        if first { Vec::new() } else { new }
+    }
+}
+
+/// A finding in one line: the name and why.
+pub fn finding_text(f: &Value) -> String {
+    let list = f["list"].as_str().unwrap_or_default();
+    let list = list.rsplit('/').next().unwrap_or(list);
+    format!(
+        "Guard blocked {} ({list})",
+        f["name"].as_str().unwrap_or("a name")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_findings_after_the_first_status_are_announced() {
+        let status = |names: &[(u64, &str)]| -> Result<Value, String> {
+            let g: Vec<Value> = names
+                .iter()
+                .map(|(at, n)| json!({ "at": at, "name": n, "list": "/var/lib/nx1/lists/trackers.txt" }))
+                .collect();
+            Ok(json!({ "client": { "node_answer": { "guard": g } } }))
+        };
+        let mut seen = FindingsSeen::default();
+        assert!(seen.new_ones(&status(&[(10, "old.example")])).is_empty());
+        assert!(seen.new_ones(&status(&[(10, "old.example")])).is_empty());
+        assert!(seen.new_ones(&Err("no daemon".into())).is_empty());
+        let new = seen.new_ones(&status(&[(10, "old.example"), (12, "tracker.example")]));
+        assert_eq!(new.len(), 1);
+        assert_eq!(
+            finding_text(&new[0]),
+            "Guard blocked tracker.example (trackers.txt)"
+        );
+        assert!(
+            seen.new_ones(&status(&[(12, "tracker.example")]))
+                .is_empty()
+        );
+        // A client with no findings at first still hears of its first one.
+        let mut fresh = FindingsSeen::default();
+        assert!(fresh.new_ones(&Ok(json!({ "client": null }))).is_empty());
+        assert_eq!(fresh.new_ones(&status(&[(5, "a.example")])).len(), 1);
+    }
 
     #[test]
     fn the_tray_says_what_state_the_tunnel_is_in() {

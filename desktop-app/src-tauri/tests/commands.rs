@@ -169,7 +169,7 @@ async fn every_command_does_what_the_daemon_says() {
     let e = daemon.disconnect().await.unwrap_err();
     assert_eq!(e, "not connected");
     let e = daemon
-        .connect(&tmp.path().join("missing.conf"), "nx1c")
+        .connect(&tmp.path().join("missing.conf"), "nx1c", true, true)
         .await
         .unwrap_err();
     assert!(e.contains("missing.conf"), "{e}");
@@ -179,7 +179,7 @@ async fn every_command_does_what_the_daemon_says() {
     )
     .unwrap();
     let e = daemon
-        .connect(&tmp.path().join("bad.conf"), "nx1c")
+        .connect(&tmp.path().join("bad.conf"), "nx1c", true, true)
         .await
         .unwrap_err();
     assert!(!e.is_empty());
@@ -272,4 +272,82 @@ async fn guard_commands_show_what_was_blocked_and_allow_it() {
     );
     let e = daemon.guard_rule("ads.example", "bogus").await.unwrap_err();
     assert!(e.contains("bogus"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vault_session_keeps_the_vault_and_syncs_it_with_a_node() {
+    use nx1_desktop::vault::{Session, field_value, get_request};
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let api = format!("127.0.0.1:{}", free_port(false));
+    let (_node, _daemon, _) = start_node(
+        &tmp.path().join("node"),
+        None,
+        &[
+            ("vpn", "enabled", false.into()),
+            ("api", "listen", api.clone().into()),
+        ],
+    )
+    .await;
+    let url = format!("http://{api}");
+    let session = Session::with_program(nx1_bin()).in_dir(&tmp.path().join("vault"));
+    let call = |r: serde_json::Value| session.call(r, |_| {});
+
+    let state = call(json!({ "op": "state" })).await.unwrap();
+    assert_eq!(state["accounts"], json!([]));
+    let e = call(json!({ "op": "list" })).await.unwrap_err();
+    assert!(e.contains("locked"), "{e}");
+    let st = call(
+        json!({ "op": "register", "account": "ada", "password": "pw for ada", "servers": [url] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st["synced"], true, "{st}");
+    let added = call(json!({ "op": "add", "item": { "name": "Mail", "username": "ada@mail.example", "password": "m41l-secret" } }))
+        .await
+        .unwrap();
+    let id = added["id"].as_str().unwrap().to_owned();
+    let list = call(json!({ "op": "list", "query": "mail" }))
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["name"], "Mail");
+    let got = call(get_request(&id)).await.unwrap();
+    assert_eq!(
+        field_value(&got, "password").as_deref(),
+        Some("m41l-secret")
+    );
+    assert_eq!(
+        field_value(&got, "username").as_deref(),
+        Some("ada@mail.example")
+    );
+
+    // Progress events reach the caller during a sync with something to send.
+    call(json!({ "op": "lock" })).await.unwrap();
+    let e = call(json!({ "op": "open", "account": "ada", "password": "wrong" }))
+        .await
+        .unwrap_err();
+    assert!(e.contains("wrong master password"), "{e}");
+    let st = call(json!({ "op": "open", "account": "ada", "password": "pw for ada" }))
+        .await
+        .unwrap();
+    assert_eq!(st["items"], 1);
+    let events = std::sync::Mutex::new(Vec::new());
+    let export = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../vault/tests/data/import/bitwarden.json");
+    let imported = session
+        .call(json!({ "op": "import", "path": export }), |e| {
+            events.lock().unwrap().push(e)
+        })
+        .await
+        .unwrap();
+    let n = imported["imported"].as_u64().unwrap();
+    let events = events.into_inner().unwrap();
+    assert_eq!(events.last().unwrap()["done"], n, "{events:?}");
+
+    // Anything but a vault request is refused before it reaches the session.
+    let e = session
+        .call(json!({ "op": "drop_tables" }), |_| {})
+        .await
+        .unwrap_err();
+    assert!(e.contains("not a vault request"), "{e}");
 }
