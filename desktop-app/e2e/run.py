@@ -138,12 +138,14 @@ def main():
 
         # Home: the app's daemon, with Guard on its own tunnel and relay duty.
         node_dir = os.path.join(tmp, "node")
+        home_api = free_port(socket.SOCK_STREAM)
         config = init_node(nx1, node_dir, [
             ("vpn", "interface", '"nx1e2e"'),
             ("vpn", "exit", "false"),
             ("vpn", "address_v4", '"10.88.0.1/24"'),
             ("vpn", "address_v6", '"fd00:88::1/64"'),
-            ("api", "listen", f'"127.0.0.1:{free_port(socket.SOCK_STREAM)}"'),
+            ("api", "listen", f'"127.0.0.1:{home_api}"'),
+            ("mesh", "api_url", f'"http://127.0.0.1:{home_api}"'),
             ("mesh", "enabled", "true"),
             ("mesh", "listen", f'"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"'),
             ("mesh", "region", '"home-lab"'),
@@ -226,6 +228,7 @@ def main():
             assert text("#daemon-state") == "daemon running"
             assert "home-lab" in text("#nodes"), text("#nodes")
             assert "0 active / 0 clients of" in text("#nodes"), text("#nodes")
+            eventually("the node's latency", lambda: text("#nodes .latency").endswith(" ms"), 30)
             shots = [shot("connect.png")]
 
             # Connect through the exit with the config it handed out: the tunnel comes up in
@@ -247,6 +250,7 @@ def main():
                      ns=home, check=False)
             assert dig.stdout.strip() == "0.0.0.0", dig.stdout + dig.stderr
             eventually("traffic counted", lambda: " 0 B in" not in text("#tunnel-traffic"))
+            eventually("the throughput graph", lambda: text("#rate-rx").startswith("↓ "))
             shots.append(shot("connected.png"))
 
             def tray_text():
@@ -340,6 +344,7 @@ def main():
             click("#tab-contribute")
             eventually("relay duty shown", lambda: text("#relay-state") == "Relaying for others")
             eventually("the balance", lambda: text("#balance") == "0")
+            assert text("#earnings-total").startswith("0 credits earned in 14 days"), text("#earnings-total")
             shots.append(shot("contribute.png"))
             click("#relay-toggle")
             eventually("relay duty off in the daemon", lambda: nx1_json("contribute")["relay_on"] is False)

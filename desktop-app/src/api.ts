@@ -82,6 +82,21 @@ export const status = () => invoke<Status>("status");
 export const contribute = (relay?: boolean, bandwidthMbit?: number) =>
   invoke<Contribution>("contribute", { relay: relay ?? null, bandwidthMbit: bandwidthMbit ?? null });
 export const credits = () => invoke<Credits>("credits");
+/** Round-trip time to each live node, in milliseconds by node id (null: no answer). */
+export const latency = () =>
+  invoke<{ nodes: Record<string, number | null> }>("latency").then((r) => r.nodes);
+
+export interface HistoryEntry {
+  id: string;
+  kind: string;
+  service: string;
+  amount: number;
+  at: number;
+  pending: boolean;
+}
+
+export const creditsHistory = () =>
+  invoke<{ history: HistoryEntry[] }>("credits_history").then((r) => r.history);
 export const connect = (config: string, iface: string, dnsProtection = true, killSwitch = true) =>
   invoke<unknown>("connect", { config, interface: iface, dnsProtection, killSwitch });
 export const disconnect = () => invoke<unknown>("disconnect");

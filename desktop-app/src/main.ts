@@ -2,13 +2,21 @@
 import { listen } from "@tauri-apps/api/event";
 import * as api from "./api";
 import * as vault from "./vault";
-import { connectView, contributeView, guardView, verdictText } from "./view";
+import { connectView, contributeView, guardView, type Sample, verdictText } from "./view";
 
 type Screen = "connect" | "vault" | "guard" | "contribute";
 const screens: Screen[] = ["connect", "vault", "guard", "contribute"];
 let screen: Screen = "connect";
 /** The last domain check's answer, in words. */
 let checked: string | null = null;
+/** The tunnel's byte counters, every refresh, for the throughput graph (3 minutes). */
+let samples: Sample[] = [];
+/** Round-trip times to the nodes, refreshed every 10 s while Connect is shown. */
+let latency: Record<string, number | null> | null = null;
+let latencyAt = 0;
+/** The owner's ledger entries, refreshed every 15 s while Contribute is shown. */
+let history: api.HistoryEntry[] = [];
+let historyAt = 0;
 
 const $ = <T extends HTMLElement>(sel: string) => document.querySelector<T>(sel);
 
@@ -26,9 +34,22 @@ async function refresh() {
   try {
     if (screen === "connect") {
       const s = await api.status();
+      if (s.client) {
+        samples.push({ t: Date.now(), rx: s.client.rx_bytes, tx: s.client.tx_bytes });
+        samples = samples.slice(-90);
+      } else {
+        samples = [];
+      }
+      if (s.mesh && Date.now() - latencyAt > 10_000) {
+        latencyAt = Date.now();
+        api
+          .latency()
+          .then((l) => (latency = l))
+          .catch(() => {});
+      }
       // Keep what the user is typing: redraw only when no input has focus.
       if (!(document.activeElement instanceof HTMLInputElement)) {
-        $("#screen-connect")!.innerHTML = connectView(s);
+        $("#screen-connect")!.innerHTML = connectView(s, samples, latency);
       }
     } else if (screen === "vault") {
       // The vault redraws on its own actions; this only keeps the daemon's pill current.
@@ -41,8 +62,12 @@ async function refresh() {
       }
     } else {
       const [c, k] = await Promise.all([api.contribute(), api.credits()]);
+      if (Date.now() - historyAt > 15_000) {
+        historyAt = Date.now();
+        history = await api.creditsHistory().catch(() => history);
+      }
       if (!(document.activeElement instanceof HTMLInputElement)) {
-        $("#screen-contribute")!.innerHTML = contributeView(c, k);
+        $("#screen-contribute")!.innerHTML = contributeView(c, k, history);
       }
     }
     const pill = $("#daemon-state")!;

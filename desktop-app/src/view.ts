@@ -1,6 +1,15 @@
 // What each screen shows, as HTML from the daemon's answers: pure functions, so the tests
 // can check them without a window.
-import type { ClientStatus, Contribution, Credits, GuardFinding, GuardVerdict, MeshMember, Status } from "./api";
+import type {
+  ClientStatus,
+  Contribution,
+  Credits,
+  GuardFinding,
+  GuardVerdict,
+  HistoryEntry,
+  MeshMember,
+  Status,
+} from "./api";
 
 /** Escapes text for HTML. */
 export function esc(s: unknown): string {
@@ -45,8 +54,67 @@ export function load(m: MeshMember): string {
   return `${m.load.active_peers} active / ${m.load.peers} clients${of}`;
 }
 
+/** One reading of the tunnel's byte counters: when (ms) and the totals. */
+export interface Sample {
+  t: number;
+  rx: number;
+  tx: number;
+}
+
+/** Rates in bytes per second between consecutive samples (a counter that went back, as
+ * with a new tunnel, counts from zero). */
+export function rates(samples: Sample[]): Sample[] {
+  const out: Sample[] = [];
+  for (let i = 1; i < samples.length; i++) {
+    const dt = (samples[i].t - samples[i - 1].t) / 1000;
+    if (dt <= 0) continue;
+    const d = (a: number, b: number) => (a >= b ? a - b : a);
+    out.push({
+      t: samples[i].t,
+      rx: d(samples[i].rx, samples[i - 1].rx) / dt,
+      tx: d(samples[i].tx, samples[i - 1].tx) / dt,
+    });
+  }
+  return out;
+}
+
+/** A rate in the largest unit that fits. */
+export function rate(n: number): string {
+  return `${bytes(Math.round(n))}/s`;
+}
+
+/** The live throughput graph: download and upload over the last minutes, as SVG. */
+export function throughputView(samples: Sample[]): string {
+  const r = rates(samples);
+  if (!r.length) return `<p class="muted" id="throughput">Measuring throughput…</p>`;
+  const [w, h] = [480, 80];
+  const peak = Math.max(1, ...r.map((x) => Math.max(x.rx, x.tx)));
+  const points = (key: "rx" | "tx") =>
+    r
+      .map((x, i) => `${((i / Math.max(r.length - 1, 1)) * w).toFixed(1)},${(h - (x[key] / peak) * (h - 4)).toFixed(1)}`)
+      .join(" ");
+  const last = r[r.length - 1];
+  return `<div id="throughput">
+    <svg class="chart" viewBox="0 0 ${w} ${h}" width="${w}" height="${h}" role="img" aria-label="throughput">
+      <polyline class="rx" points="${points("rx")}" /><polyline class="tx" points="${points("tx")}" />
+    </svg>
+    <p class="muted"><span class="rx-label" id="rate-rx">↓ ${rate(last.rx)}</span>
+      <span class="tx-label" id="rate-tx">↑ ${rate(last.tx)}</span> · peak ${rate(peak)}</p></div>`;
+}
+
+/** A round-trip time in words. */
+export function latencyText(ms: number | null | undefined): string {
+  if (ms === undefined) return "…";
+  if (ms === null) return "no answer";
+  return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
+}
+
 /** The Connect screen: this node, the tunnel, and the nodes of the directory. */
-export function connectView(s: Status): string {
+export function connectView(
+  s: Status,
+  samples: Sample[] = [],
+  latency: Record<string, number | null> | null = null,
+): string {
   const t = tunnelState(s);
   const c = s.client;
   const tunnel = c
@@ -58,6 +126,7 @@ export function connectView(s: Status): string {
         <tr><th>Protection</th><td id="protection">${protectionText(c)}</td></tr>
         ${c.node_answer?.out_of_credits ? `<tr><th>Why</th><td>${esc(c.node_answer.out_of_credits)}</td></tr>` : ""}
       </table>
+      ${throughputView(samples)}
       <div class="row"><button id="disconnect">Disconnect</button></div>`
     : `<div class="row">
         <input id="config-path" size="44" placeholder="/path/to/nx1-client.conf" />
@@ -71,11 +140,12 @@ export function connectView(s: Status): string {
       <p class="muted">A config from <code>nx1 peer add</code> on the node you use.</p>`;
   const members = s.mesh?.members ?? [];
   const nodes = members.length
-    ? `<table id="nodes"><tr><th>Node</th><th>Region</th><th>Roles</th><th>Load</th><th>State</th></tr>
+    ? `<table id="nodes"><tr><th>Node</th><th>Region</th><th>Roles</th><th>Load</th><th>Latency</th><th>State</th></tr>
         ${members
           .map(
             (m) => `<tr><td><code>${esc(m.id.slice(0, 12))}…</code></td><td>${esc(m.region)}</td>
-              <td>${esc(m.roles.join(", "))}</td><td class="load">${load(m)}</td><td>${esc(m.state)}</td></tr>`,
+              <td>${esc(m.roles.join(", "))}</td><td class="load">${load(m)}</td>
+              <td class="latency">${latency ? latencyText(latency[m.id]) : "…"}</td><td>${esc(m.state)}</td></tr>`,
           )
           .join("")}</table>`
     : `<p class="muted" id="nodes">This node is not in a mesh.</p>`;
@@ -87,8 +157,64 @@ export function connectView(s: Status): string {
     <p class="muted">nx1 ${esc(s.version)} · node <code id="node-id">${esc(s.node_id)}</code></p>`;
 }
 
-/** The Contribute screen: relay duty, the cap, what was carried, the balance. */
-export function contributeView(c: Contribution, k: Credits): string {
+/** Credits earned by contributing on each of the last `days` days (UTC), by duty, oldest
+ * first; `now` in Unix seconds. */
+export function earningsByDay(history: HistoryEntry[], now: number, days = 14) {
+  const today = Math.floor(now / 86400);
+  const out = Array.from({ length: days }, (_, i) => ({
+    day: new Date((today - days + 1 + i) * 86400 * 1000).toISOString().slice(0, 10),
+    relay: 0,
+    exit: 0,
+    storage: 0,
+  }));
+  for (const e of history) {
+    if (e.kind !== "earn") continue;
+    const ago = today - Math.floor(e.at / 86400);
+    if (ago < 0 || ago >= days) continue;
+    const slot = out[days - 1 - ago];
+    if (e.service === "relay" || e.service === "exit" || e.service === "storage") slot[e.service] += e.amount;
+  }
+  return out;
+}
+
+/** What contributing earned over the last two weeks, by day and duty, as stacked bars. */
+export function earningsView(history: HistoryEntry[], now: number, k: Credits): string {
+  const days = earningsByDay(history, now);
+  const total = (d: (typeof days)[number]) => d.relay + d.exit + d.storage;
+  const sum = days.reduce((a, d) => a + total(d), 0);
+  const [w, h, gap] = [480, 90, 4];
+  const bw = w / days.length - gap;
+  const peak = Math.max(1, ...days.map(total));
+  const bars = days
+    .map((d, i) => {
+      let y = h;
+      return (["relay", "exit", "storage"] as const)
+        .map((duty) => {
+          const bh = (d[duty] / peak) * (h - 4);
+          y -= bh;
+          return bh > 0
+            ? `<rect class="${duty}" x="${(i * (bw + gap)).toFixed(1)}" y="${y.toFixed(1)}" width="${bw.toFixed(1)}" height="${bh.toFixed(1)}"><title>${d.day}: ${d[duty]} credits (${duty})</title></rect>`
+            : "";
+        })
+        .join("");
+    })
+    .join("");
+  const p = k.pricing;
+  const relayed = days.reduce((a, d) => a + d.relay, 0);
+  const exited = days.reduce((a, d) => a + d.exit, 0);
+  const mib =
+    p && p.relay_per_mib > 0 && p.exit_per_mib > 0
+      ? ` — about ${Math.round(relayed / p.relay_per_mib)} MiB relayed and ${Math.round(exited / p.exit_per_mib)} MiB through the exit`
+      : "";
+  return `<div id="earnings">
+    <svg class="chart" viewBox="0 0 ${w} ${h}" width="${w}" height="${h}" role="img" aria-label="credits earned by day">${bars}</svg>
+    <p class="muted" id="earnings-total">${sum} credits earned in 14 days${mib}.
+      <span class="relay-label">relay</span> <span class="exit-label">exit</span> <span class="storage-label">storage</span></p></div>`;
+}
+
+/** The Contribute screen: relay duty, the cap, what was carried, the balance, and what
+ * contributing earned by day. */
+export function contributeView(c: Contribution, k: Credits, history: HistoryEntry[] = [], now = Date.now() / 1000): string {
   const relay = !c.relay_configured
     ? `<p class="muted" id="relay-state">Relay duty is not set up on this node (<code>[relay] enabled</code>).</p>`
     : `<div class="row">
@@ -123,6 +249,7 @@ export function contributeView(c: Contribution, k: Credits): string {
       <button id="cap-set">Set</button>
     </div>
     <p class="muted" id="carried">Carried ${bytes(c.relayed_bytes)} relayed, ${bytes(c.exited_bytes)} through the exit.</p>
+    <h2>Contributed, last 14 days</h2>${earningsView(history, now, k)}
     <h2>Credits</h2>${balance}${unlocks}
     <p class="muted">Account <code>${esc(k.owner)}</code></p>`;
 }

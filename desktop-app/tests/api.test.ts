@@ -56,3 +56,13 @@ test("Guard calls carry the domain and action", async () => {
   await api.guardCheck("x.test");
   expect(calls).toHaveBeenLastCalledWith("guard_check", { domain: "x.test" });
 });
+
+test("latency and the ledger history come from their own commands", async () => {
+  const calls = vi.fn((cmd: string) =>
+    cmd === "latency" ? { result: "latency", nodes: { A: 1.5, B: null } } : { result: "credits_history", history: [{ kind: "earn" }] },
+  );
+  mockIPC(calls);
+  await expect(api.latency()).resolves.toEqual({ A: 1.5, B: null });
+  await expect(api.creditsHistory()).resolves.toEqual([{ kind: "earn" }]);
+  expect(calls.mock.calls.map((c) => c[0])).toEqual(["latency", "credits_history"]);
+});

@@ -1,6 +1,20 @@
 import { expect, test } from "vitest";
 import type { Contribution, Credits, Status } from "../src/api";
-import { bytes, connectView, contributeView, esc, guardView, listName, tunnelState, verdictText } from "../src/view";
+import {
+  bytes,
+  connectView,
+  contributeView,
+  earningsByDay,
+  earningsView,
+  esc,
+  guardView,
+  latencyText,
+  listName,
+  rates,
+  throughputView,
+  tunnelState,
+  verdictText,
+} from "../src/view";
 
 const base: Status = {
   version: "0.1.0",
@@ -205,4 +219,66 @@ test("the Connect screen offers leak protection and shows what it stopped", () =
   );
   up.innerHTML = connectView({ ...base, client });
   expect(up.querySelector("#protection")!.textContent).toContain("None");
+});
+
+test("throughput: rates between samples, a new tunnel counts from zero, the graph shows the last", () => {
+  const s = [
+    { t: 0, rx: 0, tx: 0 },
+    { t: 2000, rx: 4096, tx: 2048 },
+    { t: 2000, rx: 9999, tx: 9999 },
+    { t: 4000, rx: 1024, tx: 0 },
+  ];
+  const r = rates(s);
+  expect(r).toHaveLength(2);
+  expect(r[0]).toEqual({ t: 2000, rx: 2048, tx: 1024 });
+  expect(r[1]).toEqual({ t: 4000, rx: 512, tx: 0 });
+  const el = document.createElement("div");
+  el.innerHTML = throughputView(s.slice(0, 2));
+  expect(el.querySelector("#rate-rx")!.textContent).toBe("↓ 2.0 KiB/s");
+  expect(el.querySelector("#rate-tx")!.textContent).toBe("↑ 1.0 KiB/s");
+  expect(el.querySelectorAll("polyline")).toHaveLength(2);
+  expect(throughputView([])).toContain("Measuring");
+});
+
+test("latency per node on the Connect screen", () => {
+  expect(latencyText(0.42)).toBe("0.4 ms");
+  expect(latencyText(87.6)).toBe("88 ms");
+  expect(latencyText(null)).toBe("no answer");
+  expect(latencyText(undefined)).toBe("…");
+  const member = { id: "NODEA", state: "live", region: "eu", roles: ["exit"], endpoints: [] };
+  const el = document.createElement("div");
+  el.innerHTML = connectView({ ...base, mesh: { members: [member] } }, [], { NODEA: 12.2 });
+  expect(el.querySelector("#nodes .latency")!.textContent).toBe("12 ms");
+});
+
+test("what contributing earned, by day and duty, over two weeks", () => {
+  const now = 20000 * 86400 + 3600;
+  const e = (kind: string, service: string, amount: number, daysAgo: number) => ({
+    id: `${kind}/${service}/${amount}`,
+    kind,
+    service,
+    amount,
+    at: now - daysAgo * 86400,
+    pending: false,
+  });
+  const history = [
+    e("earn", "relay", 30, 0),
+    e("earn", "relay", 12, 0),
+    e("earn", "exit", 5, 13),
+    e("earn", "storage", 7, 1),
+    e("earn", "relay", 99, 14),
+    e("spend", "vault_sync", 50, 0),
+    e("grant", "", 1000, 0),
+  ];
+  const days = earningsByDay(history, now);
+  expect(days).toHaveLength(14);
+  expect(days[13]).toMatchObject({ relay: 42, exit: 0, storage: 0 });
+  expect(days[12]).toMatchObject({ storage: 7 });
+  expect(days[0]).toMatchObject({ exit: 5 });
+  expect(days[13].day).toBe(new Date(now * 1000).toISOString().slice(0, 10));
+  const k = { owner: "x", balance: null, pricing: { exit_per_mib: 1, relay_per_mib: 2, storage_per_mib_day: 1, vault_free_kib: 1, vault_sync_per_mib: 1, vpn_free_mib: 1, vpn_per_mib: 1 } };
+  const el = document.createElement("div");
+  el.innerHTML = earningsView(history, now, k);
+  expect(el.querySelector("#earnings-total")!.textContent).toContain("54 credits earned in 14 days — about 21 MiB relayed and 5 MiB through the exit");
+  expect(el.querySelectorAll("rect")).toHaveLength(3);
 });

@@ -70,6 +70,9 @@ pub enum Request {
     },
     /// Re-read the block lists and local rules.
     GuardReload,
+    /// Round-trip time from this host to each live member of the mesh (a TCP connect to its
+    /// HTTP API).
+    Latency,
     /// Usage this node carried, as its clients' accounts signed it, and its owner's balance.
     Credits,
     /// An account's ledger entries (this node's owner's by default).
@@ -155,6 +158,7 @@ impl Request {
             Request::CreditsGrant { .. } => "credits_grant",
             Request::CreditsDevice { .. } => "credits_device",
             Request::Contribute { .. } => "contribute",
+            Request::Latency => "latency",
             Request::GuardRule { .. } => "guard_rule",
             Request::GuardCategory { .. } => "guard_category",
         }
@@ -194,6 +198,12 @@ pub enum Response {
     },
     /// Answer to [`Request::Contribute`].
     Contribution(ContributionStatus),
+    /// Answer to [`Request::Latency`]: milliseconds by node id (`null`: no answer within a
+    /// second, or no API published).
+    Latency {
+        /// Node id → round-trip time in milliseconds.
+        nodes: std::collections::BTreeMap<String, Option<f64>>,
+    },
     /// Answer to [`Request::GuardReload`].
     GuardReloaded {
         /// Lists in use.

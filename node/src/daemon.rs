@@ -100,6 +100,7 @@ impl Node {
             }
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
             Request::GuardReload => self.guard_reload().await,
+            Request::Latency => self.latency().await,
             Request::Credits => self.credits().await,
             Request::CreditsHistory { account } => {
                 let account = account.unwrap_or_else(|| self.ledger.owner.clone());
@@ -287,6 +288,33 @@ impl Node {
             [] => anyhow::bail!("no relay {via:?} in the directory (give a node id or host:port)"),
             _ => anyhow::bail!("{via:?} is the start of several node ids: give more of it"),
         }
+    }
+
+    /// Measures the round-trip time to every live member: the best of three TCP connects to
+    /// the HTTP API it publishes (a connect takes one round trip), all members at once.
+    async fn latency(&self) -> anyhow::Result<Response> {
+        let Some(mesh) = &self.mesh else {
+            anyhow::bail!("this node is not in a mesh ([mesh] enabled = false)");
+        };
+        let mut probes = tokio::task::JoinSet::new();
+        let mut nodes = std::collections::BTreeMap::new();
+        for (id, m) in mesh.directory().await.members {
+            let addr = m.record.api.as_deref().and_then(api_address);
+            match (m.state.as_str(), addr) {
+                ("live", Some(addr)) => {
+                    probes.spawn(async move { (id, connect_rtt(&addr).await) });
+                }
+                _ => {
+                    nodes.insert(id, None);
+                }
+            }
+        }
+        while let Some(done) = probes.join_next().await {
+            if let Ok((id, rtt)) = done {
+                nodes.insert(id, rtt);
+            }
+        }
+        Ok(Response::Latency { nodes })
     }
 
     async fn peer_list(&self) -> anyhow::Result<Response> {
@@ -1429,6 +1457,46 @@ async fn start_mesh(
     Ok(mesh)
 }
 
+/// "host:port" of an `http://host:port/…` URL (the port defaults to 80, 443 for https).
+fn api_address(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, port)| {
+        port.parse::<u16>().is_ok()
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+    });
+    Some(if has_port {
+        authority.to_owned()
+    } else {
+        let port = if scheme == "https" { 443 } else { 80 };
+        format!("{authority}:{port}")
+    })
+}
+
+/// The best of three TCP connects to `addr`, in milliseconds; None if none answers within a
+/// second.
+async fn connect_rtt(addr: &str) -> Option<f64> {
+    let mut best: Option<f64> = None;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let ok = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok());
+        if !ok {
+            break;
+        }
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        best = Some(best.map_or(ms, |b: f64| b.min(ms)));
+    }
+    best
+}
+
 fn mesh_status(dir: crate::mesh::Directory) -> control::MeshStatus {
     control::MeshStatus {
         members: dir
@@ -1451,5 +1519,42 @@ fn mesh_status(dir: crate::mesh::Directory) -> control::MeshStatus {
             })
             .collect(),
         refused: dir.refused.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls_become_addresses_to_connect_to() {
+        assert_eq!(
+            api_address("http://10.0.0.1:7870").as_deref(),
+            Some("10.0.0.1:7870")
+        );
+        assert_eq!(
+            api_address("http://[fd00::1]:7870/").as_deref(),
+            Some("[fd00::1]:7870")
+        );
+        assert_eq!(
+            api_address("https://node.example").as_deref(),
+            Some("node.example:443")
+        );
+        assert_eq!(
+            api_address("http://[fd00::1]").as_deref(),
+            Some("[fd00::1]:80")
+        );
+        assert_eq!(api_address("garbage"), None);
+        assert_eq!(api_address("http:///x"), None);
+    }
+
+    #[tokio::test]
+    async fn a_round_trip_is_measured_and_silence_is_none() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let ms = connect_rtt(&addr).await.expect("loopback answers");
+        assert!((0.0..1000.0).contains(&ms), "{ms}");
+        drop(listener);
+        assert_eq!(connect_rtt(&addr).await, None);
     }
 }

@@ -104,6 +104,16 @@ impl Daemon {
             .await
     }
 
+    /// Round-trip time to each live node of the mesh, in milliseconds by node id.
+    pub async fn latency(&self) -> Result<Value, String> {
+        self.call(json!({ "cmd": "latency" })).await
+    }
+
+    /// The owner's ledger entries (earnings, spends, grants), oldest first.
+    pub async fn credits_history(&self) -> Result<Value, String> {
+        self.call(json!({ "cmd": "credits_history" })).await
+    }
+
     /// The owner's balance and what the node carried.
     pub async fn credits(&self) -> Result<Value, String> {
         self.call(json!({ "cmd": "credits" })).await

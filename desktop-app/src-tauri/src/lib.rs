@@ -43,6 +43,18 @@ async fn contribute(
     daemon.contribute(relay, bandwidth_mbit).await
 }
 
+/// Round-trip time to each live node of the mesh.
+#[tauri::command]
+async fn latency(daemon: State<'_, Daemon>) -> Result<Value, String> {
+    daemon.latency().await
+}
+
+/// The owner's ledger entries, for the chart of what contributing earned.
+#[tauri::command]
+async fn credits_history(daemon: State<'_, Daemon>) -> Result<Value, String> {
+    daemon.credits_history().await
+}
+
 /// The owner's balance, rates and what the node carried.
 #[tauri::command]
 async fn credits(daemon: State<'_, Daemon>) -> Result<Value, String> {
@@ -223,6 +235,8 @@ pub fn run() {
             status,
             contribute,
             credits,
+            credits_history,
+            latency,
             connect,
             disconnect,
             guard_findings,

@@ -107,17 +107,15 @@ async fn start_node(
 async fn every_command_does_what_the_daemon_says() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
+    let api = format!("127.0.0.1:{}", free_port(false));
     // Relay duty, no WireGuard (so no privileges needed).
     let (_node, daemon, id) = start_node(
         &dir,
         None,
         &[
             ("vpn", "enabled", false.into()),
-            (
-                "api",
-                "listen",
-                format!("127.0.0.1:{}", free_port(false)).into(),
-            ),
+            ("api", "listen", api.clone().into()),
+            ("mesh", "api_url", format!("http://{api}").into()),
             ("mesh", "enabled", true.into()),
             (
                 "mesh",
@@ -159,11 +157,18 @@ async fn every_command_does_what_the_daemon_says() {
         25
     );
 
+    // Latency: the one node of this mesh answers on its API.
+    let l = daemon.latency().await.unwrap();
+    let ms = l["nodes"][&id].as_f64().expect("a round-trip time");
+    assert!((0.0..1000.0).contains(&ms), "{l}");
+
     // Credits: the owner is the node itself, with an empty balance.
     let k = daemon.credits().await.unwrap();
     assert_eq!(k["owner"], id.as_str());
     assert_eq!(k["balance"]["balance"], 0);
     assert!(k["pricing"]["relay_per_mib"].as_u64().unwrap() > 0);
+    let h = daemon.credits_history().await.unwrap();
+    assert_eq!(h["history"], serde_json::json!([]));
 
     // Client mode: what cannot be done is said plainly.
     let e = daemon.disconnect().await.unwrap_err();
