@@ -221,3 +221,124 @@ fn a_standard_client_goes_through_a_relay_that_sees_only_ciphertext() {
     );
     lab.ping_eventually(WEB_V4, Duration::from_secs(40));
 }
+
+/// `nx1 --config CONFIG ARGS` as JSON, from `cwd`.
+fn nx1_json(
+    config: &std::path::Path,
+    args: &[&str],
+    cwd: &std::path::Path,
+) -> Option<serde_json::Value> {
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = nx1_tests::nx1(&all, cwd);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn nx1_connect_two_hop_picks_a_relay_from_the_mesh_and_the_exit_never_sees_the_client() {
+    let mut lab = ExitLab::with_relay();
+    lab.start_node();
+    lab.start_relay();
+    lab.start_web_server("nx1-two-hop\n");
+    let relay_id = lab.relay_status().unwrap()["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(
+        "the relay to know the exit",
+        Duration::from_secs(30),
+        || (relay_counter(&lab, "exits") == 1).then_some(()),
+    );
+
+    // The client: an nx1 node in `cli`, in the mesh through the relay's gossip address (the
+    // relay host answers on it; nothing in `cli` routes to the exit).
+    nx1_tests::netns::must(lab.cli.command("ip").args([
+        "route",
+        "add",
+        &format!("{RELAY_EXIT_ADDR}/32"),
+        "via",
+        RELAY_CLI_ADDR,
+    ]));
+    let cwd = lab.dir.path().to_owned();
+    let (client, _) = nx1_tests::init_node(&cwd.join("client"), &cwd);
+    let set = |s: &str, k: &str, v: &str| nx1_tests::set_config(&client, s, k, v);
+    set("api", "listen", "\"127.0.0.1:0\"");
+    set("vpn", "enabled", "false");
+    set("mesh", "enabled", "true");
+    set("mesh", "listen", "\"198.18.4.2:7871\"");
+    set(
+        "mesh",
+        "bootstrap",
+        &format!("[\"{RELAY_EXIT_ADDR}:7871\"]"),
+    );
+    let daemon =
+        nx1_tests::Daemon::start_in(Some(&lab.cli), Some(&client), &cwd, &cwd.join("client.log"));
+    eventually(
+        "the client to see the relay",
+        Duration::from_secs(30),
+        || {
+            let s = nx1_json(&client, &["status", "--json"], &cwd)?;
+            s["mesh"]["members"]
+                .as_array()?
+                .iter()
+                .any(|m| m["id"] == relay_id.as_str() && m["state"] == "live")
+                .then_some(())
+        },
+    );
+
+    // The exit hands out an ordinary config, aimed at itself, which `cli` cannot reach.
+    let conf = cwd.join("bob.conf");
+    std::fs::write(&conf, lab.add_peer("bob")).unwrap();
+    let conf = conf.to_str().unwrap();
+    let client_if = format!("nx1c{}", lab.tag);
+    let connect = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            client.to_str().unwrap(),
+            "connect",
+            conf,
+            "--interface",
+            &client_if,
+        ];
+        args.extend_from_slice(extra);
+        nx1_tests::nx1(&args, &cwd)
+    };
+    let out = connect(&["--two-hop", "not-a-relay"]);
+    assert!(
+        text(&out.stderr).contains("no live relay"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = connect(&["--two-hop", "auto"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("through relay {relay_id}")),
+        "{}",
+        text(&out.stdout)
+    );
+    lab.ping_eventually(WEB_V4, Duration::from_secs(20));
+    let body = lab.in_cli(&format!(
+        "curl -s --max-time 10 http://{WEB_V4}:8080/hello.txt"
+    ));
+    assert_eq!(text(&body.stdout), "nx1-two-hop\n");
+    let st = nx1_json(&client, &["status", "--json"], &cwd).unwrap();
+    assert_eq!(st["client"]["via"], relay_id.as_str());
+    // The exit sees the relay's address as the client's endpoint.
+    let peers = lab.peers();
+    let bob = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bob")
+        .unwrap();
+    assert_eq!(
+        bob["endpoint"].as_str().unwrap(),
+        format!("{RELAY_EXIT_ADDR}:{RELAY_PORT}"),
+        "{bob}"
+    );
+    let out = nx1_tests::nx1(&["--config", client.to_str().unwrap(), "disconnect"], &cwd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(daemon.stop_with(libc::SIGTERM).success());
+}

@@ -13,6 +13,8 @@ export interface MeshMember {
 
 export interface ClientStatus {
   interface: string;
+  /** The relay the tunnel goes through (private two-hop), when it does. */
+  via?: string | null;
   /** Leak protection in the daemon (nftables), when on. */
   protection?: { table: string; kill_switch: boolean; dns_blocked: number; other_blocked: number } | null;
   endpoints: string[];
@@ -97,8 +99,13 @@ export interface HistoryEntry {
 
 export const creditsHistory = () =>
   invoke<{ history: HistoryEntry[] }>("credits_history").then((r) => r.history);
-export const connect = (config: string, iface: string, dnsProtection = true, killSwitch = true) =>
-  invoke<unknown>("connect", { config, interface: iface, dnsProtection, killSwitch });
+export const connect = (
+  config: string,
+  iface: string,
+  dnsProtection = true,
+  killSwitch = true,
+  twoHop: string | null = null,
+) => invoke<unknown>("connect", { config, interface: iface, dnsProtection, killSwitch, twoHop });
 export const disconnect = () => invoke<unknown>("disconnect");
 export const socketPath = () => invoke<string>("socket_path");
 

@@ -340,6 +340,7 @@ document.addEventListener("click", (ev) => {
         $<HTMLInputElement>("#interface")!.value,
         $<HTMLInputElement>("#dns-protection")!.checked,
         $<HTMLInputElement>("#kill-switch")!.checked,
+        $<HTMLInputElement>("#two-hop")!.checked ? "auto" : null,
       ),
     );
   else if (t.id === "disconnect") void act(() => api.disconnect());

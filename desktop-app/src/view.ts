@@ -122,6 +122,9 @@ export function connectView(
         <tr><th>Node</th><td id="tunnel-server">${esc(c.server ?? c.endpoints.join(", "))}</td></tr>
         <tr><th>Addresses</th><td>${esc(c.addresses.join(", "))}</td></tr>
         <tr><th>Traffic</th><td id="tunnel-traffic">${bytes(c.rx_bytes)} in, ${bytes(c.tx_bytes)} out</td></tr>
+        <tr><th>Route</th><td id="route">${
+          c.via ? `Private two-hop through relay <code>${esc(c.via.slice(0, 12))}…</code>` : "Direct to the node"
+        }</td></tr>
         <tr><th>Standby nodes</th><td>${c.standby_servers}</td></tr>
         <tr><th>Protection</th><td id="protection">${protectionText(c)}</td></tr>
         ${c.node_answer?.out_of_credits ? `<tr><th>Why</th><td>${esc(c.node_answer.out_of_credits)}</td></tr>` : ""}
@@ -136,6 +139,7 @@ export function connectView(
       <div class="row">
         <label><input id="kill-switch" type="checkbox" checked /> Kill switch: block traffic outside the tunnel</label>
         <label><input id="dns-protection" type="checkbox" checked /> DNS-leak protection</label>
+        <label><input id="two-hop" type="checkbox" /> Private two-hop (through a relay: the exit never sees your address)</label>
       </div>
       <p class="muted">A config from <code>nx1 peer add</code> on the node you use.</p>`;
   const members = s.mesh?.members ?? [];

@@ -28,13 +28,15 @@ test("connect passes the config path, interface and leak protection", async () =
     interface: "nx1c",
     dnsProtection: true,
     killSwitch: true,
+    twoHop: null,
   });
-  await api.connect("/home/u/nx1.conf", "nx1c", true, false);
+  await api.connect("/home/u/nx1.conf", "nx1c", true, false, "auto");
   expect(calls).toHaveBeenLastCalledWith("connect", {
     config: "/home/u/nx1.conf",
     interface: "nx1c",
     dnsProtection: true,
     killSwitch: false,
+    twoHop: "auto",
   });
 });
 

@@ -282,3 +282,13 @@ test("what contributing earned, by day and duty, over two weeks", () => {
   expect(el.querySelector("#earnings-total")!.textContent).toContain("54 credits earned in 14 days — about 21 MiB relayed and 5 MiB through the exit");
   expect(el.querySelectorAll("rect")).toHaveLength(3);
 });
+
+test("the route: direct, or private two-hop through a relay", () => {
+  const el = document.createElement("div");
+  el.innerHTML = connectView(base);
+  expect(el.querySelector<HTMLInputElement>("#two-hop")!.checked).toBe(false);
+  el.innerHTML = connectView({ ...base, client });
+  expect(el.querySelector("#route")!.textContent).toBe("Direct to the node");
+  el.innerHTML = connectView({ ...base, client: { ...client, via: "RELAYID0123456789" } });
+  expect(el.querySelector("#route")!.textContent).toBe("Private two-hop through relay RELAYID01234…");
+});

@@ -72,6 +72,9 @@ pub struct ClientTunnel {
     watcher: Option<tokio::task::JoinHandle<()>>,
     signer: Option<tokio::task::JoinHandle<()>>,
     host_routes: Vec<String>,
+    /// The relay the tunnel goes through (private two-hop), as the config's `# nx1-via`
+    /// names it.
+    pub via: Option<String>,
     /// DNS-leak protection and kill switch, when asked for. The last field: it goes after
     /// the interface and its routes, so nothing leaks while the tunnel comes down.
     pub protection: Option<nx1_vpn::killswitch::KillSwitch>,
@@ -83,6 +86,70 @@ fn nx1_comments<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = &'a str
         let (k, v) = l.trim().strip_prefix('#')?.split_once('=')?;
         (k.trim() == key).then(|| v.trim())
     })
+}
+
+/// The config with its peer reached through a relay (private two-hop): `Endpoint` becomes
+/// the relay's, the relay is named in `# nx1-via` (so the receipts credit it), keepalives are
+/// on (a relay cannot deliver a handshake the exit starts, so the client keeps its sessions
+/// itself), and standby nodes are dropped (failover goes to other exits directly, which
+/// would undo the two hops).
+pub fn through_relay(config_text: &str, endpoint: &str, relay_id: &str) -> String {
+    let mut out = String::new();
+    let mut in_peer = false;
+    let (mut endpoint_set, mut keepalive_set) = (false, false);
+    let key_of = |line: &str| {
+        line.split_once('=')
+            .map(|(k, _)| k.trim().to_ascii_lowercase())
+    };
+    let finish_peer = |out: &mut String, endpoint_set: bool, keepalive_set: bool| {
+        if !endpoint_set {
+            out.push_str(&format!("Endpoint = {endpoint}\n"));
+        }
+        if !keepalive_set {
+            out.push_str("PersistentKeepalive = 25\n");
+        }
+    };
+    for line in config_text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if in_peer {
+                finish_peer(&mut out, endpoint_set, keepalive_set);
+            }
+            in_peer = t.eq_ignore_ascii_case("[peer]");
+            (endpoint_set, keepalive_set) = (false, false);
+        }
+        if let Some(c) = t.strip_prefix('#') {
+            let key = c.split_once('=').map(|(k, _)| k.trim());
+            if matches!(key, Some(FALLBACK_LINE | PROBE_LINE | VIA_LINE)) {
+                continue;
+            }
+        } else if in_peer {
+            match key_of(t).as_deref() {
+                Some("endpoint") => {
+                    out.push_str(&format!("Endpoint = {endpoint}\n"));
+                    endpoint_set = true;
+                    continue;
+                }
+                Some("persistentkeepalive") => {
+                    keepalive_set = true;
+                    if t.split_once('=')
+                        .is_some_and(|(_, v)| matches!(v.trim(), "0" | "off"))
+                    {
+                        out.push_str("PersistentKeepalive = 25\n");
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if in_peer {
+        finish_peer(&mut out, endpoint_set, keepalive_set);
+    }
+    out.push_str(&format!("# {VIA_LINE} = {relay_id}\n"));
+    out
 }
 
 /// The last receipt a tunnel signed, and what the node answered.
@@ -382,6 +449,9 @@ impl ClientTunnel {
             watcher: None,
             signer: None,
             host_routes: Vec::new(),
+            via: nx1_comments(config_text, VIA_LINE)
+                .next()
+                .map(str::to_owned),
             protection: None,
         };
         // The endpoints' own routes first (the standby nodes' too), then the tunnel's routes;
@@ -503,5 +573,52 @@ impl Drop for ClientTunnel {
             let family = if dst.contains(':') { "-6" } else { "-4" };
             let _ = ip(&[family, "route", "del", &dst]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.87.0.2/32\n\n\
+        [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.7:51820\nAllowedIPs = 0.0.0.0/0\n\
+        PersistentKeepalive = 0\n\
+        # nx1-node = EXIT\n# nx1-fallback = KEY 192.0.2.9:51820 OTHER\n# nx1-probe = 10.87.0.1:7872\n\
+        # nx1-receipts = 10.87.0.1:7873\n";
+
+    #[test]
+    fn two_hop_points_the_peer_at_the_relay_and_names_it() {
+        let out = through_relay(CONFIG, "203.0.113.4:51821", "RELAY");
+        assert!(out.contains("Endpoint = 203.0.113.4:51821\n"), "{out}");
+        assert!(!out.contains("198.51.100.7"), "{out}");
+        assert!(out.contains("PersistentKeepalive = 25\n"), "{out}");
+        assert!(!out.contains("PersistentKeepalive = 0"), "{out}");
+        assert!(
+            !out.contains("nx1-fallback") && !out.contains("nx1-probe"),
+            "{out}"
+        );
+        assert!(out.contains("# nx1-receipts = 10.87.0.1:7873"), "{out}");
+        assert_eq!(nx1_comments(&out, VIA_LINE).collect::<Vec<_>>(), ["RELAY"]);
+        assert_eq!(nx1_comments(&out, NODE_LINE).collect::<Vec<_>>(), ["EXIT"]);
+        // Still a config wg-quick reads, with the relay as the endpoint.
+        let parsed = wg_quick::parse(&out).unwrap();
+        assert_eq!(
+            parsed.peers[0].endpoint.as_deref(),
+            Some("203.0.113.4:51821")
+        );
+        assert_eq!(parsed.peers[0].persistent_keepalive, Some(25));
+    }
+
+    #[test]
+    fn two_hop_adds_what_a_config_lacks_and_replaces_an_earlier_relay() {
+        let bare = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 0.0.0.0/0\n# nx1-via = OLD\n";
+        let out = through_relay(bare, "[2001:db8::4]:51821", "NEW");
+        let parsed = wg_quick::parse(&out).unwrap();
+        assert_eq!(
+            parsed.peers[0].endpoint.as_deref(),
+            Some("[2001:db8::4]:51821")
+        );
+        assert_eq!(parsed.peers[0].persistent_keepalive, Some(25));
+        assert_eq!(nx1_comments(&out, VIA_LINE).collect::<Vec<_>>(), ["NEW"]);
     }
 }

@@ -52,6 +52,10 @@ pub enum Request {
         /// Block everything that would leave outside the tunnel (implies DNS protection).
         #[serde(default)]
         kill_switch: bool,
+        /// Private two-hop: reach the config's exit through a relay of the mesh, `auto` (the
+        /// nearest live relay) or a relay's node id.
+        #[serde(default)]
+        two_hop: Option<String>,
     },
     /// Client mode: take the tunnel down.
     Disconnect,
@@ -411,6 +415,9 @@ pub struct ClientStatus {
     /// The leak protection in force, when any.
     #[serde(default)]
     pub protection: Option<Protection>,
+    /// The relay the tunnel goes through (private two-hop), when it does.
+    #[serde(default)]
+    pub via: Option<String>,
     /// Server endpoints.
     pub endpoints: Vec<String>,
     /// Tunnel addresses.

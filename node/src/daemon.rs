@@ -89,10 +89,20 @@ impl Node {
                 interface,
                 dns_protection,
                 kill_switch,
+                two_hop,
             } => {
-                let config = zeroize::Zeroizing::new(config);
+                let mut config = zeroize::Zeroizing::new(config);
                 let protect = (dns_protection || kill_switch).then_some(kill_switch);
-                self.connect(&config, &interface, protect).await
+                match two_hop {
+                    Some(via) => match self.two_hop(&config, &via).await {
+                        Ok(relayed) => {
+                            config = zeroize::Zeroizing::new(relayed);
+                            self.connect(&config, &interface, protect).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                    None => self.connect(&config, &interface, protect).await,
+                }
             }
             Request::Disconnect => self.disconnect().await,
             Request::GuardCheck { domain, peer } => {
@@ -750,6 +760,67 @@ impl Node {
         Ok(Response::Connected(status))
     }
 
+    /// The config with its exit reached through a relay of the mesh: the one named (a node
+    /// id or an unambiguous start of one), or with `auto` the nearest live relay that is
+    /// neither this node nor the exit.
+    async fn two_hop(&self, config: &str, via: &str) -> anyhow::Result<String> {
+        let Some(mesh) = &self.mesh else {
+            anyhow::bail!(
+                "private two-hop needs this node in a mesh ([mesh] enabled = true) to find relays"
+            );
+        };
+        let parsed = nx1_vpn::wg_quick::parse(config).context("wg-quick config")?;
+        let [peer] = parsed.peers.as_slice() else {
+            anyhow::bail!("private two-hop needs a config with one [Peer] (the exit)");
+        };
+        let exit_key = peer.public_key.to_base64();
+        let dir = mesh.directory().await;
+        let relays: Vec<(String, String, Option<String>)> = dir
+            .members
+            .iter()
+            .filter(|(id, m)| {
+                m.state == "live"
+                    && m.record.roles.contains(&crate::mesh::Role::Relay)
+                    && **id != self.node_id
+                    && m.record.wireguard_key.as_deref() != Some(exit_key.as_str())
+            })
+            .filter_map(|(id, m)| Some((id.clone(), m.record.relay.clone()?, m.record.api.clone())))
+            .collect();
+        let (id, endpoint) = if via == "auto" {
+            // The nearest by a round trip to its API; one that publishes none comes last.
+            let mut best: Option<(f64, &str, &str)> = None;
+            for (id, endpoint, api) in &relays {
+                let rtt = match api.as_deref().and_then(api_address) {
+                    Some(a) => connect_rtt(&a).await.unwrap_or(f64::MAX),
+                    None => f64::MAX,
+                };
+                if best.is_none_or(|(b, _, _)| rtt < b) {
+                    best = Some((rtt, id, endpoint));
+                }
+            }
+            let Some((_, id, endpoint)) = best else {
+                anyhow::bail!(
+                    "no live relay in the mesh besides this node and the exit: private two-hop needs one"
+                );
+            };
+            (id.to_owned(), endpoint.to_owned())
+        } else {
+            let found: Vec<_> = relays
+                .iter()
+                .filter(|(id, _, _)| id == via || (via.len() >= 4 && id.starts_with(via)))
+                .collect();
+            match found.as_slice() {
+                [(id, endpoint, _)] => (id.clone(), endpoint.clone()),
+                [] => anyhow::bail!(
+                    "no live relay {via:?} in the mesh (other than this node and the exit)"
+                ),
+                _ => anyhow::bail!("{via:?} is the start of several node ids: give more of it"),
+            }
+        };
+        tracing::info!(relay = %id, %endpoint, "private two-hop");
+        Ok(crate::client::through_relay(config, &endpoint, &id))
+    }
+
     async fn disconnect(&self) -> anyhow::Result<Response> {
         match self.client.lock().await.take() {
             Some(tunnel) => {
@@ -862,6 +933,7 @@ fn client_status(tunnel: &crate::client::ClientTunnel) -> control::ClientStatus 
     let stats = tunnel.interface.device().peer_stats();
     control::ClientStatus {
         interface: tunnel.name().to_owned(),
+        via: tunnel.via.clone(),
         protection: tunnel.protection.as_ref().map(|p| {
             let blocked = p.blocked();
             control::Protection {

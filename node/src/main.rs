@@ -93,6 +93,11 @@ enum Command {
         /// tunnel's node stops answering, traffic stops instead of leaking.
         #[arg(long)]
         kill_switch: bool,
+        /// Private two-hop: reach the exit through a relay of this node's mesh, so the exit
+        /// never sees this host's address: `auto` (the nearest live relay) or a relay's node
+        /// id.
+        #[arg(long, value_name = "RELAY")]
+        two_hop: Option<String>,
     },
     /// Client mode: take the tunnel down.
     Disconnect,
@@ -333,6 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             interface,
             dns_protection,
             kill_switch,
+            two_hop,
         } => {
             let config = Config::load(&config_path(cli.config))?;
             let text = zeroize::Zeroizing::new(
@@ -344,15 +350,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 interface,
                 dns_protection,
                 kill_switch,
+                two_hop,
             };
             let control::Response::Connected(c) = ask(&config, request).await? else {
                 anyhow::bail!("unexpected answer from the daemon");
             };
             println!(
-                "connected on {} to {} as {}",
+                "connected on {} to {} as {}{}",
                 c.interface,
                 c.endpoints.join(", "),
-                c.addresses.join(", ")
+                c.addresses.join(", "),
+                c.via
+                    .as_deref()
+                    .map(|v| format!(" (private two-hop through relay {v})"))
+                    .unwrap_or_default()
             );
             Ok(())
         }

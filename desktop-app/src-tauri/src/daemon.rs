@@ -120,20 +120,22 @@ impl Daemon {
     }
 
     /// Brings the client tunnel up from a wg-quick file (read here, by the user's app; the
-    /// daemon gets its text), with DNS-leak protection and the kill switch as asked.
+    /// daemon gets its text), with DNS-leak protection and the kill switch as asked, and
+    /// through a relay of the mesh (`two_hop`: `auto` or a relay's node id) when asked.
     pub async fn connect(
         &self,
         config: &Path,
         interface: &str,
         dns_protection: bool,
         kill_switch: bool,
+        two_hop: Option<&str>,
     ) -> Result<Value, String> {
         let text = tokio::fs::read_to_string(config)
             .await
             .map_err(|e| format!("reading {}: {e}", config.display()))?;
         self.call(json!({
             "cmd": "connect", "config": text, "interface": interface,
-            "dns_protection": dns_protection, "kill_switch": kill_switch,
+            "dns_protection": dns_protection, "kill_switch": kill_switch, "two_hop": two_hop,
         }))
         .await
     }

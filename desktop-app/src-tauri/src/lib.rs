@@ -62,7 +62,7 @@ async fn credits(daemon: State<'_, Daemon>) -> Result<Value, String> {
 }
 
 /// Brings the client tunnel up from a wg-quick file, with DNS-leak protection and the kill
-/// switch (both nftables in the daemon) as asked.
+/// switch (both nftables in the daemon) as asked, and through a relay (private two-hop).
 #[tauri::command]
 async fn connect(
     daemon: State<'_, Daemon>,
@@ -70,6 +70,7 @@ async fn connect(
     interface: String,
     dns_protection: bool,
     kill_switch: bool,
+    two_hop: Option<String>,
 ) -> Result<Value, String> {
     daemon
         .connect(
@@ -77,6 +78,7 @@ async fn connect(
             &interface,
             dns_protection,
             kill_switch,
+            two_hop.as_deref(),
         )
         .await
 }

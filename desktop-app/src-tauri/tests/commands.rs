@@ -174,7 +174,7 @@ async fn every_command_does_what_the_daemon_says() {
     let e = daemon.disconnect().await.unwrap_err();
     assert_eq!(e, "not connected");
     let e = daemon
-        .connect(&tmp.path().join("missing.conf"), "nx1c", true, true)
+        .connect(&tmp.path().join("missing.conf"), "nx1c", true, true, None)
         .await
         .unwrap_err();
     assert!(e.contains("missing.conf"), "{e}");
@@ -184,10 +184,27 @@ async fn every_command_does_what_the_daemon_says() {
     )
     .unwrap();
     let e = daemon
-        .connect(&tmp.path().join("bad.conf"), "nx1c", true, true)
+        .connect(&tmp.path().join("bad.conf"), "nx1c", true, true, None)
         .await
         .unwrap_err();
     assert!(!e.is_empty());
+    // Two-hop needs a relay other than this node: the mesh here has none.
+    std::fs::write(
+        tmp.path().join("good.conf"),
+        "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.87.0.2/32\n\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 10.87.0.0/16\n",
+    )
+    .unwrap();
+    let e = daemon
+        .connect(
+            &tmp.path().join("good.conf"),
+            "nx1c",
+            false,
+            false,
+            Some("auto"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.contains("no live relay in the mesh"), "{e}");
 }
 
 /// Runs `cmd` in the network namespace `ns`.
