@@ -28,13 +28,17 @@ export function bytes(n: number): string {
   return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
 }
 
-/** The tunnel's state in words, and the pill class to show it with. */
-export function tunnelState(s: Status): { text: string; cls: "ok" | "off" | "bad" } {
+/** The tunnel's state in words, and the pill class to show it with; `now` in Unix seconds. */
+export function tunnelState(s: Status, now = Date.now() / 1000): { text: string; cls: "ok" | "off" | "bad" } {
   const c = s.client;
   if (!c) return { text: "Not connected", cls: "off" };
   if (c.node_answer?.out_of_credits) return { text: "Cut off: out of credits", cls: "bad" };
   if (c.node_answer?.cut_off) return { text: "Cut off by the node", cls: "bad" };
   if (c.latest_handshake === null) return { text: "Connecting…", cls: "off" };
+  // Past WireGuard's reject-after time the session's keys are void: no traffic flows until a
+  // new handshake succeeds.
+  const age = Math.floor(now - c.latest_handshake);
+  if (age > 180) return { text: `Reconnecting… (no handshake for ${age} s)`, cls: "bad" };
   if (c.moves > 0) return { text: `Connected (moved ${c.moves}×)`, cls: "ok" };
   return { text: "Connected", cls: "ok" };
 }

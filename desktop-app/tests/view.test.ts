@@ -31,7 +31,7 @@ const client = {
   interface: "nx1c",
   endpoints: ["198.51.100.7:51820"],
   addresses: ["10.87.0.2/32"],
-  latest_handshake: 3,
+  latest_handshake: Math.floor(Date.now() / 1000) - 3,
   rx_bytes: 2048,
   tx_bytes: 10,
   server: "198.51.100.7:51820",
@@ -291,4 +291,11 @@ test("the route: direct, or private two-hop through a relay", () => {
   expect(el.querySelector("#route")!.textContent).toBe("Direct to the node");
   el.innerHTML = connectView({ ...base, client: { ...client, via: "RELAYID0123456789" } });
   expect(el.querySelector("#route")!.textContent).toBe("Private two-hop through relay RELAYID01234…");
+});
+
+test("a tunnel whose session expired is reconnecting", () => {
+  const now = 1_800_000_000;
+  const s = { ...base, client: { ...client, latest_handshake: now - 200 } };
+  expect(tunnelState(s, now)).toEqual({ text: "Reconnecting… (no handshake for 200 s)", cls: "bad" });
+  expect(tunnelState({ ...base, client: { ...client, latest_handshake: now - 100 } }, now).text).toBe("Connected");
 });
