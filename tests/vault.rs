@@ -1048,6 +1048,14 @@ fn the_app_session_does_what_the_command_line_does_and_syncs_it() {
     let listed: Vec<serde_json::Value> = serde_json::from_str(&b.ok(&["list", "--json"])).unwrap();
     assert_eq!(listed.len() as u64, n + 1);
 
+    // Both devices edit the item: the session's sync merges the two edits and says so.
+    b.ok(&["edit", "Codeberg", "--username", "hana-from-the-cli"]);
+    let edited = s.ok(json!({ "op": "edit", "id": id, "item": { "notes": "from the app" } }));
+    assert_eq!(edited["status"]["merged"], 1, "{edited}");
+    let got = s.ok(json!({ "op": "get", "id": id }))["item"].clone();
+    assert_eq!(got["username"], "hana-from-the-cli");
+    assert_eq!(got["notes"], "from the app");
+
     // Delete syncs too.
     s.ok(json!({ "op": "delete", "id": id }));
     b.ok(&["sync"]);
