@@ -25,27 +25,33 @@ fn relay_dropped(lab: &ExitLab, reason: &str) -> u64 {
         .map_or(0, |d| d[1].as_u64().unwrap())
 }
 
-#[test]
-fn a_standard_client_goes_through_a_relay_that_sees_only_ciphertext() {
+/// The relay lab running, with a web server, once the relay knows the exit from the signed
+/// directory: the lab and the relay's node id.
+fn relay_lab() -> (ExitLab, String) {
     let mut lab = ExitLab::with_relay();
     lab.start_node();
     lab.start_relay();
     lab.start_web_server("nx1-two-hop\n");
-    let exit_key = lab.status().unwrap()["wireguard_public_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let relay_id = lab.relay_status().unwrap()["node_id"]
         .as_str()
         .unwrap()
         .to_owned();
-
-    // The relay learns the exit from the signed directory, the exit learns the relay.
     eventually(
         "the relay to know the exit",
         Duration::from_secs(30),
         || (relay_counter(&lab, "exits") == 1).then_some(()),
     );
+    (lab, relay_id)
+}
+
+#[test]
+fn a_standard_client_goes_through_a_relay_that_sees_only_ciphertext() {
+    // The relay learns the exit from the signed directory, the exit learns the relay.
+    let (mut lab, relay_id) = relay_lab();
+    let exit_key = lab.status().unwrap()["wireguard_public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     eventually("the exit to see the relay", Duration::from_secs(30), || {
         let status = lab.status()?;
         let members = status["mesh"]["members"].as_array()?.clone();
@@ -238,19 +244,7 @@ fn nx1_json(
 
 #[test]
 fn nx1_connect_two_hop_picks_a_relay_from_the_mesh_and_the_exit_never_sees_the_client() {
-    let mut lab = ExitLab::with_relay();
-    lab.start_node();
-    lab.start_relay();
-    lab.start_web_server("nx1-two-hop\n");
-    let relay_id = lab.relay_status().unwrap()["node_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(
-        "the relay to know the exit",
-        Duration::from_secs(30),
-        || (relay_counter(&lab, "exits") == 1).then_some(()),
-    );
+    let (lab, relay_id) = relay_lab();
 
     // The client: an nx1 node in `cli`, in the mesh through the relay's gossip address (the
     // relay host answers on it; nothing in `cli` routes to the exit).

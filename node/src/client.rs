@@ -610,6 +610,59 @@ mod tests {
     }
 
     #[test]
+    fn two_hop_never_panics_and_keeps_a_parsable_config_parsable() {
+        // Configs built from a vocabulary of real and hostile lines, in random order.
+        let lines = [
+            "[Interface]",
+            "[Peer]",
+            "[peer]",
+            "PrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+            "PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+            "Endpoint = 198.51.100.7:51820",
+            "endpoint=[2001:db8::1]:1",
+            "AllowedIPs = 0.0.0.0/0",
+            "PersistentKeepalive = 0",
+            "PersistentKeepalive = off",
+            "PersistentKeepalive = 7",
+            "# nx1-via = X",
+            "# nx1-fallback = K 192.0.2.1:1 N",
+            "#",
+            "=",
+            "Endpoint",
+            "[",
+            "",
+            "\u{feff}[Peer]",
+            "Endpoint = é:1",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut text = String::new();
+            for _ in 0..(x % 12) {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                text.push_str(lines[(x >> 33) as usize % lines.len()]);
+                text.push('\n');
+            }
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let out = through_relay(&text, "203.0.113.4:51821", "R");
+            assert_eq!(nx1_comments(&out, VIA_LINE).collect::<Vec<_>>(), ["R"]);
+            if let Ok(before) = wg_quick::parse(&text)
+                && before.peers.len() == 1
+            {
+                let after = wg_quick::parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+                assert_eq!(
+                    after.peers[0].endpoint.as_deref(),
+                    Some("203.0.113.4:51821"),
+                    "{out}"
+                );
+                assert!(
+                    after.peers[0].persistent_keepalive.unwrap_or(0) > 0,
+                    "{out}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn two_hop_adds_what_a_config_lacks_and_replaces_an_earlier_relay() {
         let bare = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 0.0.0.0/0\n# nx1-via = OLD\n";
         let out = through_relay(bare, "[2001:db8::4]:51821", "NEW");

@@ -690,6 +690,27 @@ struct Open {
     kept: usize,
 }
 
+impl Open {
+    fn new(
+        vault: Vault,
+        device: Device,
+        password: Zeroizing<String>,
+        master: MasterKeys,
+        opts: &VaultOpts,
+    ) -> anyhow::Result<Open> {
+        Ok(Open {
+            vault,
+            device,
+            password,
+            master: Some(master),
+            payer: Payer::from_opts(opts)?,
+            unsynced: None,
+            merged: 0,
+            kept: 0,
+        })
+    }
+}
+
 fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
     if Device::find(opts)?.is_none() {
         bail!(
@@ -718,16 +739,7 @@ fn open_with(opts: &VaultOpts, password: Zeroizing<String>) -> anyhow::Result<Op
             }
             e => e.into(),
         })?;
-    Ok(Open {
-        vault,
-        device,
-        password,
-        master: Some(master),
-        payer: Payer::from_opts(opts)?,
-        unsynced: None,
-        merged: 0,
-        kept: 0,
-    })
+    Open::new(vault, device, password, master, opts)
 }
 
 /// How many nodes hold each account.
@@ -1539,16 +1551,7 @@ fn join(
         },
     };
     device.save(&vault)?;
-    let mut o = Open {
-        vault,
-        device,
-        password,
-        master: Some(master),
-        payer: Payer::from_opts(opts)?,
-        unsynced: None,
-        merged: 0,
-        kept: 0,
-    };
+    let mut o = Open::new(vault, device, password, master, opts)?;
     sync(opts, &mut o, None)?;
     Ok(o)
 }

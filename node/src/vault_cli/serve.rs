@@ -160,11 +160,16 @@ impl Session {
             .ok_or_else(|| anyhow!("the vault is locked: unlock it first"))
     }
 
-    fn opts_for(&self, account: Option<String>) -> VaultOpts {
-        VaultOpts {
+    /// Locks what is open, for an unlock or a new account: the options for `account`.
+    fn start_over(&mut self, account: Option<String>, password: &str) -> anyhow::Result<VaultOpts> {
+        if password.is_empty() {
+            bail!("the master password is empty");
+        }
+        self.open = None;
+        Ok(VaultOpts {
             account: account.or_else(|| self.opts.account.clone()),
             ..self.opts.clone()
-        }
+        })
     }
 
     fn handle(&mut self, request: Request) -> anyhow::Result<Value> {
@@ -192,11 +197,7 @@ impl Session {
                 password,
                 servers,
             } => {
-                if password.is_empty() {
-                    bail!("the master password is empty");
-                }
-                self.open = None;
-                let opts = self.opts_for(account.clone());
+                let opts = self.start_over(account.clone(), &password)?;
                 let o = if Device::find(&opts)?.is_some() {
                     let mut o = open_with(&opts, password)?;
                     for s in servers {
@@ -224,14 +225,10 @@ impl Session {
                 password,
                 servers,
             } => {
-                if password.is_empty() {
-                    bail!("the master password is empty");
-                }
                 if servers.is_empty() {
                     bail!("give at least one node's address");
                 }
-                self.open = None;
-                let opts = self.opts_for(Some(account.clone()));
+                let opts = self.start_over(Some(account.clone()), &password)?;
                 create_account(&opts, &account, servers, KdfParams::DEFAULT, &password)?;
                 let mut o = open_with(&opts, password)?;
                 sync(&opts, &mut o, None)?;
