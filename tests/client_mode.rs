@@ -89,15 +89,21 @@ fn wireguard_go_server(lab: &ExitLab) -> (Background, std::path::PathBuf, String
     (server, conf, server_if)
 }
 
-#[test]
-fn nx1_connect_reaches_the_web_through_a_wireguard_go_server_and_disconnects() {
+/// The lab with the node in `cli` as a client only (no server interface of its own) and
+/// wireguard-go serving in `exit`: the lab, the server, its client config, the server's
+/// interface, and the name for the client's.
+fn client_lab() -> (ExitLab, Background, std::path::PathBuf, String, String) {
     let mut lab = ExitLab::new();
-    // The node in `cli` is a client only: no server interface of its own.
     set_config(&lab.config, "vpn", "enabled", "false");
     lab.start_node_in(true);
-
-    let (_server, conf, server_if) = wireguard_go_server(&lab);
+    let (server, conf, server_if) = wireguard_go_server(&lab);
     let client_if = format!("nx1c{}", lab.tag);
+    (lab, server, conf, server_if, client_if)
+}
+
+#[test]
+fn nx1_connect_reaches_the_web_through_a_wireguard_go_server_and_disconnects() {
+    let (mut lab, _server, conf, server_if, client_if) = client_lab();
     let out = lab.nx1(&["connect", conf.to_str().unwrap(), "--interface", &client_if]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -170,11 +176,7 @@ fn blocked(lab: &ExitLab) -> (u64, u64) {
 
 #[test]
 fn dns_leak_protection_and_the_kill_switch_keep_traffic_in_the_tunnel() {
-    let mut lab = ExitLab::new();
-    set_config(&lab.config, "vpn", "enabled", "false");
-    lab.start_node_in(true);
-    let (server, conf, _) = wireguard_go_server(&lab);
-    let client_if = format!("nx1c{}", lab.tag);
+    let (mut lab, server, conf, _, client_if) = client_lab();
     let table = format!("nx1ks_{client_if}");
     let conf = conf.to_str().unwrap();
     // The exit's own address is reached outside the tunnel (the endpoint's host route):

@@ -88,6 +88,20 @@ def init_node(nx1, d, settings):
     return config
 
 
+def block_list(d, config, name, rule):
+    """A Guard block list of one rule in the node's data directory, in its config."""
+    os.makedirs(os.path.join(d, "lists"))
+    open(os.path.join(d, "lists", name), "w").write(rule + "\n")
+    set_config(config, "guard", "blocklists", f'["lists/{name}"]')
+
+
+def node_up(nx1, ns, config, log_path):
+    """`nx1 up` in the network namespace `ns`, logging to `log_path`."""
+    log = open(log_path, "w")
+    return subprocess.Popen(["ip", "netns", "exec", ns, nx1, "--config", config, "up"],
+                            stdout=log, stderr=log)
+
+
 def main():
     nx1, app = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     update_docs = "--update-docs" in sys.argv
@@ -129,12 +143,8 @@ def main():
             ("vpn", "endpoint", f'"10.201.0.2:{wg_port}"'),
             ("api", "listen", f'"{vault_api}"'),
         ])
-        os.makedirs(os.path.join(exit_dir, "lists"))
-        open(os.path.join(exit_dir, "lists", "trackers.txt"), "w").write("||tracker.example^\n")
-        set_config(exit_config, "guard", "blocklists", '["lists/trackers.txt"]')
-        exit_log = open(os.path.join(artifacts, "exit-node.log"), "w")
-        procs.append(subprocess.Popen(["ip", "netns", "exec", exit_ns, nx1, "--config", exit_config, "up"],
-                                      stdout=exit_log, stderr=exit_log))
+        block_list(exit_dir, exit_config, "trackers.txt", "||tracker.example^")
+        procs.append(node_up(nx1, exit_ns, exit_config, os.path.join(artifacts, "exit-node.log")))
 
         # Home: the app's daemon, with Guard on its own tunnel and relay duty.
         node_dir = os.path.join(tmp, "node")
@@ -152,12 +162,8 @@ def main():
             ("relay", "enabled", "true"),
             ("relay", "listen_port", str(free_port(socket.SOCK_DGRAM))),
         ])
-        os.makedirs(os.path.join(node_dir, "lists"))
-        open(os.path.join(node_dir, "lists", "ads.txt"), "w").write("||ads.example^\n")
-        set_config(config, "guard", "blocklists", '["lists/ads.txt"]')
-        log = open(os.path.join(artifacts, "node.log"), "w")
-        procs.append(subprocess.Popen(["ip", "netns", "exec", home, nx1, "--config", config, "up"],
-                                      stdout=log, stderr=log))
+        block_list(node_dir, config, "ads.txt", "||ads.example^")
+        procs.append(node_up(nx1, home, config, os.path.join(artifacts, "node.log")))
         home_node = procs[-1]
 
         def nx1_json(*args, cfg=config):
