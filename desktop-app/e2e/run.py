@@ -52,13 +52,21 @@ def set_config(path, section, key, value):
 
 def wd(method, path, body=None, timeout=60):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(WD + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.load(r).get("value")
-    except urllib.error.HTTPError as e:
-        raise RuntimeError(f"{method} {path} -> {e.code} {e.read().decode()}") from None
+    # Reads and element look-ups change nothing, so a dropped connection is retried once;
+    # anything else (a click, a new session) is not repeated.
+    safe = method in ("GET", "DELETE") or path.endswith(("/element", "/elements"))
+    for attempt in (1, 2):
+        req = urllib.request.Request(WD + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.load(r).get("value")
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{method} {path} -> {e.code} {e.read().decode()}") from None
+        except ConnectionError:  # http.client.RemoteDisconnected among them
+            if not safe or attempt == 2:
+                raise
+            time.sleep(0.5)
 
 
 def eventually(what, check, timeout=20):
