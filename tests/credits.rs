@@ -559,5 +559,57 @@ fn the_exit_tells_a_client_what_its_guard_blocked_for_it() {
         "{found}"
     );
     assert_eq!(found["query_type"], "A");
+
+    // The client asks, through its tunnel, that the exit allow the name for it alone.
+    let out = nx1(
+        &[
+            "--config",
+            client.to_str().unwrap(),
+            "guard",
+            "allow",
+            "Tracker.Example.",
+            "--at-node",
+        ],
+        &cwd,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("tracker.example: allowed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let verdict = |peer: Option<&str>| {
+        let mut args = vec!["guard", "check", "tracker.example", "--json"];
+        if let Some(p) = peer {
+            args.extend(["--peer", p]);
+        }
+        json(&lab.config, &args, &cwd).unwrap()["verdict"].clone()
+    };
+    assert_eq!(verdict(Some("laptop")), "allowed");
+    assert_eq!(
+        verdict(None),
+        "blocked",
+        "for everyone else it stays blocked"
+    );
+    let dig = lab.in_cli("dig @10.87.0.1 +short +time=2 +tries=1 tracker.example A");
+    assert_ne!(text(&dig.stdout).trim(), "0.0.0.0");
+    // Not a domain: refused with a reason, nothing changed.
+    let out = nx1(
+        &[
+            "--config",
+            client.to_str().unwrap(),
+            "guard",
+            "allow",
+            "not a domain",
+            "--at-node",
+        ],
+        &cwd,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a domain name"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(daemon.stop_with(libc::SIGTERM).success());
 }

@@ -346,9 +346,16 @@ def main():
             eventually("what the exit blocked for this device",
                        lambda: "tracker.example" in text("#device-findings")
                        and "trackers.txt" in text("#device-findings"))
+            shots.append(shot("guard.png"))
+            # Allowed for this device by the exit, in one click (the exit keeps blocking it
+            # for everyone else).
+            click("button.allow-device")
+            eventually("allowed at the exit for this device", lambda: nx1_json(
+                "guard", "check", "tracker.example", "--peer", "laptop", cfg=exit_config)["verdict"] == "allowed")
+            assert nx1_json("guard", "check", "tracker.example", cfg=exit_config)["verdict"] == "blocked"
+            eventually("the answer on screen", lambda: "allowed for this device by the exit" in text("#verdict"))
             eventually("the blocked name on the Guard screen",
                        lambda: "ads.example" in text("#findings") and "ads.txt" in text("#findings"))
-            shots.append(shot("guard.png"))
             click("button.allow")
             eventually("the name allowed in the daemon",
                        lambda: nx1_json("guard", "check", "ads.example")["verdict"] == "allowed")

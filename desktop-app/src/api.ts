@@ -140,5 +140,8 @@ export interface GuardVerdict {
 export const guardFindings = () =>
   invoke<{ findings: GuardFinding[] }>("guard_findings").then((r) => r.findings);
 export const guardCheck = (domain: string) => invoke<GuardVerdict>("guard_check", { domain });
+/** Asks the exit this device's tunnel goes to that it allow a domain for this device. */
+export const guardAllowAtNode = (domain: string) =>
+  invoke<{ domain: string }>("guard_allow_at_node", { domain }).then((r) => r.domain);
 export const guardRule = (domain: string, action: "allow" | "deny" | "clear") =>
   invoke<GuardVerdict>("guard_rule", { domain, action });

@@ -344,7 +344,12 @@ document.addEventListener("click", (ev) => {
       ),
     );
   else if (t.id === "disconnect") void act(() => api.disconnect());
-  else if (t.classList.contains("allow") && t.dataset.domain) {
+  else if (t.classList.contains("allow-device") && t.dataset.domain) {
+    const domain = t.dataset.domain;
+    void act(async () => {
+      checked = `${await api.guardAllowAtNode(domain)}: allowed for this device by the exit`;
+    });
+  } else if (t.classList.contains("allow") && t.dataset.domain) {
     const domain = t.dataset.domain;
     void act(async () => {
       checked = verdictText(await api.guardRule(domain, "allow"));

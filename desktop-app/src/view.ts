@@ -287,11 +287,12 @@ export function deviceFindingsView(s: Status): string {
     .map(
       (f) => `<tr><td>${esc(new Date(f.at * 1000).toLocaleTimeString())}</td>
         <td class="finding-name">${esc(f.name)}</td><td>${esc(f.query_type)}</td>
-        <td>${esc(listName(f.list))} <code>${esc(f.rule)}</code></td></tr>`,
+        <td>${esc(listName(f.list))} <code>${esc(f.rule)}</code></td>
+        <td><button class="allow-device" data-domain="${esc(f.name)}">Allow for this device</button></td></tr>`,
     )
     .join("");
   const table = found.length
-    ? `<table id="device-findings"><tr><th>When</th><th>Name</th><th>Type</th><th>Why</th></tr>${rows}</table>`
+    ? `<table id="device-findings"><tr><th>When</th><th>Name</th><th>Type</th><th>Why</th><th></th></tr>${rows}</table>`
     : `<p class="muted" id="device-findings">The exit's Guard has blocked nothing for this device lately.</p>`;
   return `<h2>Blocked for this device</h2>${table}`;
 }

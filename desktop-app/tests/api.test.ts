@@ -68,3 +68,10 @@ test("latency and the ledger history come from their own commands", async () => 
   await expect(api.creditsHistory()).resolves.toEqual([{ kind: "earn" }]);
   expect(calls.mock.calls.map((c) => c[0])).toEqual(["latency", "credits_history"]);
 });
+
+test("allowing at the exit names the domain", async () => {
+  const calls = vi.fn(() => ({ result: "allowed_at_node", domain: "tracker.example" }));
+  mockIPC(calls);
+  await expect(api.guardAllowAtNode("Tracker.Example")).resolves.toBe("tracker.example");
+  expect(calls).toHaveBeenCalledWith("guard_allow_at_node", { domain: "Tracker.Example" });
+});

@@ -191,6 +191,7 @@ test("the Guard screen shows what the exit blocked for this device, escaped", ()
   el.innerHTML = guardView({ ...base, client: { ...client, node_answer: { refused: null, cut_off: false, guard: [finding] } } }, [], null);
   expect(el.querySelector("#device-findings")!.textContent).toContain("tracker.example");
   expect(el.querySelector("#device-findings")!.textContent).toContain("trackers.txt");
+  expect(el.querySelector<HTMLButtonElement>("#device-findings button.allow-device")!.dataset.domain).toBe("tracker.example");
   expect(el.querySelector("#guard-off")).not.toBeNull();
   el.innerHTML = guardView({ ...base, client }, [], null);
   expect(el.querySelector("#device-findings")!.textContent).toContain("blocked nothing");

@@ -75,6 +75,9 @@ pub struct ClientTunnel {
     /// The relay the tunnel goes through (private two-hop), as the config's `# nx1-via`
     /// names it.
     pub via: Option<String>,
+    /// Where the node takes receipts (and rule requests), and the tunnel address to send
+    /// from, when the config says.
+    node_port: Option<(SocketAddr, std::net::Ipv4Addr)>,
     /// DNS-leak protection and kill switch, when asked for. The last field: it goes after
     /// the interface and its routes, so nothing leaks while the tunnel comes down.
     pub protection: Option<nx1_vpn::killswitch::KillSwitch>,
@@ -452,6 +455,7 @@ impl ClientTunnel {
             via: nx1_comments(config_text, VIA_LINE)
                 .next()
                 .map(str::to_owned),
+            node_port: None,
             protection: None,
         };
         // The endpoints' own routes first (the standby nodes' too), then the tunnel's routes;
@@ -489,6 +493,7 @@ impl ClientTunnel {
         let receipts_to =
             nx1_comments(config_text, RECEIPTS_LINE).find_map(|p| p.parse::<SocketAddr>().ok());
         if let (Some(to), Some(bind)) = (receipts_to, bind) {
+            tunnel.node_port = Some((to, bind));
             tunnel.signer = Some(tokio::spawn(sign_receipts(
                 tunnel.interface.device().clone(),
                 node_ids,
@@ -527,6 +532,42 @@ impl ClientTunnel {
 
     /// Takes the tunnel down and removes the endpoint's host route.
     pub fn stop(self) {}
+
+    /// Asks the node, through the tunnel, to allow `domain` for this tunnel alone (its Guard
+    /// blocked it for this device); returns the domain as allowed.
+    pub async fn allow_at_node(&self, domain: &str) -> anyhow::Result<String> {
+        let Some((to, bind)) = self.node_port else {
+            bail!(
+                "this tunnel's config does not say where its node takes requests (# nx1-receipts)"
+            );
+        };
+        let socket = tokio::net::UdpSocket::bind((bind, 0)).await?;
+        let request = serde_json::to_vec(&crate::credits::GuardAllow {
+            guard_allow: domain.to_owned(),
+        })?;
+        // The node takes one request a tunnel at a time (receipts included): try a few times.
+        let mut last = String::from("the node did not answer");
+        for _ in 0..4 {
+            socket.send_to(&request, to).await?;
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(1200), socket.recv_from(&mut buf))
+                .await
+            {
+                Ok(Ok((n, from))) if from == to => {
+                    let a: crate::credits::GuardAllowAnswer =
+                        serde_json::from_slice(&buf[..n]).context("the node's answer")?;
+                    match (a.allowed, a.refused) {
+                        (Some(d), _) => return Ok(d),
+                        (None, Some(why)) if why.starts_with("one rule change") => last = why,
+                        (None, Some(why)) => bail!("the node refused: {why}"),
+                        (None, None) => bail!("the node sent an empty answer"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        bail!("{last}")
+    }
 
     /// Every server the tunnel may send to: the endpoints and the standby nodes.
     pub fn servers(&self) -> Vec<SocketAddr> {

@@ -77,6 +77,12 @@ pub enum Request {
     /// Round-trip time from this host to each live member of the mesh (a TCP connect to its
     /// HTTP API).
     Latency,
+    /// Client mode: ask the node the tunnel goes to that its Guard allow a domain for this
+    /// device alone.
+    GuardAllowAtNode {
+        /// The domain.
+        domain: String,
+    },
     /// Usage this node carried, as its clients' accounts signed it, and its owner's balance.
     Credits,
     /// An account's ledger entries (this node's owner's by default).
@@ -163,6 +169,7 @@ impl Request {
             Request::CreditsDevice { .. } => "credits_device",
             Request::Contribute { .. } => "contribute",
             Request::Latency => "latency",
+            Request::GuardAllowAtNode { .. } => "guard_allow_at_node",
             Request::GuardRule { .. } => "guard_rule",
             Request::GuardCategory { .. } => "guard_category",
         }
@@ -202,6 +209,11 @@ pub enum Response {
     },
     /// Answer to [`Request::Contribute`].
     Contribution(ContributionStatus),
+    /// Answer to [`Request::GuardAllowAtNode`]: the domain as the node allowed it.
+    AllowedAtNode {
+        /// The domain.
+        domain: String,
+    },
     /// Answer to [`Request::Latency`]: milliseconds by node id (`null`: no answer within a
     /// second, or no API published).
     Latency {

@@ -338,6 +338,53 @@ pub struct ReceiptAnswer {
     pub guard: Vec<crate::guard::Finding>,
 }
 
+/// A client's request, over its tunnel to the receipt port, that the node's Guard allow a
+/// domain for it alone (a per-peer rule, as `nx1 guard allow DOMAIN --peer NAME` sets): what
+/// the app's Allow does for a name the exit blocked for this device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardAllow {
+    /// The domain.
+    pub guard_allow: String,
+}
+
+/// The node's answer to a [`GuardAllow`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardAllowAnswer {
+    /// The domain as allowed (normalised), when it was.
+    pub allowed: Option<String>,
+    /// The peer it was allowed for.
+    pub peer: Option<String>,
+    /// Why not, when it was not.
+    pub refused: Option<String>,
+}
+
+/// A tunnel may change its rules this often.
+const RULE_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Allows `domain` for the peer of `tunnel` alone; returns the peer's name and the domain.
+async fn allow_for_tunnel(
+    store: &Store,
+    guard: &crate::guard::GuardService,
+    tunnel: &nx1_vpn::keys::PublicKey,
+    domain: &str,
+) -> anyhow::Result<(String, String)> {
+    let Some(domain) = nx1_guard::blocklist::normalise(domain) else {
+        anyhow::bail!("{domain:?} is not a domain name");
+    };
+    let key = tunnel.to_base64();
+    let Some(peer) = crate::peers::list(store)
+        .await?
+        .into_iter()
+        .find(|p| p.public_key == key)
+    else {
+        anyhow::bail!("this tunnel is not registered here");
+    };
+    crate::guard::set_peer_rule(store, &peer.name, &domain, Some("allow")).await?;
+    guard.reload_rules(store).await?;
+    Ok((peer.name, domain))
+}
+
 /// Bytes of findings an answer carries at most, so that it stays one datagram well inside
 /// the tunnel's MTU.
 const ANSWER_FINDINGS_BYTES: usize = 800;
@@ -419,6 +466,8 @@ pub async fn serve(
         let mut buf = vec![0u8; 2 * MAX_RECEIPT];
         let mut last_from: std::collections::HashMap<std::net::IpAddr, std::time::Instant> =
             Default::default();
+        let mut last_rule: std::collections::HashMap<std::net::IpAddr, std::time::Instant> =
+            Default::default();
         loop {
             let (n, from) = tokio::select! {
                 () = crate::daemon::stopped(&mut stop) => return,
@@ -442,6 +491,45 @@ pub async fn serve(
                 last_from.retain(|_, t| at.duration_since(*t) < RECEIPT_GAP);
             }
             let sender = device.peer_for(from.ip());
+            if let Ok(request) = serde_json::from_slice::<GuardAllow>(&buf[..n]) {
+                let refuse = |why: &str| GuardAllowAnswer {
+                    allowed: None,
+                    peer: None,
+                    refused: Some(why.to_owned()),
+                };
+                let answer = match (&guard, sender) {
+                    (None, _) => refuse("Guard is off on this node"),
+                    (_, None) => refuse("not from a tunnel of this node"),
+                    (Some(_), Some(_))
+                        if last_rule
+                            .get(&from.ip())
+                            .is_some_and(|t| at.duration_since(*t) < RULE_GAP) =>
+                    {
+                        refuse("one rule change a second: try again")
+                    }
+                    (Some(g), Some(k)) => {
+                        last_rule.insert(from.ip(), at);
+                        if last_rule.len() > 65_536 {
+                            last_rule.retain(|_, t| at.duration_since(*t) < RULE_GAP);
+                        }
+                        match allow_for_tunnel(&store, g, &k, &request.guard_allow).await {
+                            Ok((peer, domain)) => {
+                                tracing::info!(%peer, %domain, "allowed at the peer's request");
+                                GuardAllowAnswer {
+                                    allowed: Some(domain),
+                                    peer: Some(peer),
+                                    refused: None,
+                                }
+                            }
+                            Err(e) => refuse(&format!("{e:#}")),
+                        }
+                    }
+                };
+                if let Ok(text) = serde_json::to_vec(&answer) {
+                    let _ = socket.send_to(&text, from).await;
+                }
+                continue;
+            }
             let result = match (serde_json::from_slice::<SignedReceipt>(&buf[..n]), sender) {
                 (Err(e), _) => Err(ReceiptError::Malformed(e.to_string())),
                 (Ok(_), None) => Err(ReceiptError::WrongTunnel),

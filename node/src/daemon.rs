@@ -111,6 +111,13 @@ impl Node {
             Request::GuardFindings { peer } => self.guard_findings(peer.as_deref()).await,
             Request::GuardReload => self.guard_reload().await,
             Request::Latency => self.latency().await,
+            Request::GuardAllowAtNode { domain } => match self.client.lock().await.as_ref() {
+                Some(tunnel) => tunnel
+                    .allow_at_node(&domain)
+                    .await
+                    .map(|domain| Response::AllowedAtNode { domain }),
+                None => Err(anyhow::anyhow!("not connected")),
+            },
             Request::Credits => self.credits().await,
             Request::CreditsHistory { account } => {
                 let account = account.unwrap_or_else(|| self.ledger.owner.clone());

@@ -187,6 +187,10 @@ enum GuardCommand {
         /// Only for this peer (its rules come before everyone's).
         #[arg(long, value_name = "NAME")]
         peer: Option<String>,
+        /// Not on this node: ask the node this node's client tunnel goes to, through the
+        /// tunnel, to allow it for this device alone.
+        #[arg(long, conflicts_with = "peer")]
+        at_node: bool,
     },
     /// Block a domain (and the names below it) on this node.
     Deny {
@@ -662,7 +666,20 @@ async fn guard_command(config: &config::Resolved, command: GuardCommand) -> anyh
     };
     let enable = matches!(command, GuardCommand::Enable { .. });
     let command = match command {
-        GuardCommand::Allow { domain, peer } => rule(domain, control::RuleAction::Allow, peer),
+        GuardCommand::Allow {
+            domain,
+            at_node: true,
+            ..
+        } => {
+            let control::Response::AllowedAtNode { domain } =
+                ask(config, control::Request::GuardAllowAtNode { domain }).await?
+            else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            println!("{domain}: allowed for this device by the node the tunnel goes to");
+            return Ok(());
+        }
+        GuardCommand::Allow { domain, peer, .. } => rule(domain, control::RuleAction::Allow, peer),
         GuardCommand::Deny { domain, peer } => rule(domain, control::RuleAction::Deny, peer),
         GuardCommand::Clear { domain, peer } => rule(domain, control::RuleAction::Clear, peer),
         GuardCommand::Disable { category, peer } | GuardCommand::Enable { category, peer } => {

@@ -157,6 +157,12 @@ impl Daemon {
             .await
     }
 
+    /// Asks the node the client tunnel goes to that its Guard allow a domain for this device.
+    pub async fn guard_allow_at_node(&self, domain: &str) -> Result<Value, String> {
+        self.call(json!({ "cmd": "guard_allow_at_node", "domain": domain }))
+            .await
+    }
+
     /// Allows a domain (wins over every list), blocks it, or clears the node's own rule.
     pub async fn guard_rule(&self, domain: &str, action: &str) -> Result<Value, String> {
         if !["allow", "deny", "clear"].contains(&action) {

@@ -101,6 +101,12 @@ async fn guard_check(daemon: State<'_, Daemon>, domain: String) -> Result<Value,
     daemon.guard_check(&domain).await
 }
 
+/// Asks the exit this device's tunnel goes to that it allow a domain for this device.
+#[tauri::command]
+async fn guard_allow_at_node(daemon: State<'_, Daemon>, domain: String) -> Result<Value, String> {
+    daemon.guard_allow_at_node(&domain).await
+}
+
 /// Allows or blocks a domain on this node, or clears its rule.
 #[tauri::command]
 async fn guard_rule(
@@ -244,6 +250,7 @@ pub fn run() {
             guard_findings,
             guard_check,
             guard_rule,
+            guard_allow_at_node,
             tray_text,
             socket_path,
             vault,

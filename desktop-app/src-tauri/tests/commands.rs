@@ -174,6 +174,11 @@ async fn every_command_does_what_the_daemon_says() {
     let e = daemon.disconnect().await.unwrap_err();
     assert_eq!(e, "not connected");
     let e = daemon
+        .guard_allow_at_node("tracker.example")
+        .await
+        .unwrap_err();
+    assert_eq!(e, "not connected");
+    let e = daemon
         .connect(&tmp.path().join("missing.conf"), "nx1c", true, true, None)
         .await
         .unwrap_err();
