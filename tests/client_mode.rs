@@ -178,6 +178,12 @@ fn blocked(lab: &ExitLab) -> (u64, u64) {
 fn dns_leak_protection_and_the_kill_switch_keep_traffic_in_the_tunnel() {
     let (mut lab, server, conf, _, client_if) = client_lab();
     let table = format!("nx1ks_{client_if}");
+    let has_table = |lab: &ExitLab| {
+        lab.cli
+            .sh(&format!("nft list table inet {table}"))
+            .status
+            .success()
+    };
     let conf = conf.to_str().unwrap();
     // The exit's own address is reached outside the tunnel (the endpoint's host route):
     // the way a leak would go.
@@ -216,12 +222,7 @@ fn dns_leak_protection_and_the_kill_switch_keep_traffic_in_the_tunnel() {
         false
     );
     assert!(lab.nx1(&["disconnect"]).status.success());
-    assert!(
-        !lab.cli
-            .sh(&format!("nft list table inet {table}"))
-            .status
-            .success()
-    );
+    assert!(!has_table(&lab));
 
     // The kill switch: only the tunnel (and its datagrams to the server) gets out.
     let out = lab.nx1(&["connect", conf, "--interface", &client_if, "--kill-switch"]);
@@ -244,12 +245,7 @@ fn dns_leak_protection_and_the_kill_switch_keep_traffic_in_the_tunnel() {
 
     // Disconnected: the table is gone and the host's own way works again.
     assert!(lab.nx1(&["disconnect"]).status.success());
-    assert!(
-        !lab.cli
-            .sh(&format!("nft list table inet {table}"))
-            .status
-            .success()
-    );
+    assert!(!has_table(&lab));
     assert!(outside(&lab));
 
     // A daemon that dies with the kill switch on leaves the host blocked (fail closed)
@@ -259,12 +255,7 @@ fn dns_leak_protection_and_the_kill_switch_keep_traffic_in_the_tunnel() {
     let out = lab.nx1(&["connect", conf, "--interface", &client_if, "--kill-switch"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     lab.node.take().unwrap().stop_with(libc::SIGKILL);
-    assert!(
-        lab.cli
-            .sh(&format!("nft list table inet {table}"))
-            .status
-            .success()
-    );
+    assert!(has_table(&lab), "the table outlives the daemon");
     assert!(!outside(&lab), "still blocked after the daemon died");
     lab.start_node_in(true);
     let out = lab.nx1(&["disconnect"]);
