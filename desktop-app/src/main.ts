@@ -136,9 +136,18 @@ function renderPane() {
   }
 }
 
+/** The items for the search as it is now, or null when a newer request (typing fires one a
+ * key) was made meanwhile: that one's answer is the one to show, whichever comes back last. */
+let listSeq = 0;
+async function listLatest(): Promise<vault.VaultEntry[] | null> {
+  const seq = ++listSeq;
+  const entries = await vault.list(v.query);
+  return seq === listSeq ? entries : null;
+}
+
 async function vaultLoad() {
   v.state = await vault.state();
-  v.entries = v.state.unlocked ? await vault.list(v.query) : [];
+  v.entries = v.state.unlocked ? ((await listLatest()) ?? v.entries) : [];
   if (v.selected && !v.entries.some((e) => e.id === v.selected)) {
     v.selected = null;
     v.item = null;
@@ -171,7 +180,7 @@ async function vaultAct(f: () => Promise<unknown>) {
 /** After a change that synced: its status, the list again. */
 async function vaultChanged(status: vault.VaultStatus) {
   if (v.state) v.state.unlocked = status;
-  v.entries = await vault.list(v.query);
+  v.entries = (await listLatest()) ?? v.entries;
 }
 
 const inputValue = (sel: string) => $<HTMLInputElement | HTMLSelectElement>(sel)?.value ?? "";
@@ -283,7 +292,7 @@ document.addEventListener("input", (ev) => {
   if (t.id !== "vault-search") return;
   v.query = (t as HTMLInputElement).value;
   void vaultAct(async () => {
-    v.entries = await vault.list(v.query);
+    v.entries = (await listLatest()) ?? v.entries;
   });
 });
 

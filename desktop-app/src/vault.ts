@@ -177,7 +177,7 @@ export function detailView(id: string, it: VaultItem, shown: boolean, code: Totp
   return `<h3 id="vault-detail-name">${esc(it.name)}</h3>
     <table id="vault-detail" data-id="${esc(id)}">
       ${row("Username", esc(it.username), copy("username"))}
-      ${row("Password", `<span id="vault-password-value">${pw}</span>`, `<button id="vault-show">${shown ? "Hide" : "Show"}</button> ${copy("password")}`)}
+      ${it.password ? row("Password", `<span id="vault-password-value">${pw}</span>`, `<button id="vault-show">${shown ? "Hide" : "Show"}</button> ${copy("password")}`) : ""}
       ${it.urls.map((u) => row("URL", esc(u), "")).join("")}
       ${row("Folder", esc(it.folder))}
       ${totpRow}
