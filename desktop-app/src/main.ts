@@ -166,14 +166,19 @@ async function vaultSelect(id: string) {
   renderVault();
 }
 
-/** A vault action: errors shown, the screen redrawn. */
-async function vaultAct(f: () => Promise<unknown>) {
+/** Runs an action, showing its error or clearing the last one. */
+async function attempt(f: () => Promise<unknown>) {
   try {
     await f();
     showError(null);
   } catch (e) {
     showError(e);
   }
+}
+
+/** A vault action: errors shown, the screen redrawn. */
+async function vaultAct(f: () => Promise<unknown>) {
+  await attempt(f);
   renderVault();
 }
 
@@ -321,12 +326,7 @@ setInterval(() => {
 }, 1000);
 
 async function act(f: () => Promise<unknown>) {
-  try {
-    await f();
-    showError(null);
-  } catch (e) {
-    showError(e);
-  }
+  await attempt(f);
   (document.activeElement as HTMLElement | null)?.blur();
   await refresh();
 }

@@ -277,6 +277,13 @@ export function verdictText(v: GuardVerdict): string {
   return `${v.domain}: not on any list; the models pass it`;
 }
 
+/** The cells every finding row starts with: when, the name, the query type, and why. */
+function findingCells(f: { at: number; name: string; query_type: string; list: string; rule: string }): string {
+  return `<td>${esc(new Date(f.at * 1000).toLocaleTimeString())}</td>
+        <td class="finding-name">${esc(f.name)}</td><td>${esc(f.query_type)}</td>
+        <td>${esc(listName(f.list))} <code>${esc(f.rule)}</code></td>`;
+}
+
 /** What the exit's Guard blocked for this device (while a tunnel is up). */
 export function deviceFindingsView(s: Status): string {
   if (!s.client) return "";
@@ -285,9 +292,7 @@ export function deviceFindingsView(s: Status): string {
     .slice()
     .reverse()
     .map(
-      (f) => `<tr><td>${esc(new Date(f.at * 1000).toLocaleTimeString())}</td>
-        <td class="finding-name">${esc(f.name)}</td><td>${esc(f.query_type)}</td>
-        <td>${esc(listName(f.list))} <code>${esc(f.rule)}</code></td>
+      (f) => `<tr>${findingCells(f)}
         <td><button class="allow-device" data-domain="${esc(f.name)}">Allow for this device</button></td></tr>`,
     )
     .join("");
@@ -308,9 +313,7 @@ export function guardView(s: Status, findings: GuardFinding[], checked: string |
     .slice()
     .reverse()
     .map(
-      (f) => `<tr><td>${esc(new Date(f.at * 1000).toLocaleTimeString())}</td>
-        <td class="finding-name">${esc(f.name)}</td><td>${esc(f.query_type)}</td>
-        <td>${esc(listName(f.list))} <code>${esc(f.rule)}</code></td><td>${esc(f.peer ?? f.client)}</td>
+      (f) => `<tr>${findingCells(f)}<td>${esc(f.peer ?? f.client)}</td>
         <td><button class="allow" data-domain="${esc(f.name)}">Allow</button></td></tr>`,
     )
     .join("");

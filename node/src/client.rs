@@ -461,11 +461,7 @@ impl ClientTunnel {
         // The endpoints' own routes first (the standby nodes' too), then the tunnel's routes;
         // on failure `Drop` undoes. Any route that covers an endpoint would carry the
         // tunnel's own datagrams into it.
-        let mut pinned = endpoints.clone();
-        if let Some(f) = &failover {
-            pinned.extend(f.servers.iter().skip(1).map(|(_, e)| *e));
-        }
-        for e in &pinned {
+        for e in &tunnel.servers() {
             if routes.iter().any(|r| r.contains(e.ip()))
                 && let Some(r) = pin_endpoint(e.ip())?
             {
@@ -558,7 +554,7 @@ impl ClientTunnel {
                         serde_json::from_slice(&buf[..n]).context("the node's answer")?;
                     match (a.allowed, a.refused) {
                         (Some(d), _) => return Ok(d),
-                        (None, Some(why)) if why.starts_with("one rule change") => last = why,
+                        (None, Some(why)) if why == crate::credits::RULE_BUSY => last = why,
                         (None, Some(why)) => bail!("the node refused: {why}"),
                         (None, None) => bail!("the node sent an empty answer"),
                     }

@@ -359,8 +359,44 @@ pub struct GuardAllowAnswer {
     pub refused: Option<String>,
 }
 
+/// One message per source address at most every `gap`; the table forgets addresses that
+/// kept quiet for a gap whenever it grows past 65,536.
+struct Spacing {
+    gap: std::time::Duration,
+    last: std::collections::HashMap<std::net::IpAddr, std::time::Instant>,
+}
+
+impl Spacing {
+    fn new(gap: std::time::Duration) -> Spacing {
+        Spacing {
+            gap,
+            last: Default::default(),
+        }
+    }
+
+    /// Whether a message from `from` at `at` comes at least a gap after its last one (and
+    /// if so, it is the last one now).
+    fn admit(&mut self, from: std::net::IpAddr, at: std::time::Instant) -> bool {
+        if self
+            .last
+            .get(&from)
+            .is_some_and(|t| at.duration_since(*t) < self.gap)
+        {
+            return false;
+        }
+        self.last.insert(from, at);
+        if self.last.len() > 65_536 {
+            let gap = self.gap;
+            self.last.retain(|_, t| at.duration_since(*t) < gap);
+        }
+        true
+    }
+}
+
 /// A tunnel may change its rules this often.
 const RULE_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+/// The refusal of a rule change that came sooner: the client tries again.
+pub const RULE_BUSY: &str = "one rule change a second: try again";
 
 /// Allows `domain` for the peer of `tunnel` alone; returns the peer's name and the domain.
 async fn allow_for_tunnel(
@@ -464,10 +500,8 @@ pub async fn serve(
     let socket = tokio::net::UdpSocket::bind((address, RECEIPT_PORT)).await?;
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2 * MAX_RECEIPT];
-        let mut last_from: std::collections::HashMap<std::net::IpAddr, std::time::Instant> =
-            Default::default();
-        let mut last_rule: std::collections::HashMap<std::net::IpAddr, std::time::Instant> =
-            Default::default();
+        let mut receipts_from = Spacing::new(RECEIPT_GAP);
+        let mut rules_from = Spacing::new(RULE_GAP);
         loop {
             let (n, from) = tokio::select! {
                 () = crate::daemon::stopped(&mut stop) => return,
@@ -479,16 +513,9 @@ pub async fn serve(
             // One at a time per tunnel address: a flood from one client cannot hold up the
             // others' receipts (each costs a database write).
             let at = std::time::Instant::now();
-            if last_from
-                .get(&from.ip())
-                .is_some_and(|t| at.duration_since(*t) < RECEIPT_GAP)
-            {
+            if !receipts_from.admit(from.ip(), at) {
                 *counters.refused.lock().entry("rate_limited").or_default() += 1;
                 continue;
-            }
-            last_from.insert(from.ip(), at);
-            if last_from.len() > 65_536 {
-                last_from.retain(|_, t| at.duration_since(*t) < RECEIPT_GAP);
             }
             let sender = device.peer_for(from.ip());
             if let Ok(request) = serde_json::from_slice::<GuardAllow>(&buf[..n]) {
@@ -500,18 +527,8 @@ pub async fn serve(
                 let answer = match (&guard, sender) {
                     (None, _) => refuse("Guard is off on this node"),
                     (_, None) => refuse("not from a tunnel of this node"),
-                    (Some(_), Some(_))
-                        if last_rule
-                            .get(&from.ip())
-                            .is_some_and(|t| at.duration_since(*t) < RULE_GAP) =>
-                    {
-                        refuse("one rule change a second: try again")
-                    }
+                    (Some(_), Some(_)) if !rules_from.admit(from.ip(), at) => refuse(RULE_BUSY),
                     (Some(g), Some(k)) => {
-                        last_rule.insert(from.ip(), at);
-                        if last_rule.len() > 65_536 {
-                            last_rule.retain(|_, t| at.duration_since(*t) < RULE_GAP);
-                        }
                         match allow_for_tunnel(&store, g, &k, &request.guard_allow).await {
                             Ok((peer, domain)) => {
                                 tracing::info!(%peer, %domain, "allowed at the peer's request");
@@ -706,6 +723,19 @@ pub async fn usage(store: &Store) -> Result<Vec<AccountUsage>, ReceiptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_message_a_gap_per_source() {
+        let mut spacing = Spacing::new(std::time::Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        let (a, b) = ("10.87.0.2".parse().unwrap(), "10.87.0.3".parse().unwrap());
+        let ms = std::time::Duration::from_millis;
+        assert!(spacing.admit(a, t));
+        assert!(!spacing.admit(a, t + ms(10)));
+        assert!(spacing.admit(b, t + ms(10)));
+        assert!(!spacing.admit(a, t + ms(49)));
+        assert!(spacing.admit(a, t + ms(60)));
+    }
     use crate::store::testing::TestDb;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;

@@ -91,18 +91,10 @@ impl Node {
                 kill_switch,
                 two_hop,
             } => {
-                let mut config = zeroize::Zeroizing::new(config);
+                let config = zeroize::Zeroizing::new(config);
                 let protect = (dns_protection || kill_switch).then_some(kill_switch);
-                match two_hop {
-                    Some(via) => match self.two_hop(&config, &via).await {
-                        Ok(relayed) => {
-                            config = zeroize::Zeroizing::new(relayed);
-                            self.connect(&config, &interface, protect).await
-                        }
-                        Err(e) => Err(e),
-                    },
-                    None => self.connect(&config, &interface, protect).await,
-                }
+                self.connect(&config, &interface, protect, two_hop.as_deref())
+                    .await
             }
             Request::Disconnect => self.disconnect().await,
             Request::GuardCheck { domain, peer } => {
@@ -313,24 +305,12 @@ impl Node {
         let Some(mesh) = &self.mesh else {
             anyhow::bail!("this node is not in a mesh ([mesh] enabled = false)");
         };
-        let mut probes = tokio::task::JoinSet::new();
-        let mut nodes = std::collections::BTreeMap::new();
-        for (id, m) in mesh.directory().await.members {
-            let addr = m.record.api.as_deref().and_then(api_address);
-            match (m.state.as_str(), addr) {
-                ("live", Some(addr)) => {
-                    probes.spawn(async move { (id, connect_rtt(&addr).await) });
-                }
-                _ => {
-                    nodes.insert(id, None);
-                }
-            }
-        }
-        while let Some(done) = probes.join_next().await {
-            if let Ok((id, rtt)) = done {
-                nodes.insert(id, rtt);
-            }
-        }
+        let members = mesh.directory().await.members;
+        let nodes = round_trips(members.into_iter().map(|(id, m)| {
+            let api = m.record.api.filter(|_| m.state == "live");
+            (id, api)
+        }))
+        .await;
         Ok(Response::Latency { nodes })
     }
 
@@ -727,14 +707,24 @@ impl Node {
         Ok(Response::GuardFindings { findings })
     }
 
-    /// Brings the client tunnel up; `protect` installs leak protection (`Some(true)`: the
-    /// kill switch too) before the tunnel counts as up.
+    /// Brings the client tunnel up; through a relay of the mesh when `two_hop` names one
+    /// (or `auto`); `protect` installs leak protection (`Some(true)`: the kill switch too)
+    /// before the tunnel counts as up.
     async fn connect(
         &self,
         config: &str,
         interface: &str,
         protect: Option<bool>,
+        two_hop: Option<&str>,
     ) -> anyhow::Result<Response> {
+        let relayed;
+        let config = match two_hop {
+            Some(via) => {
+                relayed = zeroize::Zeroizing::new(self.two_hop(config, via).await?);
+                relayed.as_str()
+            }
+            None => config,
+        };
         let mut client = self.client.lock().await;
         if let Some(c) = client.as_ref() {
             anyhow::bail!(
@@ -794,18 +784,15 @@ impl Node {
             .filter_map(|(id, m)| Some((id.clone(), m.record.relay.clone()?, m.record.api.clone())))
             .collect();
         let (id, endpoint) = if via == "auto" {
-            // The nearest by a round trip to its API; one that publishes none comes last.
-            let mut best: Option<(f64, &str, &str)> = None;
-            for (id, endpoint, api) in &relays {
-                let rtt = match api.as_deref().and_then(api_address) {
-                    Some(a) => connect_rtt(&a).await.unwrap_or(f64::MAX),
-                    None => f64::MAX,
-                };
-                if best.is_none_or(|(b, _, _)| rtt < b) {
-                    best = Some((rtt, id, endpoint));
-                }
-            }
-            let Some((_, id, endpoint)) = best else {
+            // The nearest by a round trip to its API; one that does not answer comes last.
+            let rtts =
+                round_trips(relays.iter().map(|(id, _, api)| (id.clone(), api.clone()))).await;
+            let rtt = |id: &String| rtts.get(id).copied().flatten().unwrap_or(f64::MAX);
+            let best = relays
+                .iter()
+                .min_by(|a, b| rtt(&a.0).total_cmp(&rtt(&b.0)))
+                .map(|(id, endpoint, _)| (id, endpoint));
+            let Some((id, endpoint)) = best else {
                 anyhow::bail!(
                     "no live relay in the mesh besides this node and the exit: private two-hop needs one"
                 );
@@ -1553,6 +1540,31 @@ fn api_address(url: &str) -> Option<String> {
         let port = if scheme == "https" { 443 } else { 80 };
         format!("{authority}:{port}")
     })
+}
+
+/// The round trip to each node (id, HTTP API URL), all at once: None for a node without an
+/// API or that does not answer.
+async fn round_trips(
+    nodes: impl IntoIterator<Item = (String, Option<String>)>,
+) -> std::collections::BTreeMap<String, Option<f64>> {
+    let mut probes = tokio::task::JoinSet::new();
+    let mut rtts = std::collections::BTreeMap::new();
+    for (id, api) in nodes {
+        match api.as_deref().and_then(api_address) {
+            Some(addr) => {
+                probes.spawn(async move { (id, connect_rtt(&addr).await) });
+            }
+            None => {
+                rtts.insert(id, None);
+            }
+        }
+    }
+    while let Some(done) = probes.join_next().await {
+        if let Ok((id, rtt)) = done {
+            rtts.insert(id, rtt);
+        }
+    }
+    rtts
 }
 
 /// The best of three TCP connects to `addr`, in milliseconds; None if none answers within a

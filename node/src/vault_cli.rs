@@ -496,6 +496,15 @@ impl Device {
         Ok(Some(Device { path, file }))
     }
 
+    /// Adds the nodes it does not know yet to those this device syncs with.
+    fn add_servers(&mut self, servers: Vec<String>) {
+        for s in servers {
+            if !self.file.servers.contains(&s) {
+                self.file.servers.push(s);
+            }
+        }
+    }
+
     fn save(&mut self, vault: &Vault) -> anyhow::Result<()> {
         let (header, sealed) = vault.save()?;
         self.file.header = header;
@@ -712,19 +721,20 @@ impl Open {
 }
 
 fn open(opts: &VaultOpts) -> anyhow::Result<Open> {
-    if Device::find(opts)?.is_none() {
+    let Some(device) = Device::find(opts)? else {
         bail!(
             "no vault on this device; create one with `nx1 vault register --server URL --account NAME`, or set this device up with `nx1 vault unlock --server URL --account NAME`"
         );
-    }
-    open_with(opts, master_password(opts, false)?)
+    };
+    open_with(opts, device, master_password(opts, false)?)
 }
 
 /// Unlocks the device's vault with its master password.
-fn open_with(opts: &VaultOpts, password: Zeroizing<String>) -> anyhow::Result<Open> {
-    let Some(device) = Device::find(opts)? else {
-        bail!("no vault on this device");
-    };
+fn open_with(
+    opts: &VaultOpts,
+    device: Device,
+    password: Zeroizing<String>,
+) -> anyhow::Result<Open> {
     let h = &device.file.header;
     let salt: [u8; 16] = h
         .salt
@@ -1493,11 +1503,7 @@ fn unlock(opts: &VaultOpts, servers: Vec<String>) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut o = open(opts)?;
-    for s in servers {
-        if !o.device.file.servers.contains(&s) {
-            o.device.file.servers.push(s);
-        }
-    }
+    o.device.add_servers(servers);
     sync(opts, &mut o, None)?;
     o.device.save(&o.vault)?;
     println!(

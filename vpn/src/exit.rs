@@ -38,11 +38,30 @@ pub struct ExitNat {
 
 /// The nftables table name for an interface (`nx1_` + the name, `-` and `.` as `_`).
 pub fn table_name(interface: &str) -> String {
+    prefixed_table_name("nx1_", interface)
+}
+
+/// `prefix` + the interface's name with every character but ASCII letters and digits as `_`
+/// (what an nftables table name may hold).
+pub(crate) fn prefixed_table_name(prefix: &str, interface: &str) -> String {
     let clean: String = interface
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    format!("nx1_{clean}")
+    format!("{prefix}{clean}")
+}
+
+/// Loads `rules` (which create `table`), replacing a `table` an earlier run left behind;
+/// returns whether there was one.
+pub(crate) fn replace_table(table: &str, rules: &str) -> Result<bool, ExitError> {
+    let stale = table_exists(table);
+    let mut script = String::new();
+    if stale {
+        script.push_str(&format!("delete table inet {table}\n"));
+    }
+    script.push_str(rules);
+    nft(&script)?;
+    Ok(stale)
 }
 
 pub(crate) fn nft(script: &str) -> Result<(), ExitError> {
@@ -208,13 +227,7 @@ impl ExitNat {
         rules: &str,
     ) -> Result<Self, ExitError> {
         let table = table_name(interface);
-        let replaced_stale = table_exists(&table);
-        let mut script = String::new();
-        if replaced_stale {
-            script.push_str(&format!("delete table inet {table}\n"));
-        }
-        script.push_str(rules);
-        nft(&script)?;
+        let replaced_stale = replace_table(&table, rules)?;
         let mut exit = Self {
             table,
             restore: Vec::new(),

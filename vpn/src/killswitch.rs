@@ -18,16 +18,12 @@
 //! brought up again or `nx1 disconnect` removes what a crashed run left ([`remove_stale`]).
 //! Rules are loaded with `nft -f -`, as for the exit (see [`crate::exit`]).
 
-use crate::exit::{ExitError, nft, table_exists};
+use crate::exit::{ExitError, nft, prefixed_table_name, replace_table};
 use std::net::SocketAddr;
 
 /// The table's name for an interface.
 pub fn table_name(interface: &str) -> String {
-    let clean: String = interface
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("nx1ks_{clean}")
+    prefixed_table_name("nx1ks_", interface)
 }
 
 /// Source ports whose traffic is the node's own services'.
@@ -116,12 +112,7 @@ impl KillSwitch {
         kill_switch: bool,
     ) -> Result<KillSwitch, ExitError> {
         let table = table_name(interface);
-        let mut script = String::new();
-        if table_exists(&table) {
-            script.push_str(&format!("delete table inet {table}\n"));
-        }
-        script.push_str(&ruleset(interface, servers, own, kill_switch));
-        nft(&script)?;
+        replace_table(&table, &ruleset(interface, servers, own, kill_switch))?;
         Ok(KillSwitch {
             table,
             blocks_all: kill_switch,

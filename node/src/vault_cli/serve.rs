@@ -198,13 +198,9 @@ impl Session {
                 servers,
             } => {
                 let opts = self.start_over(account.clone(), &password)?;
-                let o = if Device::find(&opts)?.is_some() {
-                    let mut o = open_with(&opts, password)?;
-                    for s in servers {
-                        if !o.device.file.servers.contains(&s) {
-                            o.device.file.servers.push(s);
-                        }
-                    }
+                let o = if let Some(device) = Device::find(&opts)? {
+                    let mut o = open_with(&opts, device, password)?;
+                    o.device.add_servers(servers);
                     o.device.save(&o.vault)?;
                     sync(&opts, &mut o, None)?;
                     o
@@ -229,8 +225,9 @@ impl Session {
                     bail!("give at least one node's address");
                 }
                 let opts = self.start_over(Some(account.clone()), &password)?;
-                create_account(&opts, &account, servers, KdfParams::DEFAULT, &password)?;
-                let mut o = open_with(&opts, password)?;
+                let device =
+                    create_account(&opts, &account, servers, KdfParams::DEFAULT, &password)?;
+                let mut o = open_with(&opts, device, password)?;
                 sync(&opts, &mut o, None)?;
                 self.opts = opts;
                 self.open = Some(o);
