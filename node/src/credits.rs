@@ -595,12 +595,9 @@ pub async fn serve(
                 out_of_credits: sender.and_then(|k| meter.out_of_credits(&k.to_base64())),
                 // Every address of the tunnel (IPv4 and IPv6 queries alike).
                 guard: match (&guard, sender) {
-                    (Some(g), Some(k)) => latest_findings(
-                        g.findings(None)
-                            .into_iter()
-                            .filter(|f| device.peer_for(f.client) == Some(k))
-                            .collect(),
-                    ),
+                    (Some(g), Some(k)) => {
+                        latest_findings(g.findings_where(|f| device.peer_for(f.client) == Some(k)))
+                    }
                     _ => Vec::new(),
                 },
             };

@@ -723,10 +723,15 @@ impl GuardService {
 
     /// Recent findings, newest last, optionally for one client address.
     pub fn findings(&self, client: Option<IpAddr>) -> Vec<Finding> {
+        self.findings_where(|f| client.is_none_or(|c| f.client == c))
+    }
+
+    /// The recent findings `keep` takes, newest last (only those are copied).
+    pub fn findings_where(&self, keep: impl Fn(&Finding) -> bool) -> Vec<Finding> {
         self.findings
             .lock()
             .iter()
-            .filter(|f| client.is_none_or(|c| f.client == c))
+            .filter(|f| keep(f))
             .cloned()
             .collect()
     }
